@@ -1,0 +1,1 @@
+"""The ``osum`` command line: config -> objects -> Trainer."""

@@ -1,0 +1,61 @@
+"""OSUM/WeNet raw manifests: one JSON object per line with ``key``, ``wav``, ``txt`` and optional fields
+(``task``, ``lang``, ``speaker``, ``emotion``, ``gender``, ``extra``, label fields...)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+REQUIRED_FIELDS = ("key", "wav", "txt")
+
+
+class ManifestError(ValueError):
+    """A manifest line that cannot be used; the message starts with ``file:line``."""
+
+
+def read_manifest(path: str | Path) -> list[dict[str, Any]]:
+    """All examples of one jsonl manifest. ``wav`` is resolved relative to the manifest's folder, and each
+    example records where it came from (``_source``: ``file:line``) so later errors can name it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    examples = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                example = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ManifestError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(example, dict):
+                raise ManifestError(f"{where}: expected a JSON object, got {type(example).__name__}")
+            missing = [f for f in REQUIRED_FIELDS if f not in example]
+            if missing:
+                raise ManifestError(f"{where}: missing field(s) {', '.join(missing)}")
+            wav = Path(str(example["wav"]))
+            example["wav"] = str(wav if wav.is_absolute() else path.parent / wav)
+            example["_source"] = where
+            examples.append(example)
+    return examples
+
+
+def read_manifests(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Examples of one manifest or several, in order."""
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    return [example for path in paths for example in read_manifest(path)]
+
+
+def write_manifest(path: str | Path, examples: Iterable[dict[str, Any]]) -> None:
+    """Write examples as jsonl atomically (a temporary file renamed into place), so a crash never leaves a
+    half-written manifest behind."""
+    path = Path(path)
+    partial = path.with_suffix(path.suffix + ".partial")
+    with partial.open("w", encoding="utf-8") as out:
+        for example in examples:
+            out.write(json.dumps(example, ensure_ascii=False) + "\n")
+    partial.replace(path)

@@ -1,0 +1,64 @@
+"""Building a `SpeechLLM` from the ``model:`` section of the config (random init from config classes, or
+``from_pretrained`` from a Hugging Face id or local directory)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, WhisperConfig
+
+from osum_core.model.adapter import SpeechAdapter
+from osum_core.model.encoder import SpeechEncoder
+from osum_core.model.speech_llm import SpeechLLM
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_encoder(cfg: dict[str, Any]) -> SpeechEncoder:
+    if cfg["path"]:
+        return SpeechEncoder.from_pretrained(cfg["path"], cfg["conv_strides"], dtype=DTYPES[cfg["dtype"]])
+    return SpeechEncoder(WhisperConfig(**cfg["config"]), cfg["conv_strides"])
+
+
+def build_llm(cfg: dict[str, Any], vocab_size: int):
+    dtype = DTYPES[cfg["dtype"]]
+    if cfg["path"]:
+        llm = AutoModelForCausalLM.from_pretrained(cfg["path"], dtype=dtype, attn_implementation=cfg["attention"])
+    else:
+        config = AutoConfig.for_model(cfg["model_type"], vocab_size=vocab_size, **cfg["config"])
+        config._attn_implementation = cfg["attention"]
+        llm = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if cfg["lora"]["enabled"]:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lora = cfg["lora"]
+        llm = get_peft_model(
+            llm,
+            LoraConfig(
+                task_type=TaskType.CAUSAL_LM,
+                r=lora["rank"],
+                lora_alpha=lora["alpha"],
+                lora_dropout=lora["dropout"],
+                target_modules=list(lora["target_modules"]),
+            ),
+        )
+    return llm
+
+
+def build_speech_llm(cfg: dict[str, Any], vocab_size: int, eos_token_id: int, pad_token_id: int) -> SpeechLLM:
+    """The backbone from a plain dict (the resolved ``model:`` config section)."""
+    encoder = build_encoder(cfg["encoder"])
+    llm = build_llm(cfg["llm"], vocab_size)
+    adapter_cfg = cfg["adapter"]
+    adapter = SpeechAdapter(
+        input_size=encoder.output_size,
+        llm_size=llm.get_input_embeddings().embedding_dim,
+        conv_strides=adapter_cfg["conv_strides"],
+        layers=adapter_cfg["layers"],
+        heads=adapter_cfg["heads"],
+        ffn_size=adapter_cfg["ffn_size"],
+        dropout=adapter_cfg["dropout"],
+    )
+    ctc_vocab = vocab_size if cfg["ctc_head"] else 0
+    return SpeechLLM(encoder, adapter, llm, eos_token_id, pad_token_id, ctc_vocab_size=ctc_vocab)

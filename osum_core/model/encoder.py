@@ -1,0 +1,73 @@
+"""`SpeechEncoder`: a Whisper encoder (Hugging Face `WhisperEncoder` weights) that takes variable-length input.
+
+Hugging Face's module insists on exactly 3000 input frames (30 s); OSUM feeds unpadded utterances. This
+module reuses the same submodules and weights but runs its own forward over any length up to the position
+table, with a padding mask, so a 3 s clip costs 3 s of compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+
+def conv_output_lengths(lengths: torch.Tensor, strides: Sequence[int]) -> torch.Tensor:
+    """Lengths after the kernel-3, padding-1 convolutions with the given strides."""
+    for stride in strides:
+        lengths = (lengths - 1) // stride + 1
+    return lengths
+
+
+class SpeechEncoder(nn.Module):
+    """Log-mel [B, T, n_mels] -> hidden states [B, T', d_model] and their lengths.
+
+    `conv_strides` are the strides of Whisper's two front-end convolutions: (1, 2) as Whisper (50 Hz);
+    (2, 2) gives a 25 Hz front end for small, fast models. The weights have the same shapes either way."""
+
+    def __init__(self, config: WhisperConfig, conv_strides: Sequence[int] = (1, 2)) -> None:
+        super().__init__()
+        self.whisper = WhisperEncoder(config)
+        self.conv_strides = tuple(conv_strides)
+        self.whisper.conv1.stride = (self.conv_strides[0],)
+        self.whisper.conv2.stride = (self.conv_strides[1],)
+        self.output_size = config.d_model
+
+    @classmethod
+    def from_pretrained(cls, path: str, conv_strides: Sequence[int] = (1, 2), **kwargs) -> SpeechEncoder:
+        """Load the encoder half of a Hugging Face Whisper checkpoint (a full model or an encoder alone)."""
+        whisper = WhisperEncoder.from_pretrained(path, **kwargs)
+        encoder = cls(whisper.config, conv_strides)
+        encoder.whisper = whisper
+        encoder.whisper.conv1.stride = (encoder.conv_strides[0],)
+        encoder.whisper.conv2.stride = (encoder.conv_strides[1],)
+        return encoder
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return conv_output_lengths(lengths, self.conv_strides)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        whisper = self.whisper
+        x = features.transpose(1, 2)  # [B, n_mels, T]
+        x = nn.functional.gelu(whisper.conv1(x))
+        # Zero the padded steps so conv2 sees at an utterance's end what it would see unpadded.
+        conv1_lengths = conv_output_lengths(lengths, self.conv_strides[:1])
+        x = x * (torch.arange(x.shape[-1], device=x.device)[None, :] < conv1_lengths[:, None])[:, None, :]
+        x = nn.functional.gelu(whisper.conv2(x)).transpose(1, 2)  # [B, T', D]
+        out_lengths = self.output_lengths(lengths)
+        steps = x.shape[1]
+        if steps > whisper.embed_positions.num_embeddings:
+            raise ValueError(
+                f"input of {features.shape[1]} frames exceeds the encoder's {whisper.embed_positions.num_embeddings}"
+                " positions; cut the audio or raise max_source_positions"
+            )
+        x = x + whisper.embed_positions.weight[:steps]
+        x = nn.functional.dropout(x, p=whisper.dropout, training=self.training)
+        keep = torch.arange(steps, device=x.device)[None, :] < out_lengths[:, None]
+        mask = keep[:, None, None, :]  # boolean, True = attend; padded keys are ignored
+        for layer in whisper.layers:
+            x = layer(x, mask)
+        return whisper.layer_norm(x), out_lengths

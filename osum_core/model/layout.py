@@ -1,0 +1,52 @@
+"""OSUM's sequence layout: ``[prompt] [speech_bos speech speech_eos] [target]``, as one batch of embeddings.
+
+Each example is laid out contiguously, then the batch is padded: on the right for training, on the left
+for generation (so every sequence ends where generation continues). Position ids count real tokens only,
+so padding never shifts a sequence's positions and a padded batch computes what single examples would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Layout:
+    embeds: torch.Tensor  # [B, L, D]
+    attention_mask: torch.Tensor  # [B, L], 1 = real
+    position_ids: torch.Tensor  # [B, L]
+    target_start: torch.Tensor  # [B], index of the first target token (right padding only)
+
+
+def build_layout(
+    prompt: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    speech: torch.Tensor,
+    speech_lengths: torch.Tensor,
+    markers: torch.Tensor,
+    target: torch.Tensor | None = None,
+    target_lengths: torch.Tensor | None = None,
+    pad_left: bool = False,
+) -> Layout:
+    """Lay out prompt embeds [B, Lp, D], speech embeds [B, Ls, D] between the two marker vectors
+    `markers` [2, D], and optionally target embeds [B, Lt, D]; lengths say how much of each is real."""
+    batch = prompt.shape[0]
+    pieces = []
+    for i in range(batch):
+        parts = [prompt[i, : prompt_lengths[i]], markers[:1], speech[i, : speech_lengths[i]], markers[1:]]
+        if target is not None:
+            parts.append(target[i, : target_lengths[i]])
+        pieces.append(torch.cat(parts))
+    lengths = torch.tensor([len(p) for p in pieces], device=prompt.device)
+    width = int(lengths.max())
+    embeds = prompt.new_zeros(batch, width, prompt.shape[-1])
+    mask = torch.zeros(batch, width, dtype=torch.long, device=prompt.device)
+    for i, piece in enumerate(pieces):
+        start = width - len(piece) if pad_left else 0
+        embeds[i, start : start + len(piece)] = piece
+        mask[i, start : start + len(piece)] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    target_start = prompt_lengths + speech_lengths + 2
+    return Layout(embeds, mask, positions, target_start)

@@ -1,0 +1,162 @@
+"""`SpeechLLM`: speech encoder -> adapter -> causal LM, with OSUM's layout, the loss and batched generation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from osum_core.model.adapter import SpeechAdapter
+from osum_core.model.encoder import SpeechEncoder
+from osum_core.model.layout import build_layout
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings; the defaults live in configs/ (``eval.generation``)."""
+
+    max_new_tokens: int
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+
+
+class SpeechLLM(nn.Module):
+    """The backbone. `forward` returns per-example loss terms; `generate` returns token ids per example.
+
+    speech_markers: the learned speech BOS/EOS vectors (OSUM keeps them as rows of an embedding table).
+    ctc_head: optional linear layer over encoder states for an auxiliary CTC loss on the transcript."""
+
+    def __init__(
+        self,
+        encoder: SpeechEncoder,
+        adapter: SpeechAdapter,
+        llm: PreTrainedModel,
+        eos_token_id: int,
+        pad_token_id: int,
+        ctc_vocab_size: int = 0,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.adapter = adapter
+        self.llm = llm  # a transformers causal LM, or a peft model wrapping one
+        width = self.causal_lm.get_input_embeddings().embedding_dim
+        self.speech_markers = nn.Parameter(torch.randn(2, width) * 0.02)
+        self.ctc_head = nn.Linear(encoder.output_size, ctc_vocab_size) if ctc_vocab_size else None
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
+
+    @property
+    def causal_lm(self) -> PreTrainedModel:
+        """The transformers model itself (under a peft wrapper, with LoRA layers injected in place)."""
+        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    def encode_speech(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        states, state_lengths = self.encoder(features, feature_lengths)
+        speech, speech_lengths = self.adapter(states, state_lengths)
+        dtype = self.causal_lm.get_input_embeddings().weight.dtype
+        return {
+            "encoder_states": states,
+            "encoder_lengths": state_lengths,
+            "speech": speech.to(dtype),
+            "speech_lengths": speech_lengths,
+        }
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.causal_lm.get_input_embeddings()(ids)
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        feature_lengths: torch.Tensor,
+        prompt_ids: torch.Tensor,
+        prompt_lengths: torch.Tensor,
+        target_ids: torch.Tensor,
+        target_lengths: torch.Tensor,
+        target_weights: torch.Tensor,
+        ctc_ids: torch.Tensor | None = None,
+        ctc_lengths: torch.Tensor | None = None,
+        **_: Any,
+    ) -> dict[str, torch.Tensor]:
+        """Per-example loss terms: ``token_loss`` (sum over target tokens of weight x cross-entropy),
+        ``token_count`` (number of target tokens) and, with a CTC head, ``ctc_loss`` (per target token)."""
+        speech = self.encode_speech(features, feature_lengths)
+        markers = self.speech_markers.to(speech["speech"].dtype)
+        layout = build_layout(
+            self.embed_tokens(prompt_ids), prompt_lengths, speech["speech"], speech["speech_lengths"], markers,
+            self.embed_tokens(target_ids), target_lengths,
+        )
+        hidden = self.causal_lm.model(
+            inputs_embeds=layout.embeds, attention_mask=layout.attention_mask, position_ids=layout.position_ids
+        ).last_hidden_state
+        # Logits only where a target token is predicted: the step before each target token.
+        steps = torch.arange(target_ids.shape[1], device=hidden.device)
+        valid = steps[None, :] < target_lengths[:, None]
+        rows = (layout.target_start[:, None] - 1 + steps[None, :]).clamp(max=hidden.shape[1] - 1)
+        picked = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))[valid]
+        logits = self.causal_lm.lm_head(picked).float()
+        token_ce = nn.functional.cross_entropy(logits, target_ids[valid], reduction="none")
+        weighted = torch.zeros_like(target_weights).masked_scatter(valid, token_ce) * target_weights
+        out = {"token_loss": weighted.sum(dim=1), "token_count": target_lengths.to(weighted.dtype)}
+        if self.ctc_head is not None and ctc_ids is not None and ctc_lengths is not None:
+            log_probs = self.ctc_head(speech["encoder_states"]).float().log_softmax(dim=-1)
+            ctc = nn.functional.ctc_loss(
+                log_probs.transpose(0, 1), ctc_ids, speech["encoder_lengths"], ctc_lengths,
+                blank=self.pad_token_id, reduction="none", zero_infinity=True,
+            )
+            out["ctc_loss"] = ctc / ctc_lengths.clamp(min=1)
+        return out
+
+    @torch.no_grad()
+    def generate(
+        self,
+        features: torch.Tensor,
+        feature_lengths: torch.Tensor,
+        prompt_ids: torch.Tensor,
+        prompt_lengths: torch.Tensor,
+        settings: GenerationSettings,
+        **_: Any,
+    ) -> list[list[int]]:
+        """Token ids generated for each example of a batch (end-of-text removed).
+
+        Example::
+
+            ids = model.generate(batch["features"], batch["feature_lengths"], batch["prompt_ids"],
+                                 batch["prompt_lengths"], GenerationSettings(max_new_tokens=64))
+            texts = tokenizer.batch_decode(ids)
+
+        The batch is padded on the left with position ids that skip the padding, so each example's
+        greedy output equals the output it gets alone."""
+        speech = self.encode_speech(features, feature_lengths)
+        layout = build_layout(
+            self.embed_tokens(prompt_ids), prompt_lengths, speech["speech"], speech["speech_lengths"],
+            self.speech_markers.to(speech["speech"].dtype), pad_left=True,
+        )
+        output = self.causal_lm.generate(
+            inputs_embeds=layout.embeds,
+            attention_mask=layout.attention_mask,
+            max_new_tokens=settings.max_new_tokens,
+            num_beams=settings.num_beams,
+            do_sample=settings.do_sample,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            repetition_penalty=settings.repetition_penalty,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+        )
+        results = []
+        for row in output.tolist():
+            ids = []
+            for token in row:
+                if token == self.eos_token_id:
+                    break
+                ids.append(token)
+            results.append(ids)
+        return results

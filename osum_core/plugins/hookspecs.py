@@ -1,0 +1,24 @@
+"""Hook specifications of the ``osum`` pluggy project: the whole contract a plugin implements.
+
+A plugin is any module registered under the entry-point group ``osum`` that implements one or more of these
+hooks with `hookimpl`. The built-in tasks (`osum_tasks`) are plugins of exactly this kind.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from osum_core.task import Task
+
+PROJECT = "osum"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def osum_tasks() -> list[Task]:
+    """Return the tasks this plugin contributes (a list of `osum_core.task.Task`).
+
+    Called once when osum starts. Names must be unique across all installed plugins; a duplicate, or a task
+    that breaks the contract, is reported with the plugin's package name and left out.
+    """

@@ -1,0 +1,115 @@
+"""Loading task plugins from the ``osum`` entry-point group, isolating the broken ones."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pluggy
+
+from osum_core.plugins import hookspecs
+from osum_core.task import Task
+from osum_core.task.contract import contract_problems
+
+ENTRY_POINT_GROUP = "osum"
+
+
+@dataclass(frozen=True)
+class PluginProblem:
+    """A plugin that could not contribute: its package (distribution) name and why."""
+
+    package: str
+    plugin: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"plugin {self.plugin!r} from package {self.package!r}: {self.reason}"
+
+
+@dataclass
+class TaskRegistry:
+    """The installed tasks by name, the package each came from, and the plugins that failed."""
+
+    tasks: dict[str, Task] = field(default_factory=dict)
+    packages: dict[str, str] = field(default_factory=dict)
+    problems: list[PluginProblem] = field(default_factory=list)
+
+    def select(self, names: Iterable[str]) -> list[Task]:
+        """Tasks by name, in the order given; ``all`` means every installed task. Unknown names raise
+        ValueError listing the installed ones."""
+        names = [n.strip().lower() for n in names if n.strip()]
+        if names == ["all"]:
+            return list(self.tasks.values())
+        unknown = [n for n in names if n not in self.tasks]
+        if unknown:
+            raise ValueError(
+                f"unknown task(s) {', '.join(unknown)}; installed tasks: {', '.join(sorted(self.tasks)) or 'none'}"
+            )
+        if not names:
+            raise ValueError(f"no task given; installed tasks: {', '.join(sorted(self.tasks))}")
+        return [self.tasks[n] for n in dict.fromkeys(names)]
+
+
+def new_plugin_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+def load_tasks(blocked: Iterable[str] = (), extra_plugins: Iterable[object] = ()) -> TaskRegistry:
+    """Import every ``osum`` entry point, collect its tasks, and report what failed without stopping.
+
+    `blocked` names entry points to skip (as pytest's ``-p no:name``); `extra_plugins` registers plugin
+    objects directly (tests, notebooks)."""
+    registry = TaskRegistry()
+    manager = new_plugin_manager()
+    blocked = set(blocked)
+    plugins: list[tuple[str, str, object]] = []
+    for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if entry_point.name in blocked:
+            continue
+        package = entry_point.dist.name if entry_point.dist is not None else "?"
+        try:
+            plugins.append((package, entry_point.name, entry_point.load()))
+        except Exception as error:  # a broken plugin must not take the others down
+            registry.problems.append(PluginProblem(package, entry_point.name, f"import failed: {error!r}"))
+    for plugin in extra_plugins:
+        name = getattr(plugin, "__name__", type(plugin).__name__)
+        plugins.append((getattr(plugin, "__package__", None) or name, name, plugin))
+
+    for package, name, plugin in plugins:
+        try:
+            manager.register(plugin, name=name)
+            manager.check_pending()  # a misspelled hook implementation is an error, not a silent no-op
+            contributed = plugin_tasks(manager, plugin)
+        except Exception as error:
+            if manager.is_registered(plugin):
+                manager.unregister(plugin)
+            registry.problems.append(PluginProblem(package, name, f"{type(error).__name__}: {error}"))
+            continue
+        for task in contributed:
+            add_task(registry, task, package, name)
+    return registry
+
+
+def plugin_tasks(manager: pluggy.PluginManager, plugin: object) -> list[Task]:
+    """Call one plugin's ``osum_tasks`` hook and check that it returned tasks."""
+    implementation = [impl for impl in manager.hook.osum_tasks.get_hookimpls() if impl.plugin is plugin]
+    if not implementation:
+        return []
+    result = implementation[0].function()
+    if not isinstance(result, list | tuple) or not all(isinstance(t, Task) for t in result):
+        raise TypeError("osum_tasks() must return a list of osum_core.task.Task")
+    return list(result)
+
+
+def add_task(registry: TaskRegistry, task: Task, package: str, plugin: str) -> None:
+    problems = contract_problems(task)
+    if task.name in registry.tasks:
+        problems.append(f"duplicate task name {task.name!r} (already from package {registry.packages[task.name]!r})")
+    if problems:
+        registry.problems.append(PluginProblem(package, plugin, f"task {task.name!r}: " + "; ".join(problems)))
+        return
+    registry.tasks[task.name] = task
+    registry.packages[task.name] = package

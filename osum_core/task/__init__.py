@@ -1,0 +1,25 @@
+"""The task contract: what a task plugin contributes (see PLUGINS.md).
+
+Everything a third-party task needs is importable from here; nothing in this package knows about models,
+data loading or Lightning.
+"""
+
+from osum_core.task.contract import Prediction, Target, Task, TaskMetric
+from osum_core.task.metrics import LabelMetric, TranscriptMetric
+from osum_core.task.normalize import normalize_target, normalize_transcript
+from osum_core.task.tags import suffix_label, split_suffix_tags
+from osum_core.task.tagged import tagged_task
+
+__all__ = [
+    "LabelMetric",
+    "Prediction",
+    "Target",
+    "Task",
+    "TaskMetric",
+    "TranscriptMetric",
+    "suffix_label",
+    "normalize_target",
+    "normalize_transcript",
+    "split_suffix_tags",
+    "tagged_task",
+]

@@ -1,0 +1,140 @@
+"""The `Task` record: everything one task contributes to training, evaluation and prediction.
+
+A task is mostly data (tag, prompts, labels, weights) plus three small functions: how an example becomes a
+training target, how generated text becomes a prediction, and which metric scores it. The built-in tasks in
+`osum_tasks` and third-party plugins build `Task` objects the same way (see PLUGINS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_TAG = re.compile(r"^(<[A-Za-z0-9_]+>)( <[A-Za-z0-9_]+>)*$")
+PROMPT_LANGUAGES = ("zh", "en")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A training target in OSUM's ASR+X form: the transcript, then a suffix (``<laugh>``), no space between."""
+
+    transcript: str
+    suffix: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.transcript + self.suffix
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Generated text parsed by a task. `label` is None when the task has none or the output held none."""
+
+    text: str
+    transcript: str
+    label: str | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+class TaskMetric(Protocol):
+    """What `Task.make_metric()` returns: accumulates over batches, then reports numbers."""
+
+    def update(self, predictions: Sequence[Prediction], targets: Sequence[Target]) -> None: ...
+
+    def compute(self) -> dict[str, float]: ...
+
+
+def normalize_task_tag(tag: str) -> str:
+    """OSUM writes tags with or without spaces between them (``<A><B>``); compare them in one spelling."""
+    return re.sub(r">\s*<", "> <", tag.strip())
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task, as a plugin contributes it.
+
+    name: lowercase identifier used on the command line and in metrics.json (``asr``).
+    tag: OSUM's task tag, the value of a manifest line's ``task`` field (``<TRANSCRIBE> <CAPTION>``).
+    prompts: prompt paraphrases by language code (``{"zh": (...), "en": (...)}``); one is drawn per training
+        example, the first is used at evaluation.
+    build_target: example (a manifest line as a dict) -> `Target`; raise ValueError naming the field on bad input.
+    parse_output: generated text -> `Prediction`; must never raise.
+    make_metric: returns a fresh `TaskMetric`.
+    metric: the headline metric's name as it appears in metrics.json (``wer``, ``accuracy``).
+    labels: the closed label set, empty for open-ended tasks.
+    loss_weight: multiplies every target token's loss of this task's examples.
+    label_loss_weight: extra factor for the suffix tokens (the "X" of ASR+X), on top of loss_weight.
+    sampling_weight: relative share of this task in the training mixture.
+    select: which examples belong to the task; by default those whose ``task`` field equals `tag`.
+    """
+
+    name: str
+    tag: str
+    prompts: Mapping[str, Sequence[str]]
+    build_target: Callable[[Mapping[str, Any]], Target]
+    parse_output: Callable[[str], Prediction]
+    make_metric: Callable[[], TaskMetric]
+    metric: str
+    labels: tuple[str, ...] = ()
+    loss_weight: float = 1.0
+    label_loss_weight: float = 1.0
+    sampling_weight: float = 1.0
+    select: Callable[[Mapping[str, Any]], bool] | None = None
+
+    def __post_init__(self) -> None:
+        problems = contract_problems(self)
+        if problems:
+            raise ValueError(f"task {self.name!r}: " + "; ".join(problems))
+        object.__setattr__(self, "tag", normalize_task_tag(self.tag))
+        object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "prompts", {k: tuple(v) for k, v in self.prompts.items()})
+
+    def selects(self, example: Mapping[str, Any]) -> bool:
+        if self.select is not None:
+            return bool(self.select(example))
+        # OSUM treats a line without a task field as plain transcription.
+        return normalize_task_tag(str(example.get("task", "<TRANSCRIBE>"))) == self.tag
+
+    def prompt_bank(self, language: str) -> tuple[str, ...]:
+        """Prompts for ``zh``, ``en`` or ``both``; falls back to whichever bank exists."""
+        if language == "both":
+            bank = tuple(p for lang in PROMPT_LANGUAGES for p in self.prompts.get(lang, ()))
+        else:
+            bank = tuple(self.prompts.get(language, ()))
+        return bank or tuple(p for prompts in self.prompts.values() for p in prompts)
+
+    def with_weights(self, **weights: float) -> Task:
+        """A copy with loss/sampling weights replaced (config overrides)."""
+        return dataclasses.replace(self, **weights)
+
+
+def contract_problems(task: Task) -> list[str]:
+    """Every way `task` breaks the contract, as readable sentences (empty when it is fine)."""
+    problems = []
+    if not isinstance(task.name, str) or not _NAME.match(task.name):
+        problems.append(f"name must be a lowercase identifier, got {task.name!r}")
+    if not isinstance(task.tag, str) or not _TAG.match(normalize_task_tag(task.tag)):
+        problems.append(f"tag must look like '<TRANSCRIBE> <CAPTION>', got {task.tag!r}")
+    if not task.prompts or not any(task.prompts.values()):
+        problems.append("needs at least one prompt")
+    elif any(not isinstance(p, str) or not p.strip() for bank in task.prompts.values() for p in bank):
+        problems.append("prompts must be non-empty strings")
+    for attr in ("build_target", "parse_output", "make_metric"):
+        if not callable(getattr(task, attr)):
+            problems.append(f"{attr} must be callable")
+    if not isinstance(task.metric, str) or not task.metric:
+        problems.append("metric must name the headline metric")
+    labels = list(task.labels)
+    if any(not isinstance(label, str) or not label or "<" in label or ">" in label for label in labels):
+        problems.append(f"labels must be non-empty strings without '<' or '>', got {labels!r}")
+    elif len(set(labels)) != len(labels):
+        problems.append(f"labels repeat: {sorted(label for label in set(labels) if labels.count(label) > 1)}")
+    for attr in ("loss_weight", "label_loss_weight", "sampling_weight"):
+        value = getattr(task, attr)
+        if not isinstance(value, int | float) or value < 0:
+            problems.append(f"{attr} must be a number >= 0, got {value!r}")
+    return problems

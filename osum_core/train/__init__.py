@@ -1,0 +1,1 @@
+"""Training: the LightningModule, the LightningDataModule, callbacks and the run directory."""

@@ -1,0 +1,41 @@
+"""`LearningCurve`: one line per validation in ``RUN_DIR/learning_curve.jsonl`` (step, minutes, mean
+training loss since the last validation, validation loss, every task's metrics)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+
+class LearningCurve(L.Callback):
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.started = time.monotonic()
+        self.losses: list[float] = []
+        self.rows: list[dict[str, Any]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append(float(loss))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        row = {
+            "step": trainer.global_step,
+            "minutes": round((time.monotonic() - self.started) / 60, 2),
+            "train_loss": round(sum(self.losses) / len(self.losses), 4) if self.losses else None,
+            "val_loss": round(pl_module.eval_loss.get("val", float("nan")), 4),
+            "metrics": pl_module.results.get("val", {}),
+        }
+        self.losses = []
+        self.rows.append(row)
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")

@@ -1,0 +1,145 @@
+"""`SpeechLLMModule`: the LightningModule that meets the backbone (tensors) and the tasks (text).
+
+Batch loss, for a batch with examples i, target tokens t, task weights and CTC:
+
+    loss = sum_i sum_t w_it * CE_it / sum_i T_i  +  ctc_weight * mean_i CTC_i / U_i
+
+where w_it = loss_weight(task_i), times label_loss_weight(task_i) for the label suffix and the end-of-text
+token after it; T_i is the number of target tokens and U_i the transcript length in tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+
+from osum_core.model.speech_llm import GenerationSettings, SpeechLLM
+from osum_core.task import Prediction, Target, Task
+from osum_core.train.schedule import lr_multiplier
+
+
+class SpeechLLMModule(L.LightningModule):
+    def __init__(
+        self,
+        model: SpeechLLM,
+        tasks: Mapping[str, Task],
+        tokenizer: Any,
+        optim: Mapping[str, Any],
+        ctc_weight: float,
+        generation: GenerationSettings,
+        total_steps: int,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tasks = dict(tasks)
+        self.tokenizer = tokenizer
+        self.optim = dict(optim)
+        self.ctc_weight = ctc_weight
+        self.generation = generation
+        self.total_steps = total_steps
+        self.metrics: dict[str, dict[str, Any]] = {"val": {}, "test": {}}
+        self.results: dict[str, dict[str, dict[str, float]]] = {}  # stage -> task -> metric -> value
+        self.eval_loss: dict[str, float] = {}
+        self.examples: dict[str, list[dict[str, Any]]] = {}
+        self._loss_sums: dict[str, list[float]] = {}
+        self._started = time.monotonic()
+
+    def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict:
+        # Only tensors move; task names, keys and targets stay Python objects.
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    # -- training ---------------------------------------------------------------------------------------
+    def batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.model(**batch)
+        ce = out["token_loss"].sum() / out["token_count"].sum().clamp(min=1)
+        parts = {"ce": ce}
+        loss = ce
+        if self.ctc_weight and "ctc_loss" in out:
+            parts["ctc"] = out["ctc_loss"].mean()
+            loss = loss + self.ctc_weight * parts["ctc"]
+        return loss, parts
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, parts = self.batch_loss(batch)
+        size = len(batch["keys"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, batch_size=size)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=self.optim["lr"],
+            betas=tuple(self.optim["betas"]),
+            eps=self.optim["eps"],
+            weight_decay=self.optim["weight_decay"],
+        )
+        multiplier = lr_multiplier(
+            self.optim["schedule"], self.optim["warmup_steps"], self.total_steps, self.optim["min_lr_ratio"]
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- evaluation -------------------------------------------------------------------------------------
+    def decode(self, batch: dict[str, Any]) -> list[str]:
+        ids = self.model.generate(settings=self.generation, **batch)
+        return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def evaluate_batch(self, stage: str, batch: dict[str, Any]) -> None:
+        loss, _ = self.batch_loss(batch)
+        sums = self._loss_sums.setdefault(stage, [0.0, 0])
+        sums[0] += float(loss) * len(batch["keys"])
+        sums[1] += len(batch["keys"])
+        texts = self.decode(batch)
+        targets = batch["targets"]
+        by_task: dict[str, tuple[list[Prediction], list[Target]]] = {}
+        for key, task_name, text, target in zip(batch["keys"], batch["tasks"], texts, targets, strict=True):
+            prediction = self.tasks[task_name].parse_output(text)
+            predictions, references = by_task.setdefault(task_name, ([], []))
+            predictions.append(prediction)
+            references.append(target)
+            self.examples.setdefault(stage, []).append(
+                {"key": key, "task": task_name, "text": text, "reference": target.text}
+            )
+        for task_name, (predictions, references) in by_task.items():
+            metric = self.metrics[stage].get(task_name)
+            if metric is None:
+                metric = self.metrics[stage][task_name] = self.tasks[task_name].make_metric()
+            metric.update(predictions, references)
+
+    def finish_evaluation(self, stage: str) -> None:
+        results = {name: metric.compute() for name, metric in sorted(self.metrics[stage].items())}
+        loss_sum, count = self._loss_sums.pop(stage, [0.0, 0])
+        if count:
+            self.log(f"{stage}/loss", loss_sum / count, sync_dist=True)
+        for task_name, scores in results.items():
+            for metric_name, value in scores.items():
+                self.log(f"{stage}/{task_name}/{metric_name}", float(value), sync_dist=True)
+        self.results[stage] = results
+        if count:
+            self.eval_loss[stage] = loss_sum / count
+        self.metrics[stage] = {}
+
+    def on_validation_epoch_start(self) -> None:
+        self.examples["val"] = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.evaluate_batch("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self.finish_evaluation("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.examples["test"] = []
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.evaluate_batch("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self.finish_evaluation("test")

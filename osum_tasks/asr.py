@@ -1,0 +1,53 @@
+"""ASR: plain transcription, OSUM tag ``<TRANSCRIBE>``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from osum_core.plugins import hookimpl
+from osum_core.task import Prediction, Target, Task, TranscriptMetric, normalize_target, split_suffix_tags
+
+PROMPTS = {
+    # OSUM's prompt_config.yaml (the three paraphrases recorded in the reference notes).
+    "zh": (
+        "转录如下音频。",
+        "执行语音识别任务，将音频转换为文字。",
+        "将这段音频的语音内容详细记录为文字稿。",
+    ),
+    "en": (
+        "Transcribe the audio.",
+        "Write down what is said in this audio.",
+        "Convert the speech to text.",
+        "Transcribe the speech in this recording.",
+        "What does the speaker say? Write it down.",
+    ),
+}
+
+
+def build_target(example: Mapping[str, Any]) -> Target:
+    if "txt" not in example:
+        raise ValueError("missing field 'txt'")
+    return Target(normalize_target(str(example["txt"])))
+
+
+def parse_output(text: str) -> Prediction:
+    # A model that wrongly appends a tag still gets its words scored, not the tag.
+    transcript, _ = split_suffix_tags(text)
+    return Prediction(text=text, transcript=transcript)
+
+
+TASK = Task(
+    name="asr",
+    tag="<TRANSCRIBE>",
+    prompts=PROMPTS,
+    build_target=build_target,
+    parse_output=parse_output,
+    make_metric=TranscriptMetric,
+    metric="wer",
+)
+
+
+@hookimpl
+def osum_tasks() -> list[Task]:
+    return [TASK]
