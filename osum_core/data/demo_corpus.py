@@ -17,6 +17,7 @@ substitute for real corpora. Design:
 from __future__ import annotations
 
 import json
+import multiprocessing
 import random
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -186,7 +187,10 @@ def synthesize_corpus(out_dir: str | Path, spec: CorpusSpec = CorpusSpec(), work
     out_dir.mkdir(parents=True, exist_ok=True)
     utterances = plan_corpus(spec)
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        # Fresh (spawned) single-threaded workers: forked copies of a process that already runs torch
+        # threads were several times slower here.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
             lines = list(pool.map(render, utterances, [out_dir] * len(utterances), chunksize=32))
     else:
         lines = [render(u, out_dir) for u in utterances]

@@ -45,7 +45,8 @@ class SpeechAdapter(nn.Module):
         layer = nn.TransformerEncoderLayer(
             input_size, heads, ffn_size, dropout=dropout, activation="relu", batch_first=True, norm_first=True
         )
-        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        # layers=0 leaves convolutions + projection, a lighter adapter for small models.
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers else None
         self.final_norm = nn.LayerNorm(input_size)
         self.projection = nn.Linear(input_size, llm_size)
 
@@ -65,5 +66,6 @@ class SpeechAdapter(nn.Module):
         x = self.input_layer(x) * self.scale + self.positions[:steps]
         x = self.dropout(x)
         padding = torch.arange(steps, device=x.device)[None, :] >= out_lengths[:, None]
-        x = self.transformer(x, src_key_padding_mask=padding)
+        if self.transformer is not None:
+            x = self.transformer(x, src_key_padding_mask=padding)
         return self.projection(self.final_norm(x)), out_lengths

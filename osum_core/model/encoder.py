@@ -8,8 +8,10 @@ table, with a padding mask, so a 3 s clip costs 3 s of compute.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -37,14 +39,32 @@ class SpeechEncoder(nn.Module):
         self.output_size = config.d_model
 
     @classmethod
-    def from_pretrained(cls, path: str, conv_strides: Sequence[int] = (1, 2), **kwargs) -> SpeechEncoder:
-        """Load the encoder half of a Hugging Face Whisper checkpoint (a full model or an encoder alone)."""
-        whisper = WhisperEncoder.from_pretrained(path, **kwargs)
-        encoder = cls(whisper.config, conv_strides)
-        encoder.whisper = whisper
-        encoder.whisper.conv1.stride = (encoder.conv_strides[0],)
-        encoder.whisper.conv2.stride = (encoder.conv_strides[1],)
-        return encoder
+    def from_pretrained(
+        cls, path: str, conv_strides: Sequence[int] = (1, 2), dtype: torch.dtype = torch.float32
+    ) -> SpeechEncoder:
+        """The encoder half of a Hugging Face Whisper checkpoint (a whole Whisper model or an encoder saved
+        alone), from a local directory or a Hub id. Only the encoder's tensors are read: the decoder is
+        never built."""
+        directory = Path(path)
+        if not directory.is_dir():
+            from huggingface_hub import snapshot_download
+
+            directory = Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors"]))
+        files = sorted(directory.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{directory}: no *.safetensors weights")
+        state = {}
+        for file in files:
+            for key, tensor in load_file(file).items():
+                for prefix in ("model.encoder.", "encoder.", ""):
+                    if key.startswith(prefix) and not key.startswith(("decoder.", "model.decoder.", "proj_out")):
+                        state[key[len(prefix) :]] = tensor
+                        break
+        encoder = cls(WhisperConfig.from_pretrained(directory), conv_strides)
+        missing, unexpected = encoder.whisper.load_state_dict(state, strict=False)
+        if missing:
+            raise ValueError(f"{directory}: Whisper encoder weights missing from the checkpoint: {missing[:5]}")
+        return encoder.to(dtype)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return conv_output_lengths(lengths, self.conv_strides)

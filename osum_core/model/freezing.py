@@ -19,8 +19,14 @@ def lora_parameters(model: SpeechLLM) -> Iterator[nn.Parameter]:
                 yield from adapters.parameters()
 
 
+def encoder_parameters(model: SpeechLLM) -> Iterator[nn.Parameter]:
+    # Whisper's sinusoidal position table stays fixed, as in Whisper and OSUM.
+    fixed = {id(p) for p in model.encoder.whisper.embed_positions.parameters()}
+    return (p for p in model.encoder.parameters() if id(p) not in fixed)
+
+
 PARTS: dict[str, Callable[[SpeechLLM], Iterable[nn.Parameter]]] = {
-    "encoder": lambda m: m.encoder.parameters(),
+    "encoder": encoder_parameters,
     "adapter": lambda m: m.adapter.parameters(),
     "speech_markers": lambda m: [m.speech_markers],
     "ctc_head": lambda m: m.ctc_head.parameters() if m.ctc_head is not None else [],

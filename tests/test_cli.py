@@ -1,0 +1,93 @@
+"""The command line, end to end: `osum tasks`, `osum data synth`, `osum fit` on a tiny corpus."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from osum_core.cli.main import main
+
+TINY_FIT = [
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=3",
+    "trainer.enable_progress_bar=false",
+    "trainer.max_time=null",
+    "data.num_workers=0",
+    "eval.generation.max_new_tokens=4",
+    "model.encoder.config.encoder_layers=1",
+    "model.llm.config.num_hidden_layers=1",
+]
+
+
+def osum(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "osum_core.cli.main", *args], capture_output=True, text=True)
+
+
+def test_tasks_json_lists_builtins_with_their_package(capsys):
+    assert main(["tasks", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["ved"]["tag"] == "<TRANSCRIBE> <CAPTION>"
+    assert rows["ved"]["metric"] == "accuracy"
+    assert "throat clearing" in rows["ved"]["labels"]
+    assert rows["asr"]["labels"] == [] and rows["asr"]["package"] == "osum"
+    assert {"name", "tag", "labels", "metric", "loss_weight", "package"} <= set(rows["asr"])
+
+
+def test_print_config_shows_overrides(capsys):
+    assert main(["fit", "--tasks", "asr", "--print-config", "trainer.max_steps=7"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["max_steps"] == 7
+
+
+def test_unknown_task_lists_the_installed_ones():
+    result = osum("fit", "--tasks", "asr,emotionz")
+    assert result.returncode == 2
+    assert "unknown task(s) emotionz; installed tasks: asr, ved" in result.stderr
+
+
+def test_unknown_config_key_is_an_error():
+    result = osum("fit", "--tasks", "asr", "optim.lr_max=1")
+    assert result.returncode == 2
+    assert "unknown config key 'optim.lr_max'" in result.stderr
+
+
+def test_bad_manifest_line_is_named(tmp_path, tiny_corpus):
+    bad = tmp_path / "bad.jsonl"
+    lines = (tiny_corpus / "train.jsonl").read_text().splitlines()[:3]
+    bad.write_text("\n".join([lines[0], "{oops", lines[2]]) + "\n")
+    result = osum("fit", "--tasks", "asr", "--out", str(tmp_path / "run"), f"data.train={bad}",
+                  f"data.val={bad}", f"data.test={bad}", *TINY_FIT)
+    assert result.returncode == 2
+    assert f"{bad}:2: not valid JSON" in result.stderr
+
+
+@pytest.mark.slow
+def test_fit_writes_a_complete_run_directory(tmp_path, tiny_corpus):
+    run = tmp_path / "run"
+    data = [f"data.{k}={tiny_corpus / f'{s}.jsonl'}" for k, s in (("train", "train"), ("val", "dev"), ("test", "test"))]
+    assert main(["fit", "--tasks", "asr,ved", "--out", str(run), *data, *TINY_FIT]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"asr", "ved"}
+    assert 0.0 <= metrics["asr"]["wer"] and 0.0 <= metrics["ved"]["accuracy"] <= 1.0
+    assert metrics["asr"]["count"] == 6 and metrics["ved"]["count"] == 6
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["trainer"]["max_steps"] == 6 and config["data"]["train"].endswith("train.jsonl")
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "tokenizer" / "tokenizer.json").is_file()
+    curve = [json.loads(line) for line in (run / "learning_curve.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in curve] == [3, 6]
+    assert set(curve[-1]["metrics"]) == {"asr", "ved"}
+    assert (run / "metrics.csv").is_file()
+    predictions = [json.loads(line) for line in (run / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 12 and {p["task"] for p in predictions} == {"asr", "ved"}
+
+
+@pytest.mark.slow
+def test_fit_with_only_one_task_trains_only_that_task(tmp_path, tiny_corpus):
+    run = tmp_path / "run"
+    data = [f"data.{k}={tiny_corpus / f'{s}.jsonl'}" for k, s in (("train", "train"), ("val", "dev"), ("test", "test"))]
+    assert main(["fit", "--tasks", "ved", "--out", str(run), *data, *TINY_FIT, "tasks.ved.loss_weight=2"]) == 0
+    assert set(json.loads((run / "metrics.json").read_text())) == {"ved"}

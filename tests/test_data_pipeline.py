@@ -1,0 +1,122 @@
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from osum_core.data.audio import AudioError, load_audio
+from osum_core.data.batching import duration_batches
+from osum_core.data.dataset import ExampleError, prepare_examples
+from osum_core.data.manifest import ManifestError, read_manifest
+from osum_core.data.task_mixing import mix_tasks
+from osum_core.plugins import load_tasks
+
+
+def write_lines(path, lines):
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def test_manifest_resolves_wav_relative_to_its_folder(tmp_path):
+    manifest = write_lines(tmp_path / "m.jsonl", [{"key": "a", "wav": "wav/a.wav", "txt": "one"}])
+    (example,) = read_manifest(manifest)
+    assert example["wav"] == str(tmp_path / "wav" / "a.wav")
+    assert example["_source"] == f"{manifest}:1"
+
+
+def test_manifest_errors_name_file_and_line(tmp_path):
+    manifest = write_lines(tmp_path / "m.jsonl", [{"key": "a", "wav": "a.wav", "txt": "x"}, "{not json"])
+    with pytest.raises(ManifestError, match=rf"{manifest}:2: not valid JSON"):
+        read_manifest(manifest)
+    manifest = write_lines(tmp_path / "n.jsonl", [{"key": "a", "txt": "x"}])
+    with pytest.raises(ManifestError, match=rf"{manifest}:1: missing field\(s\) wav"):
+        read_manifest(manifest)
+    with pytest.raises(ManifestError, match="manifest not found"):
+        read_manifest(tmp_path / "absent.jsonl")
+
+
+class WordTokenizer:
+    eos_token_id = 1
+
+    def encode(self, text, add_special_tokens=False):
+        return [len(word) + 2 for word in text.split()]
+
+
+def test_missing_audio_and_bad_labels_name_the_manifest_line(tmp_path):
+    tasks = list(load_tasks().tasks.values())
+    soundfile.write(tmp_path / "ok.wav", np.zeros(1600, dtype=np.float32), 16000)
+    manifest = write_lines(
+        tmp_path / "m.jsonl",
+        [
+            {"key": "a", "wav": "ok.wav", "txt": "one"},
+            {"key": "b", "wav": "gone.wav", "txt": "two"},
+        ],
+    )
+    with pytest.raises(AudioError, match=rf"{manifest}:2: audio file .*gone.wav is missing"):
+        prepare_examples(read_manifest(manifest), tasks, WordTokenizer())
+    manifest = write_lines(
+        tmp_path / "v.jsonl", [{"key": "c", "wav": "ok.wav", "txt": "one<yodel>", "task": "<TRANSCRIBE> <CAPTION>"}]
+    )
+    with pytest.raises(ExampleError, match=rf"{manifest}:1: task ved: label 'yodel'"):
+        prepare_examples(read_manifest(manifest), tasks, WordTokenizer())
+
+
+def test_examples_go_to_the_task_their_tag_names_and_others_are_counted(tmp_path):
+    soundfile.write(tmp_path / "ok.wav", np.zeros(3200, dtype=np.float32), 16000)
+    manifest = write_lines(
+        tmp_path / "m.jsonl",
+        [
+            {"key": "a", "wav": "ok.wav", "txt": "one two"},
+            {"key": "b", "wav": "ok.wav", "txt": "one<cough>", "task": "<TRANSCRIBE><CAPTION>"},
+            {"key": "c", "wav": "ok.wav", "txt": "one<happy>", "task": "<TRANSCRIBE> <EMOTION>"},
+        ],
+    )
+    registry = load_tasks()
+    examples, unselected = prepare_examples(read_manifest(manifest), registry.select(["asr", "ved"]), WordTokenizer())
+    assert [(e.key, e.task, e.target.text) for e in examples] == [("a", "asr", "one two"), ("b", "ved", "one<cough>")]
+    assert unselected == 1
+    assert examples[0].frames == 20  # 0.2 s at 10 ms per frame
+
+
+def test_audio_is_mixed_to_mono_and_resampled(tmp_path):
+    t = np.arange(44100) / 44100
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 440 * t)], axis=1).astype(np.float32) * 0.5
+    soundfile.write(tmp_path / "s.flac", stereo, 44100)
+    wave = load_audio(tmp_path / "s.flac")
+    assert wave.shape == (16000,)
+    assert wave.dtype == torch.float32
+    assert 0.4 < float(wave.abs().max()) < 0.6
+    with pytest.raises(AudioError, match="cannot read audio"):
+        load_audio(tmp_path / "nothing.wav")
+
+
+def test_duration_batches_respect_both_budgets_and_cover_every_example():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(100, 1500, size=300).tolist()
+    tokens = rng.integers(10, 200, size=300).tolist()
+    batches = duration_batches(frames, tokens, max_frames=4000, max_tokens=600, sort_window=100, seed=1)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    for batch in batches:
+        assert max(frames[i] for i in batch) * len(batch) <= 4000
+        assert max(tokens[i] for i in batch) * len(batch) <= 600
+    assert len({len(b) for b in batches}) > 1  # short utterances share batches: sizes vary
+    assert batches == duration_batches(frames, tokens, 4000, 600, sort_window=100, seed=1)
+
+
+def test_an_oversized_example_gets_a_batch_of_its_own():
+    assert duration_batches([10, 5000, 10], [1, 1, 1], max_frames=100, max_tokens=100) == [[0, 2], [1]]
+
+
+def test_mixing_follows_sampling_weights_not_corpus_sizes():
+    tasks = ["asr"] * 900 + ["ved"] * 100
+    order = mix_tasks(tasks, {"asr": 1.0, "ved": 1.0}, seed=0)
+    counts = Counter(tasks[i] for i in order)
+    assert counts == {"asr": 500, "ved": 500}
+    order = mix_tasks(tasks, {"asr": 3.0, "ved": 1.0}, seed=0)
+    assert Counter(tasks[i] for i in order) == {"asr": 750, "ved": 250}
+    order = mix_tasks(tasks, {"asr": 1.0, "ved": 0.0}, seed=0)
+    assert Counter(tasks[i] for i in order) == {"asr": 1000}
+    with pytest.raises(ValueError, match="weight 0"):
+        mix_tasks(tasks, {"asr": 0.0, "ved": 0.0}, seed=0)
