@@ -32,6 +32,7 @@ def model_cfg(whisper_path=None, qwen_path=None, lora=False, strides=(2, 2)):
                      "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]},
         },
         "ctc_head": True,
+        "ctc_compression": False,
     }
 
 
@@ -161,3 +162,34 @@ def test_lora_part_without_lora_unfreezes_nothing():
     model = build_speech_llm(model_cfg(), 64, eos_token_id=1, pad_token_id=0)
     assert set_trainable(model, ["lora"]) == {"lora": 0}
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_ctc_compression_merges_runs_of_equal_labels():
+    from osum_core.model.ctc_compression import merge_ctc_runs
+
+    states = torch.arange(12.0).view(1, 6, 2).repeat(2, 1, 1)
+    labels = torch.tensor([[0, 0, 3, 3, 0, 5], [1, 1, 1, 2, 2, 2]])
+    merged, lengths = merge_ctc_runs(states, torch.tensor([6, 4]), labels)
+    assert lengths.tolist() == [4, 2]
+    torch.testing.assert_close(merged[0], torch.tensor([[1.0, 2.0], [5.0, 6.0], [8.0, 9.0], [10.0, 11.0]]))
+    torch.testing.assert_close(merged[1, :2], torch.tensor([[2.0, 3.0], [6.0, 7.0]]))  # frames past 4 ignored
+
+
+def test_compressed_model_still_batches_exactly(saved_models):
+    cfg = model_cfg(qwen_path=str(saved_models / "qwen2"))
+    cfg["ctc_compression"] = True
+    cfg["adapter"]["conv_strides"] = [1]
+    torch.manual_seed(0)
+    model = build_speech_llm(cfg, 64, eos_token_id=1, pad_token_id=0).eval()
+    batch = batch_of([80, 31, 57], [6, 2, 4], [1, 1, 1], seed=5)
+    settings = GenerationSettings(max_new_tokens=6)
+    together = model.generate(settings=settings, **batch)
+    for i in range(3):
+        n, p = batch["feature_lengths"][i], batch["prompt_lengths"][i]
+        alone = model.generate(batch["features"][i : i + 1, :n], batch["feature_lengths"][i : i + 1],
+                               batch["prompt_ids"][i : i + 1, :p], batch["prompt_lengths"][i : i + 1], settings)
+        assert together[i] == alone[0]
+    assert torch.isfinite(model(**batch_of([40, 20], [3, 2], [4, 2]))["token_loss"]).all()
+    cfg["ctc_head"] = False
+    with pytest.raises(ValueError, match="needs the CTC head"):
+        build_speech_llm(cfg, 64, eos_token_id=1, pad_token_id=0)

@@ -29,7 +29,7 @@ from osum_core.model.speech_llm import GenerationSettings
 from osum_core.plugins import TaskRegistry
 from osum_core.task import Task
 from osum_core.train.datamodule import SpeechDataModule
-from osum_core.train.learning_curve import LearningCurve
+from osum_core.train.learning_curve import LearningCurve, curve_table
 from osum_core.train.module import SpeechLLMModule
 
 TASK_WEIGHTS = ("loss_weight", "label_loss_weight", "sampling_weight")
@@ -142,5 +142,6 @@ def fit(cfg_node, task_names: Sequence[str], registry: TaskRegistry, log=print) 
     with (run_dir / "test_predictions.jsonl").open("w", encoding="utf-8") as out:
         for row in module.examples.get("test", []):
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    log("learning curve (validation on data.val):\n" + curve_table(curve.rows))
     return metrics
 

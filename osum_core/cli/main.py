@@ -75,6 +75,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from osum_core.cli.fit import fit
 
     metrics = fit(cfg, args.tasks.split(","), registry)
+    print(f"test metrics ({cfg.out}/metrics.json):")
     print(json.dumps(metrics, indent=2))
     return 0
 

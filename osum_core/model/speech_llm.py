@@ -10,6 +10,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from osum_core.model.adapter import SpeechAdapter
+from osum_core.model.ctc_compression import merge_ctc_runs
 from osum_core.model.encoder import SpeechEncoder
 from osum_core.model.layout import build_layout
 
@@ -31,7 +32,8 @@ class SpeechLLM(nn.Module):
     """The backbone. `forward` returns per-example loss terms; `generate` returns token ids per example.
 
     speech_markers: the learned speech BOS/EOS vectors (OSUM keeps them as rows of an embedding table).
-    ctc_head: optional linear layer over encoder states for an auxiliary CTC loss on the transcript."""
+    ctc_head: optional linear layer over encoder states for an auxiliary CTC loss on the transcript.
+    ctc_compression: merge encoder frames by the CTC head's labels before the adapter (ctc_compression.py)."""
 
     def __init__(
         self,
@@ -41,6 +43,7 @@ class SpeechLLM(nn.Module):
         eos_token_id: int,
         pad_token_id: int,
         ctc_vocab_size: int = 0,
+        ctc_compression: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -49,6 +52,9 @@ class SpeechLLM(nn.Module):
         width = self.causal_lm.get_input_embeddings().embedding_dim
         self.speech_markers = nn.Parameter(torch.randn(2, width) * 0.02)
         self.ctc_head = nn.Linear(encoder.output_size, ctc_vocab_size) if ctc_vocab_size else None
+        if ctc_compression and self.ctc_head is None:
+            raise ValueError("CTC compression needs the CTC head (model.ctc_head: true)")
+        self.ctc_compression = ctc_compression
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
 
@@ -59,7 +65,12 @@ class SpeechLLM(nn.Module):
 
     def encode_speech(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         states, state_lengths = self.encoder(features, feature_lengths)
-        speech, speech_lengths = self.adapter(states, state_lengths)
+        adapter_input, adapter_lengths = states, state_lengths
+        if self.ctc_compression:
+            with torch.no_grad():
+                frame_labels = self.ctc_head(states).argmax(dim=-1)
+            adapter_input, adapter_lengths = merge_ctc_runs(states, state_lengths, frame_labels)
+        speech, speech_lengths = self.adapter(adapter_input, adapter_lengths)
         dtype = self.causal_lm.get_input_embeddings().weight.dtype
         return {
             "encoder_states": states,

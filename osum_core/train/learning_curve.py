@@ -39,3 +39,16 @@ class LearningCurve(L.Callback):
         self.rows.append(row)
         with self.path.open("a", encoding="utf-8") as out:
             out.write(json.dumps(row) + "\n")
+
+
+def curve_table(rows: list[dict[str, Any]]) -> str:
+    """The learning curve as a Markdown table: loss and each task's headline numbers per validation."""
+    metric_names = sorted({(task, name) for row in rows for task, m in row["metrics"].items() for name in m
+                           if name in ("wer", "accuracy")})
+    header = ["step", "minutes", "train loss", "val loss"] + [f"{task} {name}" for task, name in metric_names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row["step"]), f"{row['minutes']:.1f}", f"{row['train_loss']:.3f}", f"{row['val_loss']:.3f}"]
+        cells += [f"{row['metrics'].get(task, {}).get(name, float('nan')):.3f}" for task, name in metric_names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
