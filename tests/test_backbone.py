@@ -33,6 +33,7 @@ def model_cfg(whisper_path=None, qwen_path=None, lora=False, strides=(2, 2)):
         },
         "ctc_head": True,
         "ctc_compression": False,
+        "ctc_embeddings": False,
     }
 
 
@@ -178,6 +179,7 @@ def test_ctc_compression_merges_runs_of_equal_labels():
 def test_compressed_model_still_batches_exactly(saved_models):
     cfg = model_cfg(qwen_path=str(saved_models / "qwen2"))
     cfg["ctc_compression"] = True
+    cfg["ctc_embeddings"] = True
     cfg["adapter"]["conv_strides"] = [1]
     torch.manual_seed(0)
     model = build_speech_llm(cfg, 64, eos_token_id=1, pad_token_id=0).eval()
@@ -191,5 +193,5 @@ def test_compressed_model_still_batches_exactly(saved_models):
         assert together[i] == alone[0]
     assert torch.isfinite(model(**batch_of([40, 20], [3, 2], [4, 2]))["token_loss"]).all()
     cfg["ctc_head"] = False
-    with pytest.raises(ValueError, match="needs the CTC head"):
+    with pytest.raises(ValueError, match="need the CTC head"):
         build_speech_llm(cfg, 64, eos_token_id=1, pad_token_id=0)

@@ -80,12 +80,18 @@ def plain(utt: Utterance, speech: np.ndarray, rng: np.random.Generator) -> tuple
 
 
 def with_vocal_event(utt: Utterance, speech: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float, dict]:
-    """A vocal event placed before or after the speech, with a short gap."""
+    """A vocal event placed before the speech, after it (with a short gap), or over it (mixed in)."""
     event = utt.labels["event"]
     sound = make_event(event, rng, SAMPLE_RATE) * rng.uniform(0.5, 1.0)
     gap = np.zeros(int(rng.uniform(0.1, 0.3) * SAMPLE_RATE), dtype=np.float32)
-    if utt.labels["event_position"] == "before":
+    position = utt.labels["event_position"]
+    if position == "before":
         return np.concatenate([sound, gap, speech]), (len(sound) + len(gap)) / SAMPLE_RATE, {}
+    if position == "over":
+        mixed = np.concatenate([speech, np.zeros(max(len(sound) - len(speech), 0), dtype=np.float32)])
+        start = int(rng.integers(0, len(mixed) - len(sound) + 1))
+        mixed[start : start + len(sound)] += sound
+        return mixed, 0.0, {}
     return np.concatenate([speech, gap, sound]), 0.0, {}
 
 

@@ -33,7 +33,8 @@ class SpeechLLM(nn.Module):
 
     speech_markers: the learned speech BOS/EOS vectors (OSUM keeps them as rows of an embedding table).
     ctc_head: optional linear layer over encoder states for an auxiliary CTC loss on the transcript.
-    ctc_compression: merge encoder frames by the CTC head's labels before the adapter (ctc_compression.py)."""
+    ctc_compression: merge encoder frames by the CTC head's labels before the adapter (ctc_compression.py).
+    ctc_embeddings: add to each speech step the LLM embedding expected under the CTC posterior."""
 
     def __init__(
         self,
@@ -44,6 +45,7 @@ class SpeechLLM(nn.Module):
         pad_token_id: int,
         ctc_vocab_size: int = 0,
         ctc_compression: bool = False,
+        ctc_embeddings: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -52,9 +54,10 @@ class SpeechLLM(nn.Module):
         width = self.causal_lm.get_input_embeddings().embedding_dim
         self.speech_markers = nn.Parameter(torch.randn(2, width) * 0.02)
         self.ctc_head = nn.Linear(encoder.output_size, ctc_vocab_size) if ctc_vocab_size else None
-        if ctc_compression and self.ctc_head is None:
-            raise ValueError("CTC compression needs the CTC head (model.ctc_head: true)")
+        if (ctc_compression or ctc_embeddings) and self.ctc_head is None:
+            raise ValueError("CTC compression and CTC embeddings need the CTC head (model.ctc_head: true)")
         self.ctc_compression = ctc_compression
+        self.ctc_embeddings = ctc_embeddings
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
 
@@ -71,6 +74,13 @@ class SpeechLLM(nn.Module):
                 frame_labels = self.ctc_head(states).argmax(dim=-1)
             adapter_input, adapter_lengths = merge_ctc_runs(states, state_lengths, frame_labels)
         speech, speech_lengths = self.adapter(adapter_input, adapter_lengths)
+        if self.ctc_embeddings:
+            # Each speech step also gets the expected LLM token embedding under the CTC posterior, so the
+            # LLM reads speech partly in its own embedding space (an option for models trained from scratch).
+            posterior = self.ctc_head(adapter_input).softmax(dim=-1)
+            if speech.shape[1] != posterior.shape[1]:
+                raise ValueError("CTC embeddings need an adapter that keeps the length (adapter.conv_strides: [1])")
+            speech = speech + posterior.to(speech.dtype) @ self.causal_lm.get_input_embeddings().weight
         dtype = self.causal_lm.get_input_embeddings().weight.dtype
         return {
             "encoder_states": states,
