@@ -91,3 +91,12 @@ def test_fit_with_only_one_task_trains_only_that_task(tmp_path, tiny_corpus):
     data = [f"data.{k}={tiny_corpus / f'{s}.jsonl'}" for k, s in (("train", "train"), ("val", "dev"), ("test", "test"))]
     assert main(["fit", "--tasks", "ved", "--out", str(run), *data, *TINY_FIT, "tasks.ved.loss_weight=2"]) == 0
     assert set(json.loads((run / "metrics.json").read_text())) == {"ved"}
+
+
+def test_synth_takes_corpus_settings_as_overrides(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["data", "synth", str(out), "--workers", "1", "train_per_task=3", "eval_per_task=1",
+                 "event_positions=[over]"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"dir": str(out), "train": 6, "dev": 2, "test": 2}
+    result = osum("data", "synth", str(tmp_path / "d"), "train_per_tsk=3")
+    assert result.returncode == 2 and "unknown config key 'data.demo.train_per_tsk'" in result.stderr

@@ -49,15 +49,25 @@ def configured_tasks(registry: TaskRegistry, names: Sequence[str], overrides: di
     return tasks
 
 
+def corpus_spec(demo: dict[str, Any], seed: int) -> CorpusSpec:
+    """The demo corpus settings of the config (``data.demo``) as a `CorpusSpec`."""
+    return CorpusSpec(
+        seed=seed,
+        train_per_task=demo["train_per_task"],
+        eval_per_task=demo["eval_per_task"],
+        event_positions=tuple(demo["event_positions"]),
+    )
+
+
 def resolve_demo_data(cfg: dict[str, Any], log) -> None:
     """With no manifests given, point data.train/val/test at the demo corpus, synthesising it if needed."""
     data = cfg["data"]
     if any(data[split] for split in ("train", "val", "test")):
         return
-    corpus = Path(data["demo_corpus"])
+    corpus = Path(data["demo"]["dir"])
     if not corpus_is_complete(corpus):
         log(f"synthesising the demo corpus into {corpus} (once) ...")
-        counts = synthesize_corpus(corpus, CorpusSpec(seed=cfg["seed"]))
+        counts = synthesize_corpus(corpus, corpus_spec(data["demo"], cfg["seed"]))
         log(f"demo corpus: {counts}")
     data["train"], data["val"], data["test"] = (str(corpus / f"{s}.jsonl") for s in ("train", "dev", "test"))
 
@@ -120,6 +130,7 @@ def fit(cfg_node, task_names: Sequence[str], registry: TaskRegistry, log=print) 
         ctc_weight=cfg["loss"]["ctc_weight"],
         generation=GenerationSettings(**cfg["eval"]["generation"]),
         total_steps=int(trainer_kwargs.get("max_steps") or 0),
+        ce_start_step=cfg["loss"]["ce_start_step"],
     )
     loggers: list[Any] = [CSVLogger(run_dir, name="", version="")]
     try:

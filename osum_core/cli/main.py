@@ -50,10 +50,13 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from osum_core.data.demo_corpus import CorpusSpec, synthesize_corpus
+    from osum_core.cli.config import load_config, to_plain
+    from osum_core.cli.fit import corpus_spec
+    from osum_core.data.demo_corpus import synthesize_corpus
 
-    spec = CorpusSpec(seed=args.seed, train_per_task=args.train_per_task, eval_per_task=args.eval_per_task)
-    counts = synthesize_corpus(args.dir, spec, workers=args.workers)
+    cfg = to_plain(load_config("fit", overrides=[f"data.demo.{item}" for item in args.overrides]))
+    seed = cfg["seed"] if args.seed is None else args.seed
+    counts = synthesize_corpus(args.dir, corpus_spec(cfg["data"]["demo"], seed), workers=args.workers)
     print(json.dumps({"dir": args.dir, **counts}))
     return 0
 
@@ -99,16 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="synthesise the demo corpus with eSpeak NG")
     synth.add_argument("dir")
-    synth.add_argument("--seed", type=int, default=777)
-    synth.add_argument("--train-per-task", type=int, default=1500)
-    synth.add_argument("--eval-per-task", type=int, default=100)
-    synth.add_argument("--workers", type=int, default=2)
+    synth.add_argument("--seed", type=int, help="the corpus is a pure function of the seed (default: config's seed)")
+    synth.add_argument("--workers", type=int, default=2, help="synthesis processes")
+    synth.add_argument(
+        "overrides", nargs="*", metavar="key=value",
+        help="settings of data.demo in configs/fit.yaml, e.g. train_per_task=200 'event_positions=[before,after]'",
+    )
     synth.set_defaults(run=cmd_synth)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may stand anywhere, also after options (argparse alone would refuse them there).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError) as error:

@@ -1,6 +1,7 @@
 """`SpeechLLMModule`: the LightningModule that meets the backbone (tensors) and the tasks (text).
 
-Batch loss, for a batch with examples i, target tokens t, task weights and CTC:
+Batch loss, for a batch with examples i, target tokens t, task weights and CTC (the first term joins at
+``loss.ce_start_step``):
 
     loss = sum_i sum_t w_it * CE_it / sum_i T_i  +  ctc_weight * mean_i CTC_i / U_i
 
@@ -32,6 +33,7 @@ class SpeechLLMModule(L.LightningModule):
         ctc_weight: float,
         generation: GenerationSettings,
         total_steps: int,
+        ce_start_step: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -41,6 +43,7 @@ class SpeechLLMModule(L.LightningModule):
         self.ctc_weight = ctc_weight
         self.generation = generation
         self.total_steps = total_steps
+        self.ce_start_step = ce_start_step
         self.metrics: dict[str, dict[str, Any]] = {"val": {}, "test": {}}
         self.results: dict[str, dict[str, dict[str, float]]] = {}  # stage -> task -> metric -> value
         self.eval_loss: dict[str, float] = {}
@@ -57,7 +60,9 @@ class SpeechLLMModule(L.LightningModule):
         out = self.model(**batch)
         ce = out["token_loss"].sum() / out["token_count"].sum().clamp(min=1)
         parts = {"ce": ce}
-        loss = ce
+        # Before ce_start_step (training only) the encoder learns from CTC alone, so the LLM first meets
+        # speech embeddings that already carry the words.
+        loss = ce if not self.training or self.global_step >= self.ce_start_step else ce.detach() * 0
         if self.ctc_weight and "ctc_loss" in out:
             parts["ctc"] = out["ctc_loss"].mean()
             loss = loss + self.ctc_weight * parts["ctc"]
