@@ -13,14 +13,19 @@ import torch
 
 
 def merge_ctc_runs(
-    states: torch.Tensor, lengths: torch.Tensor, frame_labels: torch.Tensor
+    states: torch.Tensor, lengths: torch.Tensor, frame_labels: torch.Tensor, max_run: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Average `states` [B, T, D] over runs of equal `frame_labels` [B, T]; frames past `lengths` are
-    ignored. Returns the merged states [B, R, D] and the number of runs per example."""
+    ignored. With `max_run` > 0 a run is cut every `max_run` frames, so long stretches (a vocal event
+    labelled blank) keep some detail. Returns the merged states [B, R, D] and the number of runs."""
     batch, steps, width = states.shape
-    valid = torch.arange(steps, device=states.device)[None, :] < lengths[:, None]
+    frame = torch.arange(steps, device=states.device)
+    valid = frame[None, :] < lengths[:, None]
     starts = torch.ones_like(valid)
     starts[:, 1:] = frame_labels[:, 1:] != frame_labels[:, :-1]
+    if max_run > 0:
+        run_start = torch.where(starts, frame[None, :], torch.zeros_like(frame)[None, :]).cummax(dim=1).values
+        starts |= (frame[None, :] - run_start) % max_run == 0
     starts &= valid
     run_lengths = starts.sum(dim=1)
     runs = int(run_lengths.max()) if batch else 0

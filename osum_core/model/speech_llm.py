@@ -46,6 +46,7 @@ class SpeechLLM(nn.Module):
         ctc_vocab_size: int = 0,
         ctc_compression: bool = False,
         ctc_embeddings: bool = False,
+        ctc_max_run: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -58,6 +59,7 @@ class SpeechLLM(nn.Module):
             raise ValueError("CTC compression and CTC embeddings need the CTC head (model.ctc_head: true)")
         self.ctc_compression = ctc_compression
         self.ctc_embeddings = ctc_embeddings
+        self.ctc_max_run = ctc_max_run
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
 
@@ -72,7 +74,7 @@ class SpeechLLM(nn.Module):
         if self.ctc_compression:
             with torch.no_grad():
                 frame_labels = self.ctc_head(states).argmax(dim=-1)
-            adapter_input, adapter_lengths = merge_ctc_runs(states, state_lengths, frame_labels)
+            adapter_input, adapter_lengths = merge_ctc_runs(states, state_lengths, frame_labels, self.ctc_max_run)
         speech, speech_lengths = self.adapter(adapter_input, adapter_lengths)
         if self.ctc_embeddings:
             # Each speech step also gets the expected LLM token embedding under the CTC posterior, so the
