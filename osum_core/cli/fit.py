@@ -121,7 +121,7 @@ def fit(cfg_node, task_names: Sequence[str], registry: TaskRegistry, log=print) 
     total = sum(p.numel() for p in model.parameters())
     log(f"parameters: {total / 1e6:.2f}M, training {sum(trainable.values()) / 1e6:.2f}M {trainable}")
 
-    datamodule = SpeechDataModule(cfg["data"], tasks, tokenizer, cfg["seed"])
+    datamodule = SpeechDataModule(cfg["data"], tasks, tokenizer, cfg["seed"], cfg["loss"]["ctc_target"])
     module = SpeechLLMModule(
         model,
         tasks,

@@ -99,6 +99,7 @@ class SpeechDataset(Dataset):
         train: bool,
         spec_augment: SpecAugment | None = None,
         seed: int = 0,
+        ctc_target: str = "transcript",
     ) -> None:
         self.examples = list(examples)
         self.tasks = dict(tasks)
@@ -107,6 +108,9 @@ class SpeechDataset(Dataset):
         self.train = train
         self.spec_augment = spec_augment if train else None
         self.seed = seed
+        if ctc_target not in ("transcript", "target"):
+            raise ValueError(f"loss.ctc_target must be transcript or target, got {ctc_target!r}")
+        self.ctc_includes_suffix = ctc_target == "target"
         self.prompt_ids = {
             name: [tuple(tokenizer.encode(p, add_special_tokens=False)) for p in task.prompt_bank(prompt_language)]
             for name, task in self.tasks.items()
@@ -143,5 +147,7 @@ class SpeechDataset(Dataset):
             "prompt_ids": torch.tensor(prompt, dtype=torch.long),
             "target_ids": torch.tensor(target_ids, dtype=torch.long),
             "target_weights": torch.tensor(weights, dtype=torch.float32),
-            "ctc_ids": torch.tensor(example.transcript_ids, dtype=torch.long),
+            "ctc_ids": torch.tensor(
+                example.transcript_ids + (example.suffix_ids if self.ctc_includes_suffix else ()), dtype=torch.long
+            ),
         }

@@ -79,8 +79,11 @@ class SpeechDataModule(L.LightningDataModule):
 
     `cfg` is the resolved ``data:`` config section (a plain dict)."""
 
-    def __init__(self, cfg: Mapping[str, Any], tasks: Mapping[str, Task], tokenizer: Any, seed: int) -> None:
+    def __init__(
+        self, cfg: Mapping[str, Any], tasks: Mapping[str, Task], tokenizer: Any, seed: int, ctc_target: str = "transcript"
+    ) -> None:
         super().__init__()
+        self.ctc_target = ctc_target
         self.cfg = dict(cfg)
         self.tasks = dict(tasks)
         self.tokenizer = tokenizer
@@ -116,6 +119,7 @@ class SpeechDataModule(L.LightningDataModule):
             train=split == "train",
             spec_augment=SpecAugment(**{k: v for k, v in augment.items() if k != "enabled"}) if augment["enabled"] else None,
             seed=self.seed,
+            ctc_target=self.ctc_target,
         )
 
     def loader(self, split: str) -> DataLoader:
