@@ -10,7 +10,8 @@ substitute for real corpora. Design:
   vocal event placed before or after the speech. New tasks add a recipe that realises their label in the
   audio and records it in a manifest field;
 - manifests follow OSUM/WeNet raw jsonl (``key``, ``wav``, ``txt``, ``task``, ``lang``, ``speaker``,
-  ``gender``, ``duration``) plus the label fields and ``extra`` (voice settings, word timestamps);
+  ``gender``, ``duration``) plus the label fields and ``extra`` (voice settings, word timestamps, shifted
+  when an event comes first);
 - everything is a pure function of the seed: the same seed gives the same corpus, file for file.
 """
 
@@ -53,9 +54,8 @@ class CorpusSpec:
     pitch: tuple[int, int] = (35, 65)
     min_words: int = 3
     max_words: int = 6
-    # Where vocal events go. "after" only, by default: a tiny LLM trained from scratch first learns to read
-    # speech by position from its start, and events before the speech held that off for the whole demo
-    # budget (measured; see README). Add "before" for a harder corpus.
+    # Where vocal events go: "before" or "after" the speech (with a gap), or "over" it (mixed in). The demo's
+    # figures in README were measured with "after" only.
     event_positions: tuple[str, ...] = ("after",)
 
 
