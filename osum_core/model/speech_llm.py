@@ -71,9 +71,10 @@ class SpeechLLM(nn.Module):
     def encode_speech(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         states, state_lengths = self.encoder(features, feature_lengths)
         adapter_input, adapter_lengths = states, state_lengths
+        # Computed once: the CTC loss and the compression read the same logits.
+        ctc_logits = self.ctc_head(states) if self.ctc_head is not None else None
         if self.ctc_compression:
-            with torch.no_grad():
-                frame_labels = self.ctc_head(states).argmax(dim=-1)
+            frame_labels = ctc_logits.detach().argmax(dim=-1)
             adapter_input, adapter_lengths = merge_ctc_runs(states, state_lengths, frame_labels, self.ctc_max_run)
         speech, speech_lengths = self.adapter(adapter_input, adapter_lengths)
         if self.ctc_embeddings:
@@ -89,6 +90,7 @@ class SpeechLLM(nn.Module):
             "encoder_lengths": state_lengths,
             "speech": speech.to(dtype),
             "speech_lengths": speech_lengths,
+            "ctc_logits": ctc_logits,
         }
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
@@ -128,7 +130,7 @@ class SpeechLLM(nn.Module):
         weighted = torch.zeros_like(target_weights).masked_scatter(valid, token_ce) * target_weights
         out = {"token_loss": weighted.sum(dim=1), "token_count": target_lengths.to(weighted.dtype)}
         if self.ctc_head is not None and ctc_ids is not None and ctc_lengths is not None:
-            log_probs = self.ctc_head(speech["encoder_states"]).float().log_softmax(dim=-1)
+            log_probs = speech["ctc_logits"].float().log_softmax(dim=-1)
             ctc = nn.functional.ctc_loss(
                 log_probs.transpose(0, 1), ctc_ids, speech["encoder_lengths"], ctc_lengths,
                 blank=self.pad_token_id, reduction="none", zero_infinity=True,
