@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from osum_core.plugins import hookimpl
+from osum_core.plugins import DemoRecipe, hookimpl
 from osum_core.task import Prediction, Target, Task, TranscriptMetric, normalize_target, split_suffix_tags
 
 PROMPTS = {
-    # OSUM's prompt_config.yaml (the three paraphrases recorded in the reference notes).
+    # OSUM's prompt_config.yaml (the three paraphrases recorded in the reference notes), then two of ours.
     "zh": (
         "转录如下音频。",
         "执行语音识别任务，将音频转换为文字。",
         "将这段音频的语音内容详细记录为文字稿。",
+        "请把这段语音转写成文字。",
+        "识别音频中的说话内容并输出文本。",
     ),
     "en": (
         "Transcribe the audio.",
@@ -51,3 +53,8 @@ TASK = Task(
 @hookimpl
 def osum_tasks() -> list[Task]:
     return [TASK]
+
+
+@hookimpl
+def osum_demo_recipes() -> dict[str, DemoRecipe]:
+    return {TASK.tag: DemoRecipe()}  # the planned digit string, as spoken

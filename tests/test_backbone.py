@@ -35,6 +35,7 @@ def model_cfg(whisper_path=None, qwen_path=None, lora=False, strides=(2, 2)):
         "ctc_compression": False,
         "ctc_embeddings": False,
         "ctc_max_run": 0,
+        "time_embeddings": False,
     }
 
 
@@ -171,11 +172,12 @@ def test_ctc_compression_merges_runs_of_equal_labels():
 
     states = torch.arange(12.0).view(1, 6, 2).repeat(2, 1, 1)
     labels = torch.tensor([[0, 0, 3, 3, 0, 5], [1, 1, 1, 2, 2, 2]])
-    merged, lengths = merge_ctc_runs(states, torch.tensor([6, 4]), labels)
+    merged, lengths, starts = merge_ctc_runs(states, torch.tensor([6, 4]), labels)
     assert lengths.tolist() == [4, 2]
+    assert starts[0].tolist() == [0, 2, 4, 5] and starts[1, :2].tolist() == [0, 3]
     torch.testing.assert_close(merged[0], torch.tensor([[1.0, 2.0], [5.0, 6.0], [8.0, 9.0], [10.0, 11.0]]))
     torch.testing.assert_close(merged[1, :2], torch.tensor([[2.0, 3.0], [6.0, 7.0]]))  # frames past 4 ignored
-    cut, cut_lengths = merge_ctc_runs(states, torch.tensor([6, 6]), labels, max_run=2)
+    cut, cut_lengths, _ = merge_ctc_runs(states, torch.tensor([6, 6]), labels, max_run=2)
     assert cut_lengths.tolist() == [4, 4]  # second example: runs of 3 are cut into 2 + 1
     torch.testing.assert_close(cut[1], torch.tensor([[1.0, 2.0], [4.0, 5.0], [7.0, 8.0], [10.0, 11.0]]))
 
@@ -185,6 +187,7 @@ def test_compressed_model_still_batches_exactly(saved_models):
     cfg["ctc_compression"] = True
     cfg["ctc_embeddings"] = True
     cfg["ctc_max_run"] = 3
+    cfg["time_embeddings"] = True
     cfg["adapter"]["conv_strides"] = [1]
     torch.manual_seed(0)
     model = build_speech_llm(cfg, 64, eos_token_id=1, pad_token_id=0).eval()

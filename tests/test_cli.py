@@ -45,7 +45,7 @@ def test_print_config_shows_overrides(capsys):
 def test_unknown_task_lists_the_installed_ones():
     result = osum("fit", "--tasks", "asr,emotionz")
     assert result.returncode == 2
-    assert "unknown task(s) emotionz; installed tasks: asr, ved" in result.stderr
+    assert "unknown task(s) emotionz; installed tasks: age_gender, asr, asr_age_gender, sap, ser" in result.stderr
 
 
 def test_unknown_config_key_is_an_error():
@@ -95,8 +95,11 @@ def test_fit_with_only_one_task_trains_only_that_task(tmp_path, tiny_corpus):
 
 def test_synth_takes_corpus_settings_as_overrides(tmp_path, capsys):
     out = tmp_path / "c"
-    assert main(["data", "synth", str(out), "--workers", "1", "train_per_task=3", "eval_per_task=1",
-                 "event_positions=[over]"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"dir": str(out), "train": 6, "dev": 2, "test": 2}
+    assert main(["data", "synth", str(out), "--tasks", "asr,ved", "--workers", "1", "train_per_task=3",
+                 "eval_per_task=1", "event_positions=[over]"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"asr": str(out / "asr"), "ved": str(out / "ved")}
+    lines = {split: (out / "ved" / f"{split}.jsonl").read_text().splitlines() for split in ("train", "dev", "test")}
+    assert [len(v) for v in lines.values()] == [3, 1, 1]
+    assert json.loads((out / "ved" / "corpus.json").read_text())["spec"]["event_positions"] == ["over"]
     result = osum("data", "synth", str(tmp_path / "d"), "train_per_tsk=3")
     assert result.returncode == 2 and "unknown config key 'data.demo.train_per_tsk'" in result.stderr

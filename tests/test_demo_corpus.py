@@ -2,26 +2,30 @@ import json
 
 import soundfile
 
-from osum_core.data.demo_corpus import DIGITS, CorpusSpec, plan_corpus, synthesize_corpus
+from conftest import TINY_SPEC
+
+from osum_core.data.demo_corpus import DIGITS, CorpusSpec, plan_corpus, string_split, synthesize_corpus
 from osum_core.data.manifest import read_manifest
 from osum_core.data.vocal_events import EVENT_LABELS
 
 
-def test_splits_hold_out_voices_and_sentences():
-    utterances = plan_corpus(CorpusSpec(train_per_task=200, eval_per_task=40))
+def test_splits_hold_out_voices_and_sentences(registry):
+    spec = CorpusSpec(tags=("<TRANSCRIBE>", "<TRANSCRIBE> <CAPTION>"), train_per_task=200, eval_per_task=40)
+    utterances = plan_corpus(spec, registry.recipes)
     by_split = {s: [u for u in utterances if u.split == s] for s in ("train", "dev", "test")}
-    train_voices = {u.variant for u in by_split["train"]}
+    train_voices = {u.voice.variant for u in by_split["train"]}
     train_strings = {u.words for u in by_split["train"]}
     for split in ("dev", "test"):
-        assert not train_voices & {u.variant for u in by_split[split]}
+        assert not train_voices & {u.voice.variant for u in by_split[split]}
         assert not train_strings & {u.words for u in by_split[split]}
+        assert all(string_split(u.words) == split for u in by_split[split])
     assert not {u.words for u in by_split["dev"]} & {u.words for u in by_split["test"]}
     assert {u.labels["event"] for u in utterances if "event" in u.labels} == set(EVENT_LABELS)
 
 
-def test_corpus_is_osum_jsonl_and_deterministic(tmp_path, tiny_corpus):
+def test_corpus_is_osum_jsonl_and_deterministic(tmp_path, tiny_corpus, registry):
     again = tmp_path / "again"
-    synthesize_corpus(again, CorpusSpec(train_per_task=24, eval_per_task=6, seed=3), workers=2)
+    synthesize_corpus(again, TINY_SPEC, registry.recipes, workers=2)
     for split in ("train", "dev", "test"):
         assert (again / f"{split}.jsonl").read_text() == (tiny_corpus / f"{split}.jsonl").read_text()
     first = json.loads((tiny_corpus / "train.jsonl").read_text().splitlines()[0])

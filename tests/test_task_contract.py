@@ -8,6 +8,7 @@ from osum_core.task import (
     normalize_target,
     normalize_transcript,
     split_suffix_tags,
+    LabelField,
     tagged_task,
 )
 from osum_core.task.contract import contract_problems, normalize_task_tag
@@ -83,7 +84,7 @@ def test_prompt_banks():
 
 
 def test_tagged_task_targets_from_txt_or_field():
-    task = tagged_task("ved", "<TRANSCRIBE> <CAPTION>", ["laugh", "throat clearing"], {"en": ["x"]}, "event")
+    task = tagged_task("ved", "<TRANSCRIBE> <CAPTION>", {"en": ["x"]}, [LabelField("event", ("laugh", "throat clearing"))])
     assert task.build_target({"txt": "One Two<Laugh>"}) == Target("one two", "<laugh>")
     assert task.build_target({"txt": "one", "event": "throat clearing"}) == Target("one", "<throat clearing>")
     with pytest.raises(ValueError, match="'event'"):
@@ -94,7 +95,7 @@ def test_tagged_task_targets_from_txt_or_field():
 
 
 def test_tagged_task_parser_never_raises():
-    task = tagged_task("ved", "<TRANSCRIBE> <CAPTION>", ["laugh"], {"en": ["x"]}, "event")
+    task = tagged_task("ved", "<TRANSCRIBE> <CAPTION>", {"en": ["x"]}, [LabelField("event", ("laugh",))])
     for text in ["", "<", "one two<laugh>", "<<>>", "one <laugh> two", "one two<laugh><cough>"]:
         prediction = task.parse_output(text)
         assert prediction.text == text

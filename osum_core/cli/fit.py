@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from osum_core.model.build import build_speech_llm
 from osum_core.model.freezing import set_trainable
 from osum_core.model.speech_llm import GenerationSettings
 from osum_core.plugins import TaskRegistry
-from osum_core.task import Task
+from osum_core.task import Target, Task
 from osum_core.train.datamodule import SpeechDataModule
 from osum_core.train.learning_curve import LearningCurve, curve_table
 from osum_core.train.module import SpeechLLMModule
@@ -36,40 +37,73 @@ TASK_WEIGHTS = ("loss_weight", "label_loss_weight", "sampling_weight")
 
 
 def configured_tasks(registry: TaskRegistry, names: Sequence[str], overrides: dict[str, Any]) -> dict[str, Task]:
-    """The selected tasks with the config's weight overrides applied (``tasks.<name>.<weight>``)."""
+    """The selected tasks with the config's overrides applied: ``tasks.<name>.<weight>`` for the weights
+    every task has, ``tasks.<name>.<option>`` for a task's own options (`Task.options`)."""
     tasks = {task.name: task for task in registry.select(names)}
-    for name, weights in overrides.items():
+    for name, settings in overrides.items():
         if name not in registry.tasks:
             raise ConfigError(f"config key 'tasks.{name}': no installed task {name!r} ({', '.join(sorted(registry.tasks))})")
-        unknown = [k for k in (weights or {}) if k not in TASK_WEIGHTS]
+        settings = dict(settings or {})
+        task = registry.tasks[name]
+        unknown = [k for k in settings if k not in TASK_WEIGHTS and k not in task.options]
         if unknown:
-            raise ConfigError(f"unknown config key 'tasks.{name}.{unknown[0]}'; a task takes {', '.join(TASK_WEIGHTS)}")
-        if name in tasks and weights:
-            tasks[name] = tasks[name].with_weights(**{k: float(v) for k, v in weights.items()})
+            takes = ", ".join([*TASK_WEIGHTS, *task.options])
+            raise ConfigError(f"unknown config key 'tasks.{name}.{unknown[0]}'; task {name!r} takes {takes}")
+        if name in tasks:
+            weights = {k: float(v) for k, v in settings.items() if k in TASK_WEIGHTS}
+            options = {k: v for k, v in settings.items() if k not in TASK_WEIGHTS}
+            try:
+                tasks[name] = tasks[name].with_options(**options).with_weights(**weights)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"config key 'tasks.{name}': {error}") from None
     return tasks
 
 
-def corpus_spec(demo: dict[str, Any], seed: int) -> CorpusSpec:
-    """The demo corpus settings of the config (``data.demo``) as a `CorpusSpec`."""
+def corpus_spec(demo: dict[str, Any], seed: int, tag: str) -> CorpusSpec:
+    """The demo corpus settings of the config (``data.demo``) for one task tag, as a `CorpusSpec`."""
     return CorpusSpec(
+        tags=(tag,),
         seed=seed,
         train_per_task=demo["train_per_task"],
         eval_per_task=demo["eval_per_task"],
         event_positions=tuple(demo["event_positions"]),
+        content_cues=float(demo["content_cues"]),
     )
 
 
-def resolve_demo_data(cfg: dict[str, Any], log) -> None:
-    """With no manifests given, point data.train/val/test at the demo corpus, synthesising it if needed."""
+def synthesize_demo(
+    root: Path, tasks: Iterable[Task], recipes: dict, demo: dict[str, Any], seed: int, log, workers: int = 2
+) -> dict[str, Path]:
+    """The demo corpus of each task in ``root/<task name>``, synthesised where missing or made with other
+    settings. Returns the directories by task name."""
+    dirs = {}
+    for task in tasks:
+        if task.tag not in recipes:
+            raise ConfigError(
+                f"task {task.name!r} ({task.tag}) has no demo-corpus recipe; give manifests as data.train/val/test"
+            )
+        spec = corpus_spec(demo, seed, task.tag)
+        out = dirs[task.name] = root / task.name
+        if not corpus_is_complete(out, spec):
+            log(f"synthesising the demo corpus for {task.name} into {out} ...")
+            counts = synthesize_corpus(out, spec, recipes, workers=workers)
+            log(f"demo corpus {task.name}: {counts}")
+    return dirs
+
+
+def resolve_demo_data(cfg: dict[str, Any], tasks: dict[str, Task], recipes: dict, log) -> None:
+    """With no manifests given, point data.train/val/test at the demo corpora of the selected tasks."""
     data = cfg["data"]
     if any(data[split] for split in ("train", "val", "test")):
         return
-    corpus = Path(data["demo"]["dir"])
-    if not corpus_is_complete(corpus):
-        log(f"synthesising the demo corpus into {corpus} (once) ...")
-        counts = synthesize_corpus(corpus, corpus_spec(data["demo"], cfg["seed"]))
-        log(f"demo corpus: {counts}")
-    data["train"], data["val"], data["test"] = (str(corpus / f"{s}.jsonl") for s in ("train", "dev", "test"))
+    dirs = synthesize_demo(Path(data["demo"]["dir"]), tasks.values(), recipes, data["demo"], cfg["seed"], log)
+    for key, split in (("train", "train"), ("val", "dev"), ("test", "test")):
+        data[key] = [str(d / f"{split}.jsonl") for d in dirs.values()]
+
+
+def target_tags(targets: Iterable[Target]) -> set[str]:
+    """Every ``<...>`` marker in the targets (labels, timestamps, ``<开始回答>``): whole tokens of the demo tokenizer."""
+    return {tag for target in targets for tag in re.findall(r"<[^<>]+>", target.text)}
 
 
 def load_tokenizer(cfg: dict[str, Any], tasks: dict[str, Task], run_dir: Path):
@@ -84,8 +118,8 @@ def load_tokenizer(cfg: dict[str, Any], tasks: dict[str, Task], run_dir: Path):
         examples, _ = assign_tasks(read_manifests(cfg["data"]["train"]), list(tasks.values()))
         targets = [task.build_target(example) for example, task in examples]
         prompts = [p for task in tasks.values() for p in task.prompt_bank(cfg["data"]["prompt_language"])]
-        tags = {t.suffix for t in targets if t.suffix} | {f"<{label}>" for t in tasks.values() for label in t.labels}
-        texts = [t.transcript for t in targets] + prompts
+        tags = target_tags(targets) | {f"<{label}>" for t in tasks.values() for label in t.labels}
+        texts = [re.sub(r"<[^<>]+>", " ", t.text) for t in targets] + prompts
         tokenizer = train_demo_tokenizer(texts, tags, llm["demo_tokenizer_vocab"])
     if tokenizer.pad_token_id is None:
         tokenizer.add_special_tokens({"pad_token": "[PAD]"})  # as OSUM does for Qwen2
@@ -106,7 +140,7 @@ def fit(cfg_node, task_names: Sequence[str], registry: TaskRegistry, log=print) 
     cfg = to_plain(cfg_node)
     tasks = configured_tasks(registry, task_names, cfg["tasks"])
     trainer_kwargs = trainer_arguments(dict(cfg["trainer"]))
-    resolve_demo_data(cfg, log)
+    resolve_demo_data(cfg, tasks, registry.recipes, log)
     run_dir = Path(cfg["out"])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))

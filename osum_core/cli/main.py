@@ -50,14 +50,19 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from osum_core.cli.config import load_config, to_plain
-    from osum_core.cli.fit import corpus_spec
-    from osum_core.data.demo_corpus import synthesize_corpus
+    from osum_core.cli.fit import synthesize_demo
 
     cfg = to_plain(load_config("fit", overrides=[f"data.demo.{item}" for item in args.overrides]))
     seed = cfg["seed"] if args.seed is None else args.seed
-    counts = synthesize_corpus(args.dir, corpus_spec(cfg["data"]["demo"], seed), workers=args.workers)
-    print(json.dumps({"dir": args.dir, **counts}))
+    registry = load_tasks()
+    report_problems(registry)
+    tasks = registry.select(args.tasks.split(","))
+    progress = lambda message: print(message, file=sys.stderr)  # noqa: E731  (stdout carries the JSON)
+    dirs = synthesize_demo(Path(args.dir), tasks, registry.recipes, cfg["data"]["demo"], seed, progress, args.workers)
+    print(json.dumps({name: str(path) for name, path in dirs.items()}))
     return 0
 
 
@@ -101,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="synthesise the demo corpus with eSpeak NG")
-    synth.add_argument("dir")
+    synth.add_argument("dir", help="writes DIR/<task>/{train,dev,test}.jsonl and the audio")
+    synth.add_argument("--tasks", default="all", help="comma-separated task names, or all (default)")
     synth.add_argument("--seed", type=int, help="the corpus is a pure function of the seed (default: config's seed)")
     synth.add_argument("--workers", type=int, default=2, help="synthesis processes")
     synth.add_argument(

@@ -28,7 +28,8 @@ class PreparedExample:
     wav: str
     task: str
     target: Target
-    transcript_ids: tuple[int, ...]
+    transcript_ids: tuple[int, ...]  # the words alone (the CTC head's target)
+    body_ids: tuple[int, ...]  # what the LLM writes before the suffix (the transcript, or e.g. timestamped words)
     suffix_ids: tuple[int, ...]
     frames: int
     source: str
@@ -74,6 +75,7 @@ def prepare_examples(
                 task=task.name,
                 target=target,
                 transcript_ids=tuple(tokenizer.encode(target.transcript, add_special_tokens=False)),
+                body_ids=tuple(tokenizer.encode(target.body or target.transcript, add_special_tokens=False)),
                 suffix_ids=tuple(tokenizer.encode(target.suffix, add_special_tokens=False)) if target.suffix else (),
                 frames=audio_frames(str(example["wav"]), source),
                 source=source,
@@ -135,9 +137,9 @@ class SpeechDataset(Dataset):
         prompts = self.prompt_ids[example.task]
         prompt = prompts[rng.randrange(len(prompts))] if self.train else prompts[0]
         task = self.tasks[example.task]
-        target_ids = example.transcript_ids + example.suffix_ids + (self.eos_id,)
+        target_ids = example.body_ids + example.suffix_ids + (self.eos_id,)
         suffix_weight = task.loss_weight * task.label_loss_weight
-        weights = [task.loss_weight] * len(example.transcript_ids) + [suffix_weight] * len(example.suffix_ids)
+        weights = [task.loss_weight] * len(example.body_ids) + [suffix_weight] * len(example.suffix_ids)
         weights.append(suffix_weight if example.suffix_ids else task.loss_weight)  # end-of-text follows the label
         return {
             "key": example.key,

@@ -2,13 +2,15 @@
 
 It exists to test the machinery (every label is known exactly, and it builds with pip alone); it is no
 substitute for real corpora. Design:
-- transcripts are strings of 3-6 spoken digits ("zero", "oh", "one" ... "nine"): a vocabulary small
-  enough that a tiny speech LLM trained from scratch learns it in minutes on a CPU;
+- transcripts are strings of 3-6 spoken digits ("zero", "oh", "one" ... "nine"), plus the few words some
+  tasks add (cue words, spoken questions): a vocabulary small enough that a tiny speech LLM trained from
+  scratch learns it in minutes on a CPU;
 - every utterance has a speaker (eSpeak voice variant), speaking rate and pitch; the validation and test
-  splits use held-out voices and held-out digit strings;
-- each utterance is generated for one task tag by a *recipe* (`RECIPES`): plain transcription, or with a
-  vocal event placed before or after the speech. New tasks add a recipe that realises their label in the
-  audio and records it in a manifest field;
+  splits use held-out voices, and digit strings whose hash puts them in that split (`string_split`), so
+  corpora made separately for different tasks never leak a test string into training;
+- each utterance is generated for one task tag by that task's `DemoRecipe`, which plugins contribute through
+  the ``osum_demo_recipes`` hook next to the task itself: it realises the label in the audio (a vocal event,
+  prosody, a child's or an old voice) and records it in a manifest field;
 - manifests follow OSUM/WeNet raw jsonl (``key``, ``wav``, ``txt``, ``task``, ``lang``, ``speaker``,
   ``gender``, ``duration``) plus the label fields and ``extra`` (voice settings, word timestamps, shifted
   when an event comes first);
@@ -17,10 +19,13 @@ substitute for real corpora. Design:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import random
-from collections.abc import Callable
+import re
+import zlib
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +38,6 @@ import torchaudio.functional
 
 from osum_core.data.manifest import write_manifest
 from osum_core.data.speech_synth import Voice, synthesize
-from osum_core.data.vocal_events import EVENT_LABELS, make_event
 
 SAMPLE_RATE = 16000
 DIGITS = ("zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -54,165 +58,196 @@ class CorpusSpec:
     pitch: tuple[int, int] = (35, 65)
     min_words: int = 3
     max_words: int = 6
-    # Where vocal events go: "before" or "after" the speech (with a gap), or "over" it (mixed in). The demo's
-    # figures in README were measured with "after" only.
+    # Where vocal events go: "before" or "after" the speech (with a gap), or "over" it (mixed in).
     event_positions: tuple[str, ...] = ("after",)
+    # Share of emotion/style utterances that also say their class's cue word (0 = prosody alone).
+    content_cues: float = 1.0
 
 
 @dataclass(frozen=True)
 class Utterance:
-    """Everything needed to render one utterance; drawn up front so rendering is a pure function."""
+    """Everything needed to render one utterance; drawn up front so rendering is a pure function.
+
+    A recipe's `draw` may change the words (the transcript), the voice (prosody) and add labels."""
 
     key: str
     split: str
     tag: str
     words: tuple[str, ...]
-    variant: str
-    rate: int
-    pitch: int
+    voice: Voice
     seed: int
     labels: dict[str, Any] = field(default_factory=dict)
 
-
-def plain(utt: Utterance, speech: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float, dict]:
-    """Transcription only: the speech as it is."""
-    return speech, 0.0, {}
-
-
-def with_vocal_event(utt: Utterance, speech: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float, dict]:
-    """A vocal event placed before the speech, after it (with a short gap), or over it (mixed in)."""
-    event = utt.labels["event"]
-    sound = make_event(event, rng, SAMPLE_RATE) * rng.uniform(0.5, 1.0)
-    gap = np.zeros(int(rng.uniform(0.1, 0.3) * SAMPLE_RATE), dtype=np.float32)
-    position = utt.labels["event_position"]
-    if position == "before":
-        return np.concatenate([sound, gap, speech]), (len(sound) + len(gap)) / SAMPLE_RATE, {}
-    if position == "over":
-        mixed = np.concatenate([speech, np.zeros(max(len(sound) - len(speech), 0), dtype=np.float32)])
-        start = int(rng.integers(0, len(mixed) - len(sound) + 1))
-        mixed[start : start + len(sound)] += sound
-        return mixed, 0.0, {}
-    return np.concatenate([speech, gap, sound]), 0.0, {}
+    @property
+    def gender(self) -> str:
+        return "female" if self.voice.variant.startswith("f") else "male"
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """How one task tag's utterances are drawn (`draw_labels`) and rendered (`render`), and how the label
-    is written into ``txt`` (OSUM stores ASR+X targets there: ``transcript<label>``)."""
+class Rendered:
+    """A recipe's audio. Word timestamps from the synthesiser become ``start * stretch + offset``."""
 
-    draw_labels: Callable[[random.Random, CorpusSpec], dict[str, Any]]
-    render: Callable[[Utterance, np.ndarray, np.random.Generator], tuple[np.ndarray, float, dict]]
-    suffix: Callable[[dict[str, Any]], str]
-
-
-RECIPES: dict[str, Recipe] = {
-    "<TRANSCRIBE>": Recipe(lambda rng, spec: {}, plain, lambda labels: ""),
-    "<TRANSCRIBE> <CAPTION>": Recipe(
-        lambda rng, spec: {"event": rng.choice(EVENT_LABELS), "event_position": rng.choice(spec.event_positions)},
-        with_vocal_event,
-        lambda labels: f"<{labels['event']}>",
-    ),
-}
+    audio: np.ndarray
+    offset: float = 0.0  # seconds of sound placed before the speech
+    stretch: float = 1.0  # how much the speech was slowed down (< 1: sped up)
+    fields: dict[str, Any] = field(default_factory=dict)  # extra manifest fields
 
 
-def digit_strings(count: int, spec: CorpusSpec, rng: random.Random) -> list[tuple[str, ...]]:
-    """`count` distinct digit strings."""
+def with_prosody(voice: Voice, rng: random.Random, rate: int, pitch: int, pitch_range: int) -> Voice:
+    """`voice` speaking at about `rate` wpm, `pitch` and `pitch_range` (0-100), jittered a little so a
+    class's prosody is a region, not a point."""
+    clamp = lambda value: min(max(value, 0), 100)  # noqa: E731
+    return dataclasses.replace(
+        voice,
+        rate=rate + rng.randint(-10, 10),
+        pitch=clamp(pitch + rng.randint(-5, 5)),
+        pitch_range=clamp(pitch_range + rng.randint(-5, 5)),
+    )
+
+
+def keep(utt: Utterance, rng: random.Random, spec: CorpusSpec) -> Utterance:
+    """The default draw: the digit string and voice as planned, no label."""
+    return utt
+
+
+def plain(utt: Utterance, speech: np.ndarray, rng: np.random.Generator) -> Rendered:
+    """The default render: the speech as it is."""
+    return Rendered(speech)
+
+
+def no_suffix(utt: Utterance) -> str:
+    return ""
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """How the demo corpus realises one task tag, contributed by the task's plugin (hook
+    ``osum_demo_recipes``). Use module-level functions: synthesis workers receive recipes by pickling.
+
+    draw: changes a planned utterance (words, voice, labels); gets the plan's random generator.
+    render: turns the synthesised speech (16 kHz float32) into the final audio.
+    label_text: the suffix written after the transcript in ``txt`` (``<laugh>``), OSUM's ASR+X form."""
+
+    draw: Callable[[Utterance, random.Random, CorpusSpec], Utterance] = keep
+    render: Callable[[Utterance, np.ndarray, np.random.Generator], Rendered] = plain
+    label_text: Callable[[Utterance], str] = no_suffix
+
+
+def string_split(words: tuple[str, ...]) -> str:
+    """The split a digit string belongs to, fixed by its hash: corpora made for different tasks (or seeds)
+    never put a test string into training."""
+    bucket = zlib.crc32(" ".join(words).encode()) % 10
+    return "dev" if bucket == 0 else "test" if bucket == 1 else "train"
+
+
+def digit_strings(count: int, split: str, spec: CorpusSpec, rng: random.Random) -> list[tuple[str, ...]]:
+    """`count` distinct digit strings of `split`."""
     seen: set[tuple[str, ...]] = set()
     while len(seen) < count:
-        seen.add(tuple(rng.choice(DIGITS) for _ in range(rng.randint(spec.min_words, spec.max_words))))
+        words = tuple(rng.choice(DIGITS) for _ in range(rng.randint(spec.min_words, spec.max_words)))
+        if string_split(words) == split:
+            seen.add(words)
     return rng.sample(sorted(seen), count)
 
 
-def plan_corpus(spec: CorpusSpec) -> list[Utterance]:
+def plan_corpus(spec: CorpusSpec, recipes: Mapping[str, DemoRecipe]) -> list[Utterance]:
     """Draw every utterance's content and voice. Splits never share a digit string or a voice."""
-    unknown = [t for t in spec.tags if t not in RECIPES]
+    unknown = [t for t in spec.tags if t not in recipes]
     if unknown:
-        raise ValueError(f"the demo corpus has no recipe for task tag(s) {unknown}; known: {sorted(RECIPES)}")
-    rng = random.Random(spec.seed)
+        raise ValueError(f"the demo corpus has no recipe for task tag(s) {unknown}; known: {sorted(recipes)}")
     per_split = {"train": spec.train_per_task, "dev": spec.eval_per_task, "test": spec.eval_per_task}
-    total = sum(per_split.values()) * len(spec.tags)
-    strings = iter(digit_strings(total, spec, rng))
     utterances = []
-    for split in SPLITS:
-        voices = spec.train_voices if split == "train" else spec.heldout_voices
-        for tag in spec.tags:
-            recipe = RECIPES[tag]
-            for _ in range(per_split[split]):
-                index = len(utterances)
-                utterances.append(
-                    Utterance(
-                        key=f"demo-{split}-{index:06d}",
-                        split=split,
-                        tag=tag,
-                        words=next(strings),
-                        variant=rng.choice(voices),
-                        rate=rng.randint(*spec.rate),
-                        pitch=rng.randint(*spec.pitch),
-                        seed=rng.randrange(2**31),
-                        labels=recipe.draw_labels(rng, spec),
-                    )
+    for tag in spec.tags:
+        rng = random.Random(f"{spec.seed}:{tag}")  # one stream per tag: a task's corpus ignores the others
+        slug = "_".join(re.findall(r"[a-z0-9]+", tag.lower()))
+        for split in SPLITS:
+            voices = spec.train_voices if split == "train" else spec.heldout_voices
+            for words in digit_strings(per_split[split], split, spec, rng):
+                planned = Utterance(
+                    key=f"demo-{slug}-{split}-{len(utterances):06d}",
+                    split=split,
+                    tag=tag,
+                    words=words,
+                    voice=Voice("en-us", rng.choice(voices), rng.randint(*spec.rate), rng.randint(*spec.pitch)),
+                    seed=rng.randrange(2**31),
                 )
+                utterances.append(recipes[tag].draw(planned, rng, spec))
     return utterances
 
 
-def render(utt: Utterance, out_dir: Path) -> dict[str, Any]:
+def render(utt: Utterance, recipe: DemoRecipe, out_dir: Path) -> dict[str, Any]:
     """Synthesise one utterance, write its 16 kHz wav, and return its manifest line."""
-    speech = synthesize(" ".join(utt.words), Voice("en-us", utt.variant, utt.rate, utt.pitch))
+    speech = synthesize(" ".join(utt.words), utt.voice)
     wave = torchaudio.functional.resample(torch.from_numpy(speech.audio), speech.sample_rate, SAMPLE_RATE).numpy()
-    recipe = RECIPES[utt.tag]
-    audio, offset, fields = recipe.render(utt, wave.astype(np.float32), np.random.default_rng(utt.seed))
-    audio = np.clip(audio, -1.0, 1.0)
+    rendered = recipe.render(utt, wave.astype(np.float32), np.random.default_rng(utt.seed))
+    audio = np.clip(rendered.audio, -1.0, 1.0)
     relative = Path("wav") / utt.split / f"{utt.key}.wav"
     (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(out_dir / relative, audio, SAMPLE_RATE, subtype="PCM_16")
-    gender = "female" if utt.variant.startswith("f") else "male"
-    transcript = " ".join(utt.words)
-    labels = {k: v for k, v in utt.labels.items() if not k.startswith("event_")}
+    speaker = f"{utt.voice.name}+{utt.voice.variant}"
+
+    def moved(t: float) -> float:
+        return round(t * rendered.stretch + rendered.offset, 3)
+
     return {
         "key": utt.key,
         "wav": relative.as_posix(),
-        "txt": transcript + recipe.suffix(utt.labels),
+        "txt": " ".join(utt.words) + recipe.label_text(utt),
         "task": utt.tag,
-        "lang": "en",
-        "speaker": f"en-us+{utt.variant}",
-        "gender": gender,
+        "lang": utt.voice.name.split("-")[0],
+        "speaker": speaker,
+        "gender": utt.gender,
         "duration": round(len(audio) / SAMPLE_RATE, 3),
-        **labels,
-        **fields,
+        **{k: v for k, v in utt.labels.items() if not k.startswith("_")},
+        **rendered.fields,
         "extra": {
-            "voice": f"en-us+{utt.variant}",
-            "rate": utt.rate,
-            "pitch": utt.pitch,
-            "words": [[w.word, round(w.start + offset, 3), round(w.end + offset, 3)] for w in speech.words],
+            "voice": speaker,
+            "rate": utt.voice.rate,
+            "pitch": utt.voice.pitch,
+            "pitch_range": utt.voice.pitch_range,
+            "words": [[w.word, moved(w.start), moved(w.end)] for w in speech.words],
         },
     }
 
 
-def synthesize_corpus(out_dir: str | Path, spec: CorpusSpec = CorpusSpec(), workers: int = 2) -> dict[str, int]:
+def synthesize_corpus(
+    out_dir: str | Path, spec: CorpusSpec, recipes: Mapping[str, DemoRecipe], workers: int = 2
+) -> dict[str, int]:
     """Write ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` and the audio under `out_dir`.
 
     The manifests are written last (atomically), so a directory that has them is complete; an interrupted
     run leaves no manifest and is simply run again. Returns the number of lines per split."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    utterances = plan_corpus(spec)
+    utterances = plan_corpus(spec, recipes)
+    chosen = [recipes[u.tag] for u in utterances]
     if workers > 1:
         # Fresh (spawned) single-threaded workers: forked copies of a process that already runs torch
         # threads were several times slower here.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            lines = list(pool.map(render, utterances, [out_dir] * len(utterances), chunksize=32))
+            lines = list(pool.map(render, utterances, chosen, [out_dir] * len(utterances), chunksize=32))
     else:
-        lines = [render(u, out_dir) for u in utterances]
+        lines = [render(u, r, out_dir) for u, r in zip(utterances, chosen, strict=True)]
     counts = {}
     for split in SPLITS:
         split_lines = [line for utt, line in zip(utterances, lines) if utt.split == split]
         write_manifest(out_dir / f"{split}.jsonl", split_lines)
         counts[split] = len(split_lines)
-    (out_dir / "corpus.json").write_text(json.dumps({"spec": spec.__dict__, "counts": counts}, indent=1))
+    (out_dir / "corpus.json").write_text(json.dumps({"spec": dataclasses.asdict(spec), "counts": counts}, indent=1))
     return counts
 
 
-def corpus_is_complete(out_dir: str | Path) -> bool:
-    return all((Path(out_dir) / f"{split}.jsonl").is_file() for split in SPLITS)
+def corpus_is_complete(out_dir: str | Path, spec: CorpusSpec | None = None) -> bool:
+    """Whether `out_dir` holds a finished corpus (made from `spec`, when given)."""
+    out_dir = Path(out_dir)
+    if not all((out_dir / f"{split}.jsonl").is_file() for split in SPLITS):
+        return False
+    if spec is None:
+        return True
+    try:
+        made = json.loads((out_dir / "corpus.json").read_text())["spec"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return made == json.loads(json.dumps(dataclasses.asdict(spec)))
 

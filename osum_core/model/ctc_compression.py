@@ -17,7 +17,8 @@ def merge_ctc_runs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Average `states` [B, T, D] over runs of equal `frame_labels` [B, T]; frames past `lengths` are
     ignored. With `max_run` > 0 a run is cut every `max_run` frames, so long stretches (a vocal event
-    labelled blank) keep some detail. Returns the merged states [B, R, D] and the number of runs."""
+    labelled blank) keep some detail. Returns the merged states [B, R, D], the number of runs [B], and the
+    first frame of each run [B, R] (what `time_features` turns into a "when" for each merged step)."""
     batch, steps, width = states.shape
     frame = torch.arange(steps, device=states.device)
     valid = frame[None, :] < lengths[:, None]
@@ -33,4 +34,13 @@ def merge_ctc_runs(
     run_index = torch.where(valid, run_index, torch.full_like(run_index, runs))  # padding -> a spare slot
     sums = states.new_zeros(batch, runs + 1, width).scatter_add(1, run_index[..., None].expand(-1, -1, width), states)
     counts = states.new_zeros(batch, runs + 1).scatter_add(1, run_index, valid.to(states.dtype))
-    return sums[:, :runs] / counts[:, :runs, None].clamp(min=1), run_lengths
+    run_starts = (counts.cumsum(dim=1) - counts)[:, :runs]  # runs are contiguous: frames before each run
+    return sums[:, :runs] / counts[:, :runs, None].clamp(min=1), run_lengths, run_starts
+
+
+def time_features(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Sinusoids of frame positions [B, R] -> [B, R, size], periods from 2 frames to ~2,000 frames."""
+    half = size // 2
+    periods = 2.0 * (1000.0 ** (torch.arange(half, device=frames.device) / max(half - 1, 1)))
+    angles = frames[..., None].float() * (2 * torch.pi / periods)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from osum_core.model.adapter import SpeechAdapter
-from osum_core.model.ctc_compression import merge_ctc_runs
+from osum_core.model.ctc_compression import merge_ctc_runs, time_features
 from osum_core.model.encoder import SpeechEncoder
 from osum_core.model.layout import build_layout
 
@@ -34,7 +34,12 @@ class SpeechLLM(nn.Module):
     speech_markers: the learned speech BOS/EOS vectors (OSUM keeps them as rows of an embedding table).
     ctc_head: optional linear layer over encoder states for an auxiliary CTC loss on the transcript.
     ctc_compression: merge encoder frames by the CTC head's labels before the adapter (ctc_compression.py).
-    ctc_embeddings: add to each speech step the LLM embedding expected under the CTC posterior."""
+    ctc_embeddings: add to each speech step the LLM embedding expected under the CTC posterior.
+    time_embeddings: with compression, add to each merged step a learned projection of sinusoids of the
+        frame it starts at; merging removes the "how long" that a step count would otherwise carry, and
+        word timestamps (SRWT) need it back."""
+
+    TIME_FEATURES = 64
 
     def __init__(
         self,
@@ -47,6 +52,7 @@ class SpeechLLM(nn.Module):
         ctc_compression: bool = False,
         ctc_embeddings: bool = False,
         ctc_max_run: int = 0,
+        time_embeddings: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -57,6 +63,12 @@ class SpeechLLM(nn.Module):
         self.ctc_head = nn.Linear(encoder.output_size, ctc_vocab_size) if ctc_vocab_size else None
         if (ctc_compression or ctc_embeddings) and self.ctc_head is None:
             raise ValueError("CTC compression and CTC embeddings need the CTC head (model.ctc_head: true)")
+        if time_embeddings and not ctc_compression:
+            raise ValueError("time embeddings are for CTC compression (model.ctc_compression: true)")
+        self.time_embedding = nn.Linear(self.TIME_FEATURES, width) if time_embeddings else None
+        if self.time_embedding is not None:
+            nn.init.normal_(self.time_embedding.weight, std=0.02)
+            nn.init.zeros_(self.time_embedding.bias)
         self.ctc_compression = ctc_compression
         self.ctc_embeddings = ctc_embeddings
         self.ctc_max_run = ctc_max_run
@@ -75,8 +87,15 @@ class SpeechLLM(nn.Module):
         ctc_logits = self.ctc_head(states) if self.ctc_head is not None else None
         if self.ctc_compression:
             frame_labels = ctc_logits.detach().argmax(dim=-1)
-            adapter_input, adapter_lengths = merge_ctc_runs(states, state_lengths, frame_labels, self.ctc_max_run)
+            adapter_input, adapter_lengths, run_starts = merge_ctc_runs(
+                states, state_lengths, frame_labels, self.ctc_max_run
+            )
         speech, speech_lengths = self.adapter(adapter_input, adapter_lengths)
+        if self.time_embedding is not None:
+            if speech.shape[1] != run_starts.shape[1]:
+                raise ValueError("time embeddings need an adapter that keeps the length (adapter.conv_strides: [1])")
+            time = time_features(run_starts, self.TIME_FEATURES).to(speech.dtype)
+            speech = speech + self.time_embedding(time)
         if self.ctc_embeddings:
             # Each speech step also gets the expected LLM token embedding under the CTC posterior, so the
             # LLM reads speech partly in its own embedding space (an option for models trained from scratch).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pluggy
 
+from osum_core.data.demo_corpus import DemoRecipe
 from osum_core.task import Task
 
 PROJECT = "osum"
@@ -21,4 +22,14 @@ def osum_tasks() -> list[Task]:
 
     Called once when osum starts. Names must be unique across all installed plugins; a duplicate, or a task
     that breaks the contract, is reported with the plugin's package name and left out.
+    """
+
+
+@hookspec
+def osum_demo_recipes() -> dict[str, DemoRecipe]:
+    """Optional. Return how the demo corpus (``osum data synth``, and ``osum fit`` without manifests)
+    realises your tasks: a `DemoRecipe` per task tag, e.g. ``{"<TRANSCRIBE> <LANGID>": RECIPE}``.
+
+    A task without a recipe still trains on your own manifests; it just has no synthetic demo data.
+    A tag claimed by two plugins is reported like a duplicate task name.
     """

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pluggy
 
+from osum_core.data.demo_corpus import DemoRecipe
 from osum_core.plugins import hookspecs
 from osum_core.task import Task
-from osum_core.task.contract import contract_problems
+from osum_core.task.contract import contract_problems, normalize_task_tag
 
 ENTRY_POINT_GROUP = "osum"
 
@@ -29,10 +31,13 @@ class PluginProblem:
 
 @dataclass
 class TaskRegistry:
-    """The installed tasks by name, the package each came from, and the plugins that failed."""
+    """The installed tasks by name, where each came from, the demo-corpus recipes by task tag, and the
+    plugins that failed."""
 
     tasks: dict[str, Task] = field(default_factory=dict)
     packages: dict[str, str] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)  # task name -> "file:line" of its plugin
+    recipes: dict[str, DemoRecipe] = field(default_factory=dict)
     problems: list[PluginProblem] = field(default_factory=list)
 
     def select(self, names: Iterable[str]) -> list[Task]:
@@ -83,28 +88,58 @@ def load_tasks(blocked: Iterable[str] = (), extra_plugins: Iterable[object] = ()
             manager.register(plugin, name=name)
             manager.check_pending()  # a misspelled hook implementation is an error, not a silent no-op
             contributed = plugin_tasks(manager, plugin)
+            recipes = plugin_recipes(manager, plugin)
         except Exception as error:
             if manager.is_registered(plugin):
                 manager.unregister(plugin)
             registry.problems.append(PluginProblem(package, name, f"{type(error).__name__}: {error}"))
             continue
         for task in contributed:
-            add_task(registry, task, package, name)
+            add_task(registry, task, package, name, origin(plugin))
+        for tag, recipe in recipes.items():
+            if tag in registry.recipes:
+                registry.problems.append(PluginProblem(package, name, f"a demo recipe for {tag} exists already"))
+            else:
+                registry.recipes[tag] = recipe
     return registry
+
+
+def plugin_hook_result(manager: pluggy.PluginManager, plugin: object, hook: str):
+    """What `plugin`'s implementation of `hook` returns, or None when it has none."""
+    implementation = [impl for impl in getattr(manager.hook, hook).get_hookimpls() if impl.plugin is plugin]
+    return implementation[0].function() if implementation else None
 
 
 def plugin_tasks(manager: pluggy.PluginManager, plugin: object) -> list[Task]:
     """Call one plugin's ``osum_tasks`` hook and check that it returned tasks."""
-    implementation = [impl for impl in manager.hook.osum_tasks.get_hookimpls() if impl.plugin is plugin]
-    if not implementation:
+    result = plugin_hook_result(manager, plugin, "osum_tasks")
+    if result is None:
         return []
-    result = implementation[0].function()
     if not isinstance(result, list | tuple) or not all(isinstance(t, Task) for t in result):
         raise TypeError("osum_tasks() must return a list of osum_core.task.Task")
     return list(result)
 
 
-def add_task(registry: TaskRegistry, task: Task, package: str, plugin: str) -> None:
+def plugin_recipes(manager: pluggy.PluginManager, plugin: object) -> dict[str, DemoRecipe]:
+    """Call one plugin's ``osum_demo_recipes`` hook and check that it returned recipes by task tag."""
+    result = plugin_hook_result(manager, plugin, "osum_demo_recipes")
+    if result is None:
+        return {}
+    if not isinstance(result, dict) or not all(isinstance(r, DemoRecipe) for r in result.values()):
+        raise TypeError("osum_demo_recipes() must return a dict of task tag -> osum_core.plugins.DemoRecipe")
+    return {normalize_task_tag(tag): recipe for tag, recipe in result.items()}
+
+
+def origin(plugin: object) -> str:
+    """Where a plugin's tasks are defined, as ``file:line`` of its ``osum_tasks`` hook."""
+    function = getattr(plugin, "osum_tasks", None)
+    try:
+        return f"{inspect.getsourcefile(function)}:{inspect.getsourcelines(function)[1]}"
+    except (TypeError, OSError):
+        return "?"
+
+
+def add_task(registry: TaskRegistry, task: Task, package: str, plugin: str, where: str = "?") -> None:
     problems = contract_problems(task)
     if task.name in registry.tasks:
         problems.append(f"duplicate task name {task.name!r} (already from package {registry.packages[task.name]!r})")
@@ -113,3 +148,4 @@ def add_task(registry: TaskRegistry, task: Task, package: str, plugin: str) -> N
         return
     registry.tasks[task.name] = task
     registry.packages[task.name] = package
+    registry.origins[task.name] = where

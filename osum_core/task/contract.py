@@ -20,14 +20,20 @@ PROMPT_LANGUAGES = ("zh", "en")
 
 @dataclass(frozen=True)
 class Target:
-    """A training target in OSUM's ASR+X form: the transcript, then a suffix (``<laugh>``), no space between."""
+    """A training target in OSUM's ASR+X form: the transcript, then a suffix (``<laugh>``), no space between.
+
+    transcript: the words alone; scored by WER and learnt by the CTC head.
+    suffix: the task's "X" (label tags, ``<开始回答>reply``); its tokens get the task's label_loss_weight.
+    body: what the model writes before the suffix when that is not the bare transcript (SRWT's
+        timestamped words); empty means the transcript."""
 
     transcript: str
     suffix: str = ""
+    body: str = ""
 
     @property
     def text(self) -> str:
-        return self.transcript + self.suffix
+        return (self.body or self.transcript) + self.suffix
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,10 @@ class Task:
     label_loss_weight: extra factor for the suffix tokens (the "X" of ASR+X), on top of loss_weight.
     sampling_weight: relative share of this task in the training mixture.
     select: which examples belong to the task; by default those whose ``task`` field equals `tag`.
+    options: the task's own settings and their defaults (SRWT's timestamp format); users set them as
+        ``tasks.<name>.<option>=value``.
+    configure: called with the user's option values (a subset of `options`), returns the configured task;
+        needed only when `options` is not empty.
     """
 
     name: str
@@ -84,6 +94,8 @@ class Task:
     label_loss_weight: float = 1.0
     sampling_weight: float = 1.0
     select: Callable[[Mapping[str, Any]], bool] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    configure: Callable[..., Task] | None = None
 
     def __post_init__(self) -> None:
         problems = contract_problems(self)
@@ -111,6 +123,17 @@ class Task:
         """A copy with loss/sampling weights replaced (config overrides)."""
         return dataclasses.replace(self, **weights)
 
+    def with_options(self, **options: Any) -> Task:
+        """The task configured with `options` (``tasks.<name>.<option>`` in the config); unknown names raise."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            known = ", ".join(sorted(self.options)) or "none"
+            raise ValueError(f"task {self.name!r} has no option {unknown[0]!r} (its options: {known})")
+        if not options:
+            return self
+        configured = self.configure(**options)  # type: ignore[misc]  (contract: set when options exist)
+        return dataclasses.replace(configured, options={**self.options, **options})
+
 
 def contract_problems(task: Task) -> list[str]:
     """Every way `task` breaks the contract, as readable sentences (empty when it is fine)."""
@@ -126,6 +149,8 @@ def contract_problems(task: Task) -> list[str]:
     for attr in ("build_target", "parse_output", "make_metric"):
         if not callable(getattr(task, attr)):
             problems.append(f"{attr} must be callable")
+    if task.options and not callable(task.configure):
+        problems.append("a task with options needs a configure function")
     if not isinstance(task.metric, str) or not task.metric:
         problems.append("metric must name the headline metric")
     labels = list(task.labels)

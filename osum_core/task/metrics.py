@@ -1,15 +1,19 @@
-"""Metrics a task can reuse: transcript error rates, and label accuracy/F1 on top of them (torchmetrics)."""
+"""Metrics a task can reuse: transcript error rates, and label accuracy/F1 on top of them (torchmetrics).
+
+Every metric reports ``count`` (examples scored) next to its scores."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
+from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from osum_core.task.contract import Prediction, Target
 from osum_core.task.normalize import normalize_transcript
+from osum_core.task.tags import split_suffix_tags
 
 
 class TranscriptMetric:
@@ -19,12 +23,14 @@ class TranscriptMetric:
         self.wer = WordErrorRate()
         self.cer = CharErrorRate()
         self.count = 0
+        self.scored = 0  # examples with a reference transcript (tasks without one report no WER)
 
     def update(self, predictions: Sequence[Prediction], targets: Sequence[Target]) -> None:
         hyps = [normalize_transcript(p.transcript) for p in predictions]
         refs = [normalize_transcript(t.transcript) for t in targets]
         # torchmetrics divides by reference words; an empty reference would count as zero words.
         pairs = [(h, r) for h, r in zip(hyps, refs, strict=True) if r]
+        self.scored += len(pairs)
         if pairs:
             self.wer.update([h for h, _ in pairs], [r for _, r in pairs])
             self.cer.update([h for h, _ in pairs], [r for _, r in pairs])
@@ -33,6 +39,8 @@ class TranscriptMetric:
     def compute(self) -> dict[str, float]:
         if self.count == 0:
             return {}
+        if self.scored == 0:
+            return {"count": self.count}
         return {"wer": float(self.wer.compute()), "cer": float(self.cer.compute()), "count": self.count}
 
 
@@ -86,3 +94,42 @@ def target_label(target: Target) -> str | None:
     if suffix.startswith("<") and ">" in suffix:
         return suffix[1 : suffix.index(">")]
     return None
+
+
+class FieldsMetric:
+    """Several labels per example (OSUM's ``<adult><female>``): each field's accuracy and macro-F1
+    (``age_accuracy`` ...), and ``accuracy`` = the share of examples with every field right.
+
+    References are the target's suffix tags in field order; predictions are ``Prediction.fields``."""
+
+    def __init__(self, fields: Mapping[str, Sequence[str]]) -> None:
+        self.names = tuple(fields)
+        self.per_field = {name: LabelMetric(labels) for name, labels in fields.items()}
+        self.transcript = TranscriptMetric()
+        self.all_right = MeanMetric()
+
+    def update(self, predictions: Sequence[Prediction], targets: Sequence[Target]) -> None:
+        self.transcript.update(predictions, targets)
+        references = [split_suffix_tags(t.suffix)[1] for t in targets]
+        right = torch.ones(len(predictions), dtype=torch.bool)
+        for index, name in enumerate(self.names):
+            guesses = [p.fields.get(name) for p in predictions]
+            truths = [tags[index] if index < len(tags) else None for tags in references]
+            self.per_field[name].update(
+                [Prediction(p.text, "", guess) for p, guess in zip(predictions, guesses, strict=True)],
+                [Target("", f"<{truth}>" if truth is not None else "") for truth in truths],
+            )
+            right &= torch.tensor([g is not None and g == t for g, t in zip(guesses, truths, strict=True)])
+        if len(predictions):
+            self.all_right.update(right.double())
+
+    def compute(self) -> dict[str, float]:
+        scores = self.transcript.compute()
+        if not scores:
+            return {}
+        result = {"accuracy": float(self.all_right.compute())}
+        for name, metric in self.per_field.items():
+            field_scores = metric.compute()
+            for key in ("accuracy", "macro_f1", "invalid"):
+                result[f"{name}_{key}"] = field_scores[key]
+        return {**result, **scores}

@@ -1,58 +1,96 @@
-"""`tagged_task`: builds an ASR+X task whose target is ``transcript<label>`` from a closed label set.
+"""`tagged_task`: builds a task whose target is ``transcript<label>...`` from closed label sets.
 
-Most OSUM tasks (VED, SER, SSR, SGC, SAP) have exactly this shape; a plugin that adds another such task
-needs only its name, tag, labels and prompts.
+Most OSUM tasks (VED, SER, SSR, SGC, SAP) have exactly this shape with one label; OSUM's multi-label
+combinations (``<TRANSCRIBE> <AGE> <GENDER>``, ``<AGE> <GENDER>``) are the same with several `LabelField`s,
+and without the transcript when ``transcribe=False``. A plugin that adds another such task needs only its
+name, tag, label fields and prompts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from osum_core.task.contract import Prediction, Target, Task
-from osum_core.task.metrics import LabelMetric
+from osum_core.task.metrics import FieldsMetric, LabelMetric
 from osum_core.task.normalize import normalize_target
 from osum_core.task.tags import split_suffix_tags
+
+
+@dataclass(frozen=True)
+class LabelField:
+    """One label of an example.
+
+    name: the manifest field that holds the label when ``txt`` carries no tag (``event``, ``age``), also
+        read from the line's ``extra`` object; in metrics it prefixes the per-field scores.
+    labels: the closed label set.
+    aliases: raw label -> label, applied to references and to predictions (OSUM's 15 style classes onto 8,
+        its old age classes onto three)."""
+
+    name: str
+    labels: tuple[str, ...]
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+    def canonical(self, raw: Any) -> str:
+        label = normalize_target(str(raw)).strip("<>").strip()
+        return self.aliases.get(label, label)
 
 
 def tagged_task(
     name: str,
     tag: str,
-    labels: Sequence[str],
     prompts: Mapping[str, Sequence[str]],
-    label_field: str,
-    map_label: Callable[[str], str] = lambda label: label,
+    fields: Sequence[LabelField],
+    transcribe: bool = True,
     **weights: float,
 ) -> Task:
-    """An ASR+X task with one label per example.
-
-    The label comes from the trailing ``<label>`` of the manifest's ``txt`` (OSUM's own data stores it there)
-    or, when ``txt`` has none, from the field `label_field`. `map_label` maps raw labels onto the label set
-    (OSUM's 15->8 style classes, for example) before they are checked against `labels`."""
-    label_set = tuple(labels)
+    """A task whose target is the transcript (when `transcribe`) followed by one ``<label>`` per field."""
+    fields = tuple(fields)
+    if not fields:
+        raise ValueError(f"task {name!r}: a tagged task needs at least one LabelField")
 
     def build_target(example: Mapping[str, Any]) -> Target:
         transcript, tags = split_suffix_tags(str(example.get("txt", "")))
-        raw = tags[0] if tags else example.get(label_field)
-        if raw is None:
-            raise ValueError(f"no <label> at the end of 'txt' and no '{label_field}' field")
-        label = map_label(normalize_target(str(raw)).strip("<>"))
-        if label not in label_set:
-            raise ValueError(f"label {label!r} (field '{label_field}') is not one of {list(label_set)}")
-        return Target(normalize_target(transcript), f"<{label}>")
+        if tags and len(tags) != len(fields):
+            raise ValueError(f"'txt' ends in {len(tags)} tag(s) but the task has {len(fields)} label(s)")
+        extra = example.get("extra") if isinstance(example.get("extra"), Mapping) else {}
+        suffix = ""
+        for index, label_field in enumerate(fields):
+            raw = tags[index] if tags else example.get(label_field.name, extra.get(label_field.name))
+            if raw is None:
+                raise ValueError(f"no <label> at the end of 'txt' and no '{label_field.name}' field")
+            label = label_field.canonical(raw)
+            if label not in label_field.labels:
+                raise ValueError(
+                    f"label {label!r} (field '{label_field.name}') is not one of {list(label_field.labels)}"
+                )
+            suffix += f"<{label}>"
+        return Target(normalize_target(transcript) if transcribe else "", suffix)
 
     def parse_output(text: str) -> Prediction:
         transcript, tags = split_suffix_tags(text)
-        return Prediction(text=text, transcript=transcript, label=tags[0].strip() if tags else None)
+        found = {f.name: f.canonical(tags[i]) for i, f in enumerate(fields) if i < len(tags)}
+        return Prediction(
+            text=text,
+            transcript=transcript if transcribe else "",
+            label=found.get(fields[0].name),
+            fields=found,
+        )
 
+    labels = tuple(label for f in fields for label in f.labels)
+    if len(fields) == 1:
+        make_metric = lambda: LabelMetric(fields[0].labels)  # noqa: E731
+    else:
+        make_metric = lambda: FieldsMetric({f.name: f.labels for f in fields})  # noqa: E731
     return Task(
         name=name,
         tag=tag,
         prompts=prompts,
-        labels=label_set,
+        labels=labels,
         build_target=build_target,
         parse_output=parse_output,
-        make_metric=lambda: LabelMetric(label_set),
+        make_metric=make_metric,
         metric="accuracy",
         **weights,
     )

@@ -127,7 +127,7 @@ class SpeechDataModule(L.LightningDataModule):
         examples = dataset.examples
         per_token = self.cfg["frames_per_token"]
         tokens = [
-            dataset.max_prompt_tokens(e.task) + e.frames // per_token + 2 + len(e.transcript_ids) + len(e.suffix_ids) + 1
+            dataset.max_prompt_tokens(e.task) + e.frames // per_token + 2 + len(e.body_ids) + len(e.suffix_ids) + 1
             for e in examples
         ]
         training = split == "train"
