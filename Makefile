@@ -4,11 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast clean-demo
+EXAMPLE_PLUGIN := plugins/osum_langid
+TESTS := tests $(EXAMPLE_PLUGIN)/tests
 
-$(INSTALLED): pyproject.toml
+.PHONY: setup demo demo-all test test-fast clean-demo
+
+# osum itself, and the example third-party plugin installed the way its users would install it.
+$(INSTALLED): pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test,tensorboard]'
+	$(BIN)/python -m pip install --quiet --no-deps -e $(EXAMPLE_PLUGIN)
 	touch $(INSTALLED)
 
 setup: $(INSTALLED)
@@ -17,13 +22,17 @@ setup: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/osum fit --tasks asr,ved --out runs/demo
 
+# The eight OSUM tasks (about 8 minutes of synthesis once, then 25 minutes of training and the test).
+demo-all: $(INSTALLED)
+	$(BIN)/osum fit --tasks asr,srwt,ved,ser,ssr,sgc,sap,sttc --config configs/demo_all.yaml
+
 # The whole suite, slow end-to-end tests included (CI runs exactly this).
 test: $(INSTALLED)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(TESTS)
 
 # Everything but the tests marked slow.
 test-fast: $(INSTALLED)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(TESTS)
 
 clean-demo:
-	rm -rf runs/demo data/demo
+	rm -rf runs/demo runs/demo_all data/demo

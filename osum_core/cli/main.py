@@ -20,8 +20,11 @@ def task_rows(registry: TaskRegistry) -> list[dict]:
             "loss_weight": task.loss_weight,
             "label_loss_weight": task.label_loss_weight,
             "sampling_weight": task.sampling_weight,
-            "prompt_languages": sorted(task.prompts),
+            "options": dict(task.options),
+            "prompts": {language: len(bank) for language, bank in task.prompts.items()},
+            "demo_data": task.tag in registry.recipes,
             "package": registry.packages[task.name],
+            "defined_at": registry.origins.get(task.name, "?"),
         }
         for task in registry.tasks.values()
     ]
@@ -39,13 +42,25 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
-    print(f"{'name':<8} {'tag':<26} {'metric':<9} {'loss':>5} {'label':>5} {'sample':>6}  {'package':<14} labels")
-    for row in rows:
-        labels = ", ".join(row["labels"]) or "-"
-        print(
-            f"{row['name']:<8} {row['tag']:<26} {row['metric']:<9} {row['loss_weight']:>5g} "
-            f"{row['label_loss_weight']:>5g} {row['sampling_weight']:>6g}  {row['package']:<14} {labels}"
+    columns = ("name", "tag", "metric", "loss", "label", "sample", "package", "labels")
+    table = [
+        (
+            row["name"], row["tag"], row["metric"], f"{row['loss_weight']:g}", f"{row['label_loss_weight']:g}",
+            f"{row['sampling_weight']:g}", row["package"], ", ".join(row["labels"]) or "-",
         )
+        for row in rows
+    ]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(columns, *table)]
+    for line in [columns, *table]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
+    with_options = [row for row in rows if row["options"]]
+    if with_options:
+        print("\noptions (set as tasks.<name>.<option>=value):")
+        for row in with_options:
+            print(f"  {row['name']}: " + ", ".join(f"{k}={v!r}" for k, v in row["options"].items()))
+    print("\ndefined at:")
+    for row in rows:
+        print(f"  {row['name']}: {row['defined_at']}")
     return 0
 
 

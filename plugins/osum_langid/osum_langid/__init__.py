@@ -1,0 +1,1 @@
+"""osum-langid: spoken language identification as an osum task plugin."""
