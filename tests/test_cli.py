@@ -85,6 +85,21 @@ def test_fit_writes_a_complete_run_directory(tmp_path, tiny_corpus):
     assert (run / "metrics.csv").is_file()
     predictions = [json.loads(line) for line in (run / "test_predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 12 and {p["task"] for p in predictions} == {"asr", "ved"}
+    confusion = json.loads((run / "confusion.json").read_text())
+    assert set(confusion) == {"ved"} and confusion["ved"]["label"]["labels"][-1] == "invalid"
+    assert sum(map(sum, confusion["ved"]["label"]["counts"])) == 6
+
+
+@pytest.mark.slow
+def test_fit_all_trains_every_installed_task(tmp_path, all_tasks_corpus, registry):
+    run = tmp_path / "run"
+    data = [f"data.{k}={all_tasks_corpus / f'{s}.jsonl'}" for k, s in (("train", "train"), ("val", "dev"), ("test", "test"))]
+    assert main(["fit", "--tasks", "all", "--out", str(run), *data, *TINY_FIT, "data.prompt_language=zh"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == set(registry.tasks)
+    assert metrics["srwt"]["count"] == 2 and "timestamp_error_ms" in metrics["srwt"]
+    assert "reply_exact" in metrics["sttc"] and "age_accuracy" in metrics["asr_age_gender"]
+    assert set(json.loads((run / "confusion.json").read_text())["age_gender"]) == {"age", "gender"}
 
 
 @pytest.mark.slow

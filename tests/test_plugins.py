@@ -85,3 +85,24 @@ def test_unknown_task_names_list_the_installed_ones():
     with pytest.raises(ValueError, match=r"unknown task\(s\) nope; installed tasks: age_gender, asr, asr_age_gender, "):
         registry.select(["asr", "nope"])
     assert [t.name for t in registry.select(["all"])] == list(registry.tasks)
+
+
+def test_the_example_in_plugins_md_works_as_written(tmp_path):
+    """PLUGINS.md's complete minimal plugin, run as a module: its task loads, targets build, demo data plans."""
+    import re
+    from pathlib import Path
+
+    from osum_core.data.demo_corpus import plan_corpus
+    from osum_core.plugins import CorpusSpec
+
+    text = (Path(__file__).parents[1] / "PLUGINS.md").read_text()
+    source = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "def osum_tasks" in block)
+    module = types.ModuleType("osum_kws_example")
+    exec(compile(source, "PLUGINS.md", "exec"), module.__dict__)
+    registry = load_tasks(extra_plugins=[module])
+    assert registry.problems == [] and "kws" in registry.tasks
+    kws = registry.tasks["kws"]
+    assert kws.build_target({"txt": "one seven<yes>"}) == Target("one seven", "<yes>")
+    utterances = plan_corpus(CorpusSpec(tags=(kws.tag,), train_per_task=30, eval_per_task=5), registry.recipes)
+    assert {u.labels["keyword"] for u in utterances} == {"yes", "no"}
+    assert all((u.labels["keyword"] == "yes") == ("seven" in u.words) for u in utterances)

@@ -2,7 +2,8 @@
 
 The run directory ends up holding ``config.yaml`` (the resolved config), ``tokenizer/``, ``checkpoints/``,
 ``metrics.csv`` (Lightning's CSV log), ``learning_curve.jsonl`` and ``metrics.json`` (each task's metrics
-on ``data.test`` after training).
+on ``data.test`` after training), ``confusion.json`` (the classification tasks' confusion matrices on the
+test set) and ``test_predictions.jsonl``.
 """
 
 from __future__ import annotations
@@ -184,6 +185,8 @@ def fit(cfg_node, task_names: Sequence[str], registry: TaskRegistry, log=print) 
     trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = module.results.get("test", {})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    confusions = module.confusions.get("test", {})
+    (run_dir / "confusion.json").write_text(json.dumps(confusions, indent=1, ensure_ascii=False) + "\n")
     with (run_dir / "test_predictions.jsonl").open("w", encoding="utf-8") as out:
         for row in module.examples.get("test", []):
             out.write(json.dumps(row, ensure_ascii=False) + "\n")

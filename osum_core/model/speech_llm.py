@@ -67,7 +67,9 @@ class SpeechLLM(nn.Module):
             raise ValueError("time embeddings are for CTC compression (model.ctc_compression: true)")
         self.time_embedding = nn.Linear(self.TIME_FEATURES, width) if time_embeddings else None
         if self.time_embedding is not None:
-            nn.init.normal_(self.time_embedding.weight, std=0.02)
+            # Zero at first: a random projection of the sinusoids outweighed the (std 0.02) token
+            # embeddings the speech steps carry and kept the LLM from reading them.
+            nn.init.zeros_(self.time_embedding.weight)
             nn.init.zeros_(self.time_embedding.bias)
         self.ctc_compression = ctc_compression
         self.ctc_embeddings = ctc_embeddings

@@ -47,7 +47,9 @@ class Prediction:
 
 
 class TaskMetric(Protocol):
-    """What `Task.make_metric()` returns: accumulates over batches, then reports numbers."""
+    """What `Task.make_metric()` returns: accumulates over batches, then reports numbers. It may also have
+    ``confusion_matrices() -> {name: {"labels": [...], "counts": [[...]]}}`` (osum writes them to the run's
+    confusion.json); `LabelMetric` and `FieldsMetric` do."""
 
     def update(self, predictions: Sequence[Prediction], targets: Sequence[Target]) -> None: ...
 

@@ -87,6 +87,11 @@ class LabelMetric:
         """Class names (the last is "invalid") and counts, rows = reference, columns = prediction."""
         return (*self.labels, "invalid"), self.confusion.compute().tolist()
 
+    def confusion_matrices(self) -> dict[str, dict[str, list]]:
+        """``{"label": {"labels": [...], "counts": [[...]]}}``, written to the run's confusion.json."""
+        labels, counts = self.confusion_matrix()
+        return {"label": {"labels": list(labels), "counts": counts}}
+
 
 def target_label(target: Target) -> str | None:
     """The label a target's suffix carries (``"<laugh>"`` -> ``"laugh"``)."""
@@ -122,6 +127,10 @@ class FieldsMetric:
             right &= torch.tensor([g is not None and g == t for g, t in zip(guesses, truths, strict=True)])
         if len(predictions):
             self.all_right.update(right.double())
+
+    def confusion_matrices(self) -> dict[str, dict[str, list]]:
+        """One confusion matrix per field (see `LabelMetric.confusion_matrices`)."""
+        return {name: metric.confusion_matrices()["label"] for name, metric in self.per_field.items()}
 
     def compute(self) -> dict[str, float]:
         scores = self.transcript.compute()

@@ -46,6 +46,7 @@ class SpeechLLMModule(L.LightningModule):
         self.ce_start_step = ce_start_step
         self.metrics: dict[str, dict[str, Any]] = {"val": {}, "test": {}}
         self.results: dict[str, dict[str, dict[str, float]]] = {}  # stage -> task -> metric -> value
+        self.confusions: dict[str, dict[str, Any]] = {}  # stage -> task -> confusion matrices (label tasks)
         self.eval_loss: dict[str, float] = {}
         self.examples: dict[str, list[dict[str, Any]]] = {}
         self._loss_sums: dict[str, list[float]] = {}
@@ -120,6 +121,12 @@ class SpeechLLMModule(L.LightningModule):
 
     def finish_evaluation(self, stage: str) -> None:
         results = {name: metric.compute() for name, metric in sorted(self.metrics[stage].items())}
+        # Metrics may offer confusion matrices (an optional method of the TaskMetric protocol).
+        self.confusions[stage] = {
+            name: metric.confusion_matrices()
+            for name, metric in sorted(self.metrics[stage].items())
+            if callable(getattr(metric, "confusion_matrices", None))
+        }
         loss_sum, count = self._loss_sums.pop(stage, [0.0, 0])
         if count:
             self.log(f"{stage}/loss", loss_sum / count, sync_dist=True)
