@@ -1,15 +1,11 @@
 """SGC: transcription plus the speaker's gender, OSUM tag ``<TRANSCRIBE> <GENDER>``, target ``transcript<male>``.
 
-Demo data: the gender of the eSpeak voice variant (m1-m7 male, f1-f5 female), drawn half and half (the
-demo's voice lists have more male voices); dev and test use held-out voices, so the model has to
-generalise over speakers."""
+Demo data: the gender of the eSpeak voice variant (m1-m7 male, f1-f5 female); dev and test use held-out
+voices, so the model has to generalise over speakers."""
 
 from __future__ import annotations
 
-import dataclasses
-import random
-
-from osum_core.plugins import CorpusSpec, DemoRecipe, Utterance, hookimpl
+from osum_core.plugins import DemoRecipe, Utterance, hookimpl
 from osum_core.task import LabelField, Task, tagged_task
 
 LABELS = ("female", "male")
@@ -36,13 +32,6 @@ PROMPTS = {
 TASK = tagged_task(name="sgc", tag="<TRANSCRIBE> <GENDER>", prompts=PROMPTS, fields=[FIELD])
 
 
-def draw(utt: Utterance, rng: random.Random, spec: CorpusSpec) -> Utterance:
-    voices = spec.train_voices if utt.split == "train" else spec.heldout_voices
-    gender_initial = rng.choice("fm")
-    variant = rng.choice([v for v in voices if v.startswith(gender_initial)] or list(voices))
-    return dataclasses.replace(utt, voice=dataclasses.replace(utt.voice, variant=variant))
-
-
 def label_text(utt: Utterance) -> str:
     return f"<{utt.gender}>"
 
@@ -54,4 +43,4 @@ def osum_tasks() -> list[Task]:
 
 @hookimpl
 def osum_demo_recipes() -> dict[str, DemoRecipe]:
-    return {TASK.tag: DemoRecipe(draw=draw, label_text=label_text)}
+    return {TASK.tag: DemoRecipe(label_text=label_text)}
