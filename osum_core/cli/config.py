@@ -50,17 +50,29 @@ def _merge(cfg: DictConfig, other: DictConfig, origin: str) -> DictConfig:
         raise ConfigError(f"bad value in {origin}: {error.msg} (key '{error.full_key}')") from None
 
 
+def read_with_bases(file: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
+    """A config file, preceded by the preset it names as ``extends: NAME`` (configs/presets/NAME.yaml), and
+    that preset's own base, and so on: a preset states only how it differs from another."""
+    if not file.is_file():
+        raise ConfigError(f"config file {file} not found")
+    if file.resolve() in seen:
+        raise ConfigError(f"{file}: 'extends' goes round in a circle")
+    try:
+        loaded = OmegaConf.load(file)
+    except Exception as error:  # yaml errors carry line and column
+        raise ConfigError(f"{file}: not valid YAML ({error})") from None
+    base = loaded.pop("extends", None) if isinstance(loaded, DictConfig) else None
+    if base is None:
+        return [(file, loaded)]
+    return [*read_with_bases(CONFIG_DIR / "presets" / f"{base}.yaml", (*seen, file.resolve())), (file, loaded)]
+
+
 def load_config(name: str = "fit", files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DictConfig:
     """Defaults, merged with each file in `files`, then with the dotlist `overrides` (``a.b=1``)."""
     cfg = _lock(default_config(name))
     for file in files:
-        if not Path(file).is_file():
-            raise ConfigError(f"config file {file} not found")
-        try:
-            loaded = OmegaConf.load(file)
-        except Exception as error:  # yaml errors carry line and column
-            raise ConfigError(f"{file}: not valid YAML ({error})") from None
-        cfg = _merge(cfg, loaded, str(file))
+        for path, loaded in read_with_bases(Path(file)):
+            cfg = _merge(cfg, loaded, str(path))
     bad = [item for item in overrides if "=" not in item]
     if bad:
         raise ConfigError(f"overrides must be key=value, got {bad}")

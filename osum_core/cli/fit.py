@@ -1,7 +1,7 @@
 """``osum fit``: config -> tasks, tokenizer, data, model -> Lightning Trainer -> fit, then test.
 
 The run directory ends up holding ``config.yaml`` (the resolved config), ``tokenizer/``, ``checkpoints/``,
-``metrics.csv`` (Lightning's CSV log), ``learning_curve.jsonl`` and ``metrics.json`` (each task's metrics
+``tasks.json`` (the task names), ``metrics.csv`` (Lightning's CSV log), ``learning_curve.jsonl`` and ``metrics.json`` (each task's metrics
 on ``data.test`` after training), ``confusion.json`` (the classification tasks' confusion matrices on the
 test set) and ``test_predictions.jsonl``.
 """
@@ -30,6 +30,8 @@ from osum_core.model.freezing import set_trainable
 from osum_core.model.speech_llm import GenerationSettings
 from osum_core.plugins import TaskRegistry
 from osum_core.task import Target, Task
+from osum_core.task.normalize import transcript_normalizer
+from osum_core.train.checkpoint_dir import init_from_checkpoint
 from osum_core.train.datamodule import SpeechDataModule
 from osum_core.train.learning_curve import LearningCurve, curve_table
 from osum_core.train.module import SpeechLLMModule
@@ -108,13 +110,16 @@ def target_tags(targets: Iterable[Target]) -> set[str]:
 
 
 def load_tokenizer(cfg: dict[str, Any], tasks: dict[str, Task], run_dir: Path):
-    """The LLM's tokenizer, or (tiny demo model) a BPE trained on the training targets and prompts."""
+    """The LLM's tokenizer (``model.llm.tokenizer``, else the ``init`` checkpoint's, else the LLM's), or (tiny
+    demo model) a BPE trained on the training targets and prompts."""
     from transformers import AutoTokenizer
 
     llm = cfg["model"]["llm"]
-    source = llm["tokenizer"] or llm["path"]
+    # Starting from a checkpoint, its tokenizer comes along (a demo tokenizer cannot be trained twice alike).
+    init_tokenizer = Path(cfg["init"]) / "tokenizer" if cfg["init"] else None
+    source = llm["tokenizer"] or (init_tokenizer if init_tokenizer and init_tokenizer.is_dir() else llm["path"])
     if source:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
     else:
         examples, _ = assign_tasks(read_manifests(cfg["data"]["train"]), list(tasks.values()))
         targets = [task.build_target(example) for example, task in examples]
@@ -146,12 +151,17 @@ def fit(cfg_node, task_names: Sequence[str], registry: TaskRegistry, log=print) 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     (run_dir / "learning_curve.jsonl").unlink(missing_ok=True)
+    (run_dir / "tasks.json").write_text(json.dumps(list(tasks)) + "\n")
 
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     tokenizer = load_tokenizer(cfg, tasks, run_dir)
     model = build_speech_llm(cfg["model"], len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if cfg["init"]:
+        loaded = init_from_checkpoint(model, cfg["init"])
+        log(f"initialised from {cfg['init']}; fresh (not in it): {len(loaded['missing'])} tensors "
+            f"{loaded['missing'][:4]}; in it but unused: {loaded['unexpected'][:4]}")
     trainable = set_trainable(model, cfg["model"]["train"])
     total = sum(p.numel() for p in model.parameters())
     log(f"parameters: {total / 1e6:.2f}M, training {sum(trainable.values()) / 1e6:.2f}M {trainable}")
@@ -181,8 +191,9 @@ def fit(cfg_node, task_names: Sequence[str], registry: TaskRegistry, log=print) 
     trainer = L.Trainer(
         **trainer_kwargs, default_root_dir=run_dir, logger=loggers, callbacks=[checkpoints, curve]
     )
-    trainer.fit(module, datamodule=datamodule)
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    with transcript_normalizer(cfg["eval"]["normalizer"]):
+        trainer.fit(module, datamodule=datamodule)
+        trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = module.results.get("test", {})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     confusions = module.confusions.get("test", {})

@@ -1,4 +1,4 @@
-"""``osum`` command line: ``osum fit``, ``osum data synth``, ``osum tasks``."""
+"""``osum`` command line: ``fit``, ``test``, ``predict``, ``export``, ``import-osum``, ``tasks``, ``data synth``."""
 
 from __future__ import annotations
 
@@ -84,10 +84,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     from osum_core.cli.config import load_config, to_yaml
 
+    from osum_core.cli.checkpoints import preset_files
+
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"out={args.out}")
-    cfg = load_config("fit", [args.config] if args.config else [], overrides)
+    if args.init:
+        overrides.append(f"init={args.init}")
+    files = [*preset_files(args.preset, args.stage), *args.config]
+    cfg = load_config("fit", files, overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
@@ -103,17 +108,94 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_registry(command):
+    def run(args: argparse.Namespace) -> int:
+        registry = load_tasks()
+        report_problems(registry)
+        return command(args, registry)
+
+    return run
+
+
+def cmd_test_lazy(args: argparse.Namespace, registry: TaskRegistry) -> int:
+    from osum_core.cli.inference import cmd_test
+
+    return cmd_test(args, registry)
+
+
+def cmd_predict_lazy(args: argparse.Namespace, registry: TaskRegistry) -> int:
+    from osum_core.cli.inference import cmd_predict
+
+    return cmd_predict(args, registry)
+
+
+def cmd_export_lazy(args: argparse.Namespace) -> int:
+    from osum_core.cli.checkpoints import cmd_export
+
+    return cmd_export(args)
+
+
+def cmd_import_osum_lazy(args: argparse.Namespace) -> int:
+    from osum_core.cli.checkpoints import cmd_import_osum
+
+    return cmd_import_osum(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="osum", description="Train OSUM-style speech LLMs, one plugin per task.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     fit = commands.add_parser("fit", help="train on the selected tasks, then test")
     fit.add_argument("--tasks", required=True, help="comma-separated task names (see `osum tasks`), or all")
-    fit.add_argument("--config", help="a YAML file merged over configs/fit.yaml")
+    fit.add_argument("--preset", action="append", default=[], help="configs/presets/NAME.yaml (e.g. osum-7b)")
+    fit.add_argument("--stage", action="append", default=[], help="configs/stages/NAME.yaml, after the preset")
+    fit.add_argument("--config", action="append", default=[], help="a YAML file merged over the defaults (repeatable)")
+    fit.add_argument("--init", help="osum checkpoint directory to start from (same as init=DIR)")
     fit.add_argument("--out", help="run directory (same as out=DIR)")
     fit.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     fit.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_steps=20")
     fit.set_defaults(run=cmd_fit)
+
+    test = commands.add_parser("test", help="evaluate a checkpoint on test manifests and write a report")
+    test.add_argument("--ckpt", required=True, help="osum checkpoint directory, run directory or .ckpt file")
+    test.add_argument("--tasks", required=True, help="comma-separated task names, or all")
+    test.add_argument("--out", default="runs/test", help="report directory (default runs/test)")
+    test.add_argument("--batch-size", type=int, default=16, help="utterances decoded together")
+    test.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ...")
+    test.add_argument(
+        "overrides", nargs="*", metavar="key=value",
+        help="over the checkpoint's config, e.g. data.test=test.jsonl eval.generation.num_beams=4",
+    )
+    test.set_defaults(run=with_registry(cmd_test_lazy))
+
+    predict = commands.add_parser("predict", help="answer audio files with a checkpoint; JSON lines out")
+    predict.add_argument("--ckpt", required=True, help="osum checkpoint directory, run directory or .ckpt file")
+    predict.add_argument("--task", help="task whose prompt and parser to use (see `osum tasks`)")
+    predict.add_argument("--prompt", help="your own instruction instead of the task's prompt")
+    predict.add_argument("--manifest", help="a jsonl manifest (key, wav) to answer, besides FILES")
+    predict.add_argument("--output", help="write JSON lines here instead of stdout")
+    predict.add_argument("--batch-size", type=int, default=16, help="utterances decoded together")
+    predict.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ...")
+    predict.add_argument(
+        "--set", action="append", default=[], metavar="key=value",
+        help="decoding setting of eval.generation, e.g. --set num_beams=4 --set do_sample=true",
+    )
+    predict.add_argument("files", nargs="*", help="audio files (any format soundfile reads, any rate, any channels)")
+    predict.set_defaults(run=with_registry(cmd_predict_lazy), overrides=[])
+
+    export = commands.add_parser("export", help="a run or .ckpt -> an osum checkpoint directory")
+    export.add_argument("--ckpt", required=True, help="run directory or its .ckpt file")
+    export.add_argument("--out", required=True, help="the directory to write")
+    export.add_argument("--merge-lora", action="store_true", help="merge LoRA into the LLM weights (written to llm/)")
+    export.add_argument("--copy-llm", action="store_true", help="write llm/ even when the LLM is its frozen source")
+    export.set_defaults(run=cmd_export_lazy)
+
+    importer = commands.add_parser("import-osum", help="OSUM's released infer.pt -> an osum checkpoint directory")
+    importer.add_argument("file", help="OSUM checkpoint (.pt state dict)")
+    importer.add_argument("--out", required=True, help="the directory to write")
+    importer.add_argument("--preset", default="osum-7b", help="model preset it was trained with (default osum-7b)")
+    importer.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.llm.path=/models/Qwen2-7B")
+    importer.set_defaults(run=cmd_import_osum_lazy)
 
     tasks = commands.add_parser("tasks", help="list installed tasks")
     tasks.add_argument("--json", action="store_true", help="print a JSON list")

@@ -18,7 +18,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def build_encoder(cfg: dict[str, Any]) -> SpeechEncoder:
     if cfg["path"]:
         return SpeechEncoder.from_pretrained(cfg["path"], cfg["conv_strides"], dtype=DTYPES[cfg["dtype"]])
-    return SpeechEncoder(WhisperConfig(**cfg["config"]), cfg["conv_strides"])
+    return SpeechEncoder(WhisperConfig(**cfg["config"]), cfg["conv_strides"]).to(DTYPES[cfg["dtype"]])
 
 
 def build_llm(cfg: dict[str, Any], vocab_size: int):
@@ -60,6 +60,10 @@ def build_speech_llm(cfg: dict[str, Any], vocab_size: int, eos_token_id: int, pa
         ffn_size=adapter_cfg["ffn_size"],
         dropout=adapter_cfg["dropout"],
     )
+    if cfg["gradient_checkpointing"]:
+        # Recompute each layer's activations in the backward pass: memory for time, as OSUM does.
+        for part in (encoder.whisper, llm):
+            part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ctc_vocab = vocab_size if cfg["ctc_head"] else 0
     return SpeechLLM(
         encoder, adapter, llm, eos_token_id, pad_token_id, ctc_vocab_size=ctc_vocab,

@@ -2,7 +2,8 @@
 
 Hugging Face's module insists on exactly 3000 input frames (30 s); OSUM feeds unpadded utterances. This
 module reuses the same submodules and weights but runs its own forward over any length up to the position
-table, with a padding mask, so a 3 s clip costs 3 s of compute.
+table, with a padding mask, so a 3 s clip costs 3 s of compute. Weights come from a Hugging Face Whisper
+checkpoint or from a ``.pt`` file in OpenAI's or WeNet's (OSUM's) layout (whisper_weights.py).
 """
 
 from __future__ import annotations
@@ -40,11 +41,23 @@ class SpeechEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str, conv_strides: Sequence[int] = (1, 2), dtype: torch.dtype = torch.float32
+        cls,
+        path: str,
+        conv_strides: Sequence[int] = (1, 2),
+        dtype: torch.dtype = torch.float32,
+        attention_heads: int | None = None,
     ) -> SpeechEncoder:
-        """The encoder half of a Hugging Face Whisper checkpoint (a whole Whisper model or an encoder saved
-        alone), from a local directory or a Hub id. Only the encoder's tensors are read: the decoder is
-        never built."""
+        """The encoder half of a Whisper checkpoint: a Hugging Face one (a whole Whisper model or an encoder
+        saved alone) from a local directory or a Hub id, or a ``.pt`` file in OpenAI's or WeNet's layout.
+        Only the encoder's tensors are read: the decoder is never built. `attention_heads` is for a ``.pt``
+        file whose width is not a Whisper size (its shapes do not tell the head count)."""
+        if Path(path).is_file():
+            from osum_core.model.whisper_weights import read_encoder_checkpoint
+
+            state, config = read_encoder_checkpoint(path, attention_heads)  # complete, or an error naming the key
+            encoder = cls(config, conv_strides)
+            encoder.whisper.load_state_dict(state)
+            return encoder.to(dtype)
         directory = Path(path)
         if not directory.is_dir():
             from huggingface_hub import snapshot_download

@@ -1,0 +1,232 @@
+"""The ``osum`` checkpoint directory: what ``osum export`` and ``osum import-osum`` write and what
+``--ckpt`` / ``--init`` read. Loading it needs no training config.
+
+    DIR/osum.yaml            the resolved config the model was trained with (model, data, eval, tasks)
+    DIR/export.json          tasks trained, where the weights came from, how the LLM is stored, checksums
+    DIR/tokenizer/           the tokenizer (save_pretrained)
+    DIR/speech.safetensors   encoder, adapter, speech BOS/EOS, CTC head, time embedding (canonical keys)
+    DIR/lora/                the LoRA adapter, peft's own save_pretrained format (absent when merged or unused)
+    DIR/llm/                 the LLM (save_pretrained, safetensors) when its weights are not simply those of
+                             ``model.llm.path``: trained, randomly initialised, imported or with LoRA merged
+
+`load_backbone` also takes a training run directory (``config.yaml`` + ``checkpoints/last.ckpt``) or a
+Lightning ``.ckpt`` inside one, so a run can be tested before it is exported.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from osum_core.model.build import build_speech_llm
+from osum_core.model.speech_llm import SpeechLLM
+from osum_core.train.state_keys import canonical_key, canonical_state_dict, load_canonical_state
+
+CONFIG_FILE = "osum.yaml"
+INFO_FILE = "export.json"
+SPEECH_FILE = "speech.safetensors"
+
+
+@dataclass
+class Backbone:
+    """A loaded model with everything needed to run it."""
+
+    model: SpeechLLM
+    tokenizer: Any
+    config: Any  # the run's config (a DictConfig: `osum test` merges overrides into it)
+    tasks: list[str]  # the tasks it was trained on
+    source: str  # what was loaded
+    checksum: str  # sha256 over the weight files, for reports
+
+
+def file_sha256(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        with path.open("rb") as stream:
+            while chunk := stream.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def llm_needs_copy(model_cfg: dict[str, Any]) -> bool:
+    """Whether the LLM's weights differ from what ``model.llm.path`` loads."""
+    return not model_cfg["llm"]["path"] or "llm" in model_cfg["train"]
+
+
+def save_llm_without_lora(model: SpeechLLM, out: Path) -> None:
+    """The base LLM's weights (LoRA factors left out) in the LLM's own save_pretrained format."""
+    causal_lm = model.causal_lm
+    state = {
+        name[len("llm.") :]: tensor
+        for name, tensor in canonical_state_dict(model).items()
+        if name.startswith("llm.") and ".lora_" not in name
+    }
+    if causal_lm is model.llm:
+        causal_lm.save_pretrained(out)
+        return
+    # A peft-wrapped model: its modules hold LoRA layers, so hand save_pretrained the unwrapped tensors.
+    causal_lm.save_pretrained(out, state_dict=state)
+
+
+def save_checkpoint_dir(
+    model: SpeechLLM,
+    tokenizer: Any,
+    cfg: dict[str, Any],
+    tasks: list[str],
+    out: Path,
+    *,
+    source: str,
+    merge_lora: bool = False,
+    copy_llm: bool | None = None,
+) -> dict[str, Any]:
+    """Write `model` as an osum checkpoint directory. `cfg` is the resolved run config (plain dict).
+    `copy_llm` None decides by `llm_needs_copy`. Returns what export.json records."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = copy.deepcopy(cfg)
+    model_cfg = cfg["model"]
+    lora = model_cfg["llm"]["lora"]["enabled"]
+    copy_llm = llm_needs_copy(model_cfg) if copy_llm is None else copy_llm
+    if merge_lora and lora:
+        model.llm = model.llm.merge_and_unload()
+        model_cfg["llm"]["lora"]["enabled"] = False
+        lora, copy_llm = False, True
+        model_cfg["train"] = [part for part in model_cfg["train"] if part != "lora"]
+
+    speech = {k: v.contiguous() for k, v in canonical_state_dict(model).items() if not k.startswith("llm.")}
+    save_file(speech, str(out / SPEECH_FILE), metadata={"format": "osum-canonical"})
+    if lora:
+        model.llm.save_pretrained(out / "lora")
+    if copy_llm:
+        save_llm_without_lora(model, out / "llm")
+    tokenizer.save_pretrained(out / "tokenizer")
+
+    # The encoder is rebuilt from its full config and speech.safetensors, never from its source again.
+    model_cfg["encoder"]["path"] = None
+    model_cfg["encoder"]["config"] = model.encoder.whisper.config.to_diff_dict()
+    model_cfg["llm"]["tokenizer"] = None
+    from omegaconf import OmegaConf
+
+    (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    weights = [out / SPEECH_FILE, *sorted((out / "lora").glob("*.safetensors")), *sorted((out / "llm").glob("*.safetensors"))]
+    info = {
+        "format": "osum-checkpoint-1",
+        "tasks": list(tasks),
+        "source": source,
+        "llm": "llm/" if copy_llm else f"model.llm.path ({model_cfg['llm']['path']})",
+        "lora": "lora/" if lora else ("merged into llm/" if merge_lora else "none"),
+        "sha256": file_sha256([w for w in weights if w.is_file()]),
+    }
+    (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def lora_state(directory: Path) -> dict[str, torch.Tensor]:
+    """A peft adapter folder's tensors under canonical keys."""
+    file = directory / "adapter_model.safetensors"
+    if not file.is_file():
+        raise FileNotFoundError(f"{directory}: no adapter_model.safetensors (peft save_pretrained format)")
+    return {canonical_key("llm." + key): tensor for key, tensor in load_file(str(file)).items()}
+
+
+def checkpoint_state(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an osum checkpoint directory that do not come with ``from_pretrained`` of the LLM:
+    speech.safetensors and the LoRA adapter, canonical keys."""
+    state = load_file(str(directory / SPEECH_FILE))
+    if (directory / "lora").is_dir():
+        state.update(lora_state(directory / "lora"))
+    return state
+
+
+def load_checkpoint_dir(directory: Path, overrides: list[str] = (), device: str = "cpu") -> Backbone:
+    from osum_core.cli.config import load_config, to_plain
+
+    directory = Path(directory)
+    for required in (CONFIG_FILE, SPEECH_FILE, "tokenizer"):
+        if not (directory / required).exists():
+            raise FileNotFoundError(f"{directory}: not an osum checkpoint directory (no {required})")
+    llm_dir = directory / "llm"
+    pinned = [f"model.llm.path={llm_dir}"] if llm_dir.is_dir() else []
+    cfg = load_config("fit", [directory / CONFIG_FILE], [*pinned, *overrides])
+    info = json.loads((directory / INFO_FILE).read_text()) if (directory / INFO_FILE).is_file() else {}
+    tokenizer = load_tokenizer(directory / "tokenizer")
+    model = build_speech_llm(to_plain(cfg)["model"], len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    missing, _ = load_canonical_state(model, checkpoint_state(directory), str(directory))
+    not_loaded = [key for key in missing if not key.startswith("llm.") or ".lora_" in key]
+    if not_loaded:
+        raise ValueError(f"{directory}: the checkpoint lacks {len(not_loaded)} tensors, e.g. {not_loaded[:3]}")
+    return Backbone(
+        model.to(device).eval(), tokenizer, cfg, list(info.get("tasks", [])), str(directory), info.get("sha256", "")
+    )
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def find_run_checkpoint(path: Path) -> tuple[Path, Path]:
+    """(run directory, .ckpt file) for a run directory or a .ckpt inside one."""
+    if path.is_file():
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return run, path
+    ckpt = path / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        candidates = sorted((path / "checkpoints").glob("*.ckpt"))
+        if not candidates:
+            raise FileNotFoundError(f"{path}: no {CONFIG_FILE} (export) and no checkpoints/*.ckpt (run)")
+        ckpt = candidates[-1]
+    return path, ckpt
+
+
+def load_run_checkpoint(path: Path, overrides: list[str] = (), device: str = "cpu") -> Backbone:
+    """A Lightning checkpoint of an ``osum fit`` run, with the run's config.yaml and tokenizer/."""
+    from osum_core.cli.config import load_config, to_plain
+
+    run, ckpt = find_run_checkpoint(Path(path))
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run}: no config.yaml next to {ckpt} (is it an osum fit run directory?)")
+    cfg = load_config("fit", [run / "config.yaml"], list(overrides))
+    tokenizer = load_tokenizer(run / "tokenizer")
+    model = build_speech_llm(to_plain(cfg)["model"], len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
+    tasks_file = run / "tasks.json"
+    tasks = json.loads(tasks_file.read_text()) if tasks_file.is_file() else []
+    return Backbone(model.to(device).eval(), tokenizer, cfg, tasks, str(ckpt), file_sha256([ckpt]))
+
+
+def load_backbone(path: str | Path, overrides: list[str] = (), device: str = "cpu") -> Backbone:
+    """An osum checkpoint directory, a run directory or a run's .ckpt file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--ckpt {path}: no such file or directory")
+    if (path / CONFIG_FILE).is_file():
+        return load_checkpoint_dir(path, overrides, device)
+    return load_run_checkpoint(path, overrides, device)
+
+
+def init_from_checkpoint(model: SpeechLLM, directory: str | Path) -> dict[str, list[str]]:
+    """Start training from an osum checkpoint directory (``osum fit --init``): its speech weights, its LoRA
+    weights where both have LoRA, and its LLM weights when it carries its own (llm/). Tensors the new model
+    has and the checkpoint lacks (LoRA added in stage 3, say) keep their fresh initialisation."""
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"--init {directory}: not an osum checkpoint directory (make one with osum export)")
+    state = checkpoint_state(directory)
+    llm_dir = directory / "llm"
+    if llm_dir.is_dir():
+        for file in sorted(llm_dir.glob("*.safetensors")):
+            state.update({canonical_key("llm." + k): v for k, v in load_file(str(file)).items()})
+    missing, unexpected = load_canonical_state(model, state, str(directory))
+    if not llm_dir.is_dir():
+        missing = [k for k in missing if not k.startswith("llm.") or ".lora_" in k]
+    return {"missing": missing, "unexpected": unexpected}

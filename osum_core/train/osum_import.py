@@ -1,0 +1,221 @@
+"""Importing OSUM's released ``infer.pt`` (ASLP-lab/OSUM: the state dict of its whole `LLMASR_Model`) as
+canonical SpeechLLM keys (state_keys.py).
+
+Every key of the checkpoint ends up in one place: converted to a canonical key, dropped with a reason
+(modules OSUM builds but never uses, a position table our adapter computes, duplicate aliases of LLM
+tensors), or listed as unmapped. Checks on dropped tensors that fail (a position table that is not the
+sinusoid table, an alias that differs from the tensor it should alias) become notes of the report.
+
+    state = read_osum_checkpoint("infer.pt")
+    result = convert_osum_state_dict(state, canonical_state_dict(model), source="infer.pt")
+    print(result.report())
+    load_canonical_state(model, result.state, "infer.pt")
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers.models.whisper.modeling_whisper import sinusoids
+
+from osum_core.model.adapter import sinusoid_table
+from osum_core.model.whisper_weights import POSITIONS, WENET
+from osum_core.train.state_keys import canonical_key
+
+ENCODER = "encoder.whisper."
+LLM_PREFIX = "llama_model."
+SPEECH_TOKENS = "speech_token_emded.weight"  # sic: OSUM's spelling
+ADAPTER_POSITIONS = "speech_transformer.embed.pos_enc.pe"
+
+UNUSED_MODULES = {
+    "ln_speech.": "LayerNorm that OSUM builds but never applies",
+    "speaker_head.": "output head of a speech-token experiment; OSUM never applies it",
+}
+# OSUM's `self.embed_tokens = llama_model...embed_tokens` registers the LLM's tensors a second time.
+ALIASES = {"embed_tokens.weight": "llm.model.embed_tokens.weight", "lm_head.weight": "llm.lm_head.weight"}
+
+ADAPTER_MODULES = {
+    "speech_transformer.embed.out.0": "adapter.input_layer.0",
+    "speech_transformer.embed.out.1": "adapter.input_layer.1",
+    "speech_transformer.after_norm": "adapter.final_norm",
+    "speech_llama_proj": "adapter.projection",
+}
+ADAPTER_LAYER_MODULES = {
+    "self_attn.linear_out": "self_attn.out_proj",
+    "feed_forward.w_1": "linear1",
+    "feed_forward.w_2": "linear2",
+    "norm1": "norm1",
+    "norm2": "norm2",
+}
+# `down_sample_2.conv` is a Sequential of (pad, Conv1d, GELU) triples: the convolutions are 1, 4, 7, ...
+ADAPTER_CONV = re.compile(r"down_sample_2\.conv\.(\d+)\.(weight|bias)")
+ADAPTER_LAYER = re.compile(r"speech_transformer\.encoders\.(\d+)\.(.+)\.(weight|bias)")
+ADAPTER_QKV = re.compile(r"speech_transformer\.encoders\.(\d+)\.self_attn\.linear_([qkv])\.(weight|bias)")
+
+
+@dataclass
+class ImportResult:
+    """What `convert_osum_state_dict` made of a checkpoint.
+
+    state: canonical key -> tensor, only keys the target model has.
+    dropped: checkpoint key -> why it is not imported.
+    unmapped: checkpoint keys nothing converts (unknown to this importer).
+    unexpected: canonical key -> the checkpoint key it came from, where the target model has no such tensor.
+    missing: target-model keys the checkpoint does not provide (they keep their initial values).
+    notes: failed checks on dropped tensors (a position table, an alias)."""
+
+    state: dict[str, torch.Tensor]
+    dropped: dict[str, str] = field(default_factory=dict)
+    unmapped: list[str] = field(default_factory=list)
+    unexpected: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def report(self) -> str:
+        lines = [f"{len(self.state)} tensors imported"]
+        sections = [
+            ("dropped", [f"{key}: {reason}" for key, reason in self.dropped.items()]),
+            ("unmapped: checkpoint keys nothing converts", self.unmapped),
+            ("unexpected: converted, but the model has no such tensor",
+             [f"{origin} -> {name}" for name, origin in self.unexpected.items()]),
+            ("missing: model tensors the checkpoint does not provide (left as initialised)", self.missing),
+            ("notes", self.notes),
+        ]
+        for title, items in sections:
+            if items:
+                lines.append(f"{title} ({len(items)}):")
+                lines.extend(f"  {item}" for item in items)
+        return "\n".join(lines)
+
+
+def read_osum_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in `path`: a plain ``torch.save(state_dict)`` (OSUM's ``infer.pt``), or one under
+    ``module`` (DeepSpeed's model states) or ``state_dict`` (Lightning)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path}: not a plain checkpoint of tensors ({error})") from None
+    if isinstance(checkpoint, dict):
+        for container in ("module", "state_dict"):
+            if isinstance(checkpoint.get(container), dict):
+                checkpoint = checkpoint[container]
+                break
+    if not isinstance(checkpoint, dict) or not checkpoint:
+        raise ValueError(f"{path}: expected a state dict (or one under 'module' or 'state_dict')")
+    for key, value in checkpoint.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{path}: {key!r} is a {type(value).__name__}, not a tensor; expected a state dict")
+    return checkpoint
+
+
+def adapter_key(key: str) -> str | None:
+    """The canonical key of an adapter tensor renamed one to one (not q/k/v), or None."""
+    module, _, param = key.rpartition(".")
+    if module in ADAPTER_MODULES:
+        return f"{ADAPTER_MODULES[module]}.{param}"
+    if match := ADAPTER_CONV.fullmatch(key):
+        index = int(match[1])
+        return f"adapter.convs.{(index - 1) // 3}.{match[2]}" if index % 3 == 1 else None
+    if (match := ADAPTER_LAYER.fullmatch(key)) and match[2] in ADAPTER_LAYER_MODULES:
+        return f"adapter.transformer.layers.{match[1]}.{ADAPTER_LAYER_MODULES[match[2]]}.{match[3]}"
+    return None
+
+
+def is_table(tensor: torch.Tensor, table: torch.Tensor) -> bool:
+    """`tensor` is `table` up to the rounding of its dtype (and of float32 sinusoids at large positions)."""
+    if tensor.numel() != table.numel():
+        return False
+    return torch.allclose(tensor.reshape(table.shape).float(), table, atol=max(1e-3, torch.finfo(tensor.dtype).eps))
+
+
+def convert_osum_state_dict(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> ImportResult:
+    """OSUM's `state` as canonical keys of the model whose `canonical_state_dict` is `expected`.
+
+    A tensor whose shape differs from the model's is an error naming `source` and both keys."""
+    converted: dict[str, tuple[str, torch.Tensor]] = {}  # canonical key -> (checkpoint key, tensor)
+    result = ImportResult(state={})
+    qkv: dict[tuple[str, str], dict[str, tuple[str, torch.Tensor]]] = {}  # (layer, param) -> q/k/v pieces
+    aliases = {}
+
+    def put(name: str, origin: str, tensor: torch.Tensor) -> None:
+        if name in converted:
+            raise ValueError(f"{source}: {converted[name][0]} and {origin} both map to {name}")
+        converted[name] = (origin, tensor)
+
+    for key, tensor in state.items():
+        unused = next((reason for prefix, reason in UNUSED_MODULES.items() if key.startswith(prefix)), None)
+        if unused is not None:
+            result.dropped[key] = unused
+        elif key in ALIASES:
+            aliases[key] = tensor
+        elif key.startswith(LLM_PREFIX):
+            put(canonical_key("llm." + key[len(LLM_PREFIX) :]), key, tensor)
+        elif key == SPEECH_TOKENS:
+            # Rows speech_token_num + 0 and + 1, the table's last two, are the speech BOS and EOS.
+            put("speech_markers", f"{key}[-2:]", tensor[-2:].clone())
+            result.dropped[f"{key}[:{len(tensor) - 2}]"] = "speech-token embeddings of an unused experiment"
+        elif key == ADAPTER_POSITIONS:
+            result.dropped[key] = "sinusoid table the adapter computes (adapter.positions)"
+            length, width = tensor.shape[-2:]
+            if not is_table(tensor, sinusoid_table(length, width)):
+                result.notes.append(f"{key} is not the sinusoid table the adapter computes; the adapter uses its own")
+        elif key.startswith("encoder."):
+            hf_key = WENET.hf_key(key)
+            if hf_key is None:
+                result.unmapped.append(key)
+                continue
+            if hf_key == POSITIONS:
+                tensor = tensor.reshape(-1, tensor.shape[-1])  # WeNet's [1, n, d]
+                if not is_table(tensor, sinusoids(*tensor.shape)):
+                    result.notes.append(f"{key} is not Whisper's sinusoid table; imported as it is")
+            put(ENCODER + hf_key, key, tensor)
+        elif match := ADAPTER_QKV.fullmatch(key):
+            qkv.setdefault((match[1], match[3]), {})[match[2]] = (key, tensor)
+        elif (name := adapter_key(key)) is not None:
+            put(name, key, tensor)
+        else:
+            result.unmapped.append(key)
+
+    # torch's attention keeps q, k and v as one [3d, d] projection, in that order.
+    for (layer, param), pieces in qkv.items():
+        if len(pieces) == 3:
+            origins = [pieces[part][0] for part in "qkv"]
+            put(
+                f"adapter.transformer.layers.{layer}.self_attn.in_proj_{param}",
+                " + ".join(origins),
+                torch.cat([pieces[part][1] for part in "qkv"]),
+            )
+        else:
+            absent = ", ".join(f"linear_{part}.{param}" for part in "qkv" if part not in pieces)
+            for origin, _ in pieces.values():
+                result.dropped[origin] = f"layer {layer} lacks {absent}; in_proj_{param} needs q, k and v"
+
+    for key, tensor in aliases.items():
+        name = ALIASES[key]
+        if name not in converted:  # only the alias was saved: it is the tensor itself
+            put(name, key, tensor)
+            continue
+        origin, own = converted[name]
+        result.dropped[key] = f"alias of {origin}"
+        if own.shape != tensor.shape or not torch.equal(own, tensor):
+            result.notes.append(f"{key} differs from {origin}, which it should alias; {origin} is imported")
+
+    for name, (origin, tensor) in converted.items():
+        if name not in expected:
+            result.unexpected[name] = origin
+            continue
+        if tensor.shape != expected[name].shape:
+            raise ValueError(
+                f"{source}: {origin} has shape {tuple(tensor.shape)}, the model's {name} is"
+                f" {tuple(expected[name].shape)}"
+            )
+        result.state[name] = tensor
+    result.missing = sorted(name for name in expected if name not in result.state)
+    return result

@@ -1,0 +1,281 @@
+"""Whisper encoders from OpenAI and WeNet ``.pt`` files, and OSUM's ``infer.pt`` into a SpeechLLM: tiny real
+modules, written in each format's own key names with torch.save, read back and compared tensor by tensor
+and output by output. The key names below are spelled out independently of the converters."""
+
+import math
+
+import pytest
+import torch
+from transformers import WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from osum_core.cli.config import load_config, to_plain
+from osum_core.model.build import build_speech_llm
+from osum_core.model.encoder import SpeechEncoder
+from osum_core.train.osum_import import convert_osum_state_dict, read_osum_checkpoint
+from osum_core.train.state_keys import canonical_state_dict, load_canonical_state
+
+TINY_WHISPER = dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64, num_mel_bins=80,
+                    max_source_positions=100)
+
+OPENAI_LAYER = {
+    "self_attn.q_proj": "attn.query", "self_attn.k_proj": "attn.key", "self_attn.v_proj": "attn.value",
+    "self_attn.out_proj": "attn.out", "self_attn_layer_norm": "attn_ln", "fc1": "mlp.0", "fc2": "mlp.2",
+    "final_layer_norm": "mlp_ln",
+}
+WENET_LAYER = {
+    "self_attn.q_proj": "self_attn.linear_q", "self_attn.k_proj": "self_attn.linear_k",
+    "self_attn.v_proj": "self_attn.linear_v", "self_attn.out_proj": "self_attn.linear_out",
+    "self_attn_layer_norm": "norm1", "fc1": "feed_forward.w_1", "fc2": "feed_forward.w_2", "final_layer_norm": "norm2",
+}
+LLM = "llama_model."
+
+
+def randomise(module: torch.nn.Module) -> None:
+    """Random weights everywhere except the fixed Whisper position table."""
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if not name.endswith("embed_positions.weight"):
+                param.normal_(mean=1.0 if name.endswith("norm.weight") else 0.0, std=0.1)
+
+
+def openai_encoder_state(hf_state):
+    out = {}
+    for key, tensor in hf_state.items():
+        if key == "embed_positions.weight":
+            out["encoder.positional_embedding"] = tensor
+        elif key.startswith(("conv1.", "conv2.")):
+            out["encoder." + key] = tensor
+        elif key.startswith("layer_norm."):
+            out["encoder.ln_post." + key.split(".")[-1]] = tensor
+        else:
+            _, index, rest = key.split(".", 2)
+            module, param = rest.rsplit(".", 1)
+            out[f"encoder.blocks.{index}.{OPENAI_LAYER[module]}.{param}"] = tensor
+    return out
+
+
+def wenet_encoder_state(hf_state):
+    out = {}
+    for key, tensor in hf_state.items():
+        if key == "embed_positions.weight":
+            out["encoder.embed.pos_enc.pe"] = tensor[None]  # WeNet keeps [1, n, d]
+        elif key.startswith("conv1."):
+            out["encoder.embed.conv.0." + key.split(".")[-1]] = tensor
+        elif key.startswith("conv2."):
+            out["encoder.embed.conv.2." + key.split(".")[-1]] = tensor
+        elif key.startswith("layer_norm."):
+            out["encoder.after_norm." + key.split(".")[-1]] = tensor
+        else:
+            _, index, rest = key.split(".", 2)
+            module, param = rest.rsplit(".", 1)
+            out[f"encoder.encoders.{index}.{WENET_LAYER[module]}.{param}"] = tensor
+    return out
+
+
+@pytest.fixture
+def whisper_encoder():
+    encoder = WhisperEncoder(WhisperConfig(**TINY_WHISPER))
+    randomise(encoder)
+    return encoder
+
+
+def assert_same_encoder_output(loaded: SpeechEncoder, original: WhisperEncoder, strides=(1, 2)):
+    reference = SpeechEncoder(original.config, strides)
+    reference.whisper.load_state_dict(original.state_dict())
+    features, lengths = torch.randn(2, 60, 80), torch.tensor([60, 37])
+    with torch.no_grad():
+        expected, expected_lengths = reference.eval()(features, lengths)
+        actual, actual_lengths = loaded.eval()(features, lengths)
+    assert torch.equal(actual_lengths, expected_lengths)
+    keep = torch.arange(actual.shape[1])[None, :] < actual_lengths[:, None]
+    torch.testing.assert_close(actual[keep], expected[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_openai_whisper_file_loads_as_the_same_encoder(whisper_encoder, tmp_path):
+    dims = {"n_mels": 80, "n_audio_ctx": 100, "n_audio_state": 32, "n_audio_head": 4, "n_audio_layer": 2,
+            "n_vocab": 10, "n_text_ctx": 8, "n_text_state": 32, "n_text_head": 4, "n_text_layer": 1}
+    weights = openai_encoder_state(whisper_encoder.state_dict())
+    weights["decoder.token_embedding.weight"] = torch.randn(10, 32)  # a whole model's file: decoder ignored
+    path = tmp_path / "tiny.pt"
+    torch.save({"dims": dims, "model_state_dict": weights}, path)
+
+    loaded = SpeechEncoder.from_pretrained(str(path), conv_strides=(1, 2))  # heads from dims
+    assert loaded.whisper.config.encoder_attention_heads == 4
+    assert_same_encoder_output(loaded, whisper_encoder)
+    assert SpeechEncoder.from_pretrained(str(path), dtype=torch.bfloat16).whisper.conv1.weight.dtype == torch.bfloat16
+
+
+def test_wenet_whisper_file_loads_as_the_same_encoder(whisper_encoder, tmp_path):
+    path = tmp_path / "wenet.pt"
+    weights = wenet_encoder_state(whisper_encoder.state_dict())
+    weights["decoder.embed.0.weight"] = torch.randn(10, 32)
+    torch.save(weights, path)
+
+    with pytest.raises(ValueError, match="attention-head count of a 32-wide encoder"):
+        SpeechEncoder.from_pretrained(str(path))  # 32 is no Whisper width: heads must be given
+    loaded = SpeechEncoder.from_pretrained(str(path), conv_strides=(2, 2), attention_heads=4)
+    assert_same_encoder_output(loaded, whisper_encoder, strides=(2, 2))
+
+
+def test_incomplete_encoder_file_names_the_file_and_key(whisper_encoder, tmp_path):
+    weights = wenet_encoder_state(whisper_encoder.state_dict())
+    missing = dict(weights)
+    del missing["encoder.encoders.1.feed_forward.w_2.weight"]
+    torch.save(missing, tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match=r"missing\.pt: encoder\.encoders\.1\.feed_forward\.w_2\.weight is missing"):
+        SpeechEncoder.from_pretrained(str(tmp_path / "missing.pt"), attention_heads=4)
+
+    extra = dict(weights, **{"encoder.encoders.0.self_attn.linear_pos.weight": torch.zeros(32, 32)})
+    torch.save(extra, tmp_path / "extra.pt")
+    with pytest.raises(ValueError, match=r"extra\.pt: unexpected key encoder\.encoders\.0\.self_attn\.linear_pos"):
+        SpeechEncoder.from_pretrained(str(tmp_path / "extra.pt"), attention_heads=4)
+
+    torch.save({"model.weight": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other\.pt: not a Whisper encoder"):
+        SpeechEncoder.from_pretrained(str(tmp_path / "other.pt"))
+
+
+# --- OSUM's infer.pt ---------------------------------------------------------------------------------------
+
+OSUM_SHAPED = [
+    "model.adapter.conv_strides=[1,2,2]", "model.adapter.layers=2", "model.ctc_head=false",
+    "model.ctc_compression=false", "model.ctc_embeddings=false", "model.time_embeddings=false",
+    "model.llm.lora.enabled=true", "model.encoder.conv_strides=[1,2]",
+    "model.encoder.config.encoder_layers=2", "model.llm.config.num_hidden_layers=2",
+]
+SPEECH_TOKENS = 5  # OSUM: 4097 rows, then speech BOS and EOS
+
+
+def osum_model(seed):
+    torch.manual_seed(seed)
+    model = build_speech_llm(to_plain(load_config("fit", overrides=OSUM_SHAPED))["model"], 100, 1, 0)
+    randomise(model)
+    return model.eval()
+
+
+def wenet_positions(length, width):
+    """WeNet's `PositionalEncoding.pe`, as OSUM saves it."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * -(math.log(10000.0) / width))
+    pe = torch.zeros(length, width)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(position * div), torch.cos(position * div)
+    return pe[None]
+
+
+def osum_adapter_state(key, tensor):
+    parts = key.split(".")
+    if parts[0] == "convs":
+        return {f"down_sample_2.conv.{3 * int(parts[1]) + 1}.{parts[2]}": tensor}
+    if parts[0] == "input_layer":
+        return {f"speech_transformer.embed.out.{parts[1]}.{parts[2]}": tensor}
+    if parts[0] == "final_norm":
+        return {f"speech_transformer.after_norm.{parts[1]}": tensor}
+    if parts[0] == "projection":
+        return {f"speech_llama_proj.{parts[1]}": tensor}
+    layer = f"speech_transformer.encoders.{parts[2]}"
+    rest = ".".join(parts[3:])
+    if rest.startswith("self_attn.in_proj_"):
+        param = rest.split("_")[-1]
+        q, k, v = tensor.chunk(3)
+        return {f"{layer}.self_attn.linear_{n}.{param}": t for n, t in zip("qkv", (q, k, v))}
+    renames = {"self_attn.out_proj": "self_attn.linear_out", "linear1": "feed_forward.w_1",
+               "linear2": "feed_forward.w_2", "norm1": "norm1", "norm2": "norm2"}
+    module, param = rest.rsplit(".", 1)
+    return {f"{layer}.{renames[module]}.{param}": tensor}
+
+
+def osum_state(model, base_layer=True):
+    """`model`'s weights spelled as OSUM's `LLMASR_Model.state_dict()` (OSUM.md 1.8)."""
+    out = {}
+    width = model.speech_markers.shape[1]
+    d = model.encoder.output_size
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.clone()
+        if key.startswith("llm."):
+            name = LLM + key[len("llm.") :]
+            out[name if base_layer else name.replace(".base_layer", "")] = tensor
+        elif key.startswith("encoder.whisper."):
+            out.update(wenet_encoder_state({key[len("encoder.whisper.") :]: tensor}))
+        elif key.startswith("adapter."):
+            out.update(osum_adapter_state(key[len("adapter.") :], tensor))
+        elif key == "speech_markers":
+            out["speech_token_emded.weight"] = torch.cat([torch.randn(SPEECH_TOKENS, width), tensor])
+        else:
+            raise AssertionError(f"no OSUM name for {key}")
+    out["speech_transformer.embed.pos_enc.pe"] = wenet_positions(5000, d)
+    out["ln_speech.weight"], out["ln_speech.bias"] = torch.ones(d), torch.zeros(d)
+    out["speaker_head.weight"], out["speaker_head.bias"] = torch.randn(SPEECH_TOKENS, width), torch.zeros(SPEECH_TOKENS)
+    out["embed_tokens.weight"] = out[LLM + "base_model.model.model.embed_tokens.weight"].clone()
+    out["lm_head.weight"] = out[LLM + "base_model.model.lm_head.weight"].clone()
+    return out
+
+
+def tiny_batch():
+    g = torch.Generator().manual_seed(1)
+    return {
+        "features": torch.randn(2, 64, 80, generator=g), "feature_lengths": torch.tensor([64, 41]),
+        "prompt_ids": torch.randint(2, 100, (2, 3), generator=g), "prompt_lengths": torch.tensor([3, 2]),
+        "target_ids": torch.randint(2, 100, (2, 4), generator=g), "target_lengths": torch.tensor([4, 3]),
+        "target_weights": torch.ones(2, 4),
+    }
+
+
+@pytest.fixture(scope="module")
+def original():
+    return osum_model(seed=0)
+
+
+@pytest.mark.parametrize("base_layer", [True, False], ids=["peft-base_layer", "old-peft"])
+def test_osum_checkpoint_imports_every_tensor(original, tmp_path, base_layer):
+    path = tmp_path / "infer.pt"
+    torch.save(osum_state(original, base_layer), path)
+    fresh = osum_model(seed=1)
+    expected = canonical_state_dict(fresh)
+
+    result = convert_osum_state_dict(read_osum_checkpoint(path), expected, source=str(path))
+    assert (result.unmapped, result.missing, result.unexpected, result.notes) == ([], [], {}, []), result.report()
+    assert set(result.dropped) == {
+        "ln_speech.weight", "ln_speech.bias", "speaker_head.weight", "speaker_head.bias",
+        f"speech_token_emded.weight[:{SPEECH_TOKENS}]", "speech_transformer.embed.pos_enc.pe",
+        "embed_tokens.weight", "lm_head.weight",
+    }
+    assert load_canonical_state(fresh, result.state, str(path)) == ([], [])
+
+    loaded = canonical_state_dict(fresh)
+    for key, tensor in canonical_state_dict(original).items():
+        assert torch.equal(loaded[key], tensor), key
+    batch = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**batch)["token_loss"], original(**batch)["token_loss"])
+
+
+def test_osum_import_reports_what_it_did_not_map(original, tmp_path):
+    state = osum_state(original)
+    state["speech_transformer.encoders.0.self_attn.rel_bias"] = torch.zeros(3)  # unknown to the importer
+    del state["speech_llama_proj.bias"]
+    del state["speech_transformer.encoders.1.self_attn.linear_k.weight"]
+    state["lm_head.weight"] += 1  # an alias that is not one
+    state["speech_transformer.embed.pos_enc.pe"] = torch.zeros_like(state["speech_transformer.embed.pos_enc.pe"])
+    torch.save({"module": state}, tmp_path / "ds.pt")  # DeepSpeed's container
+
+    result = convert_osum_state_dict(read_osum_checkpoint(tmp_path / "ds.pt"), canonical_state_dict(original))
+    assert result.unmapped == ["speech_transformer.encoders.0.self_attn.rel_bias"]
+    assert result.missing == ["adapter.projection.bias", "adapter.transformer.layers.1.self_attn.in_proj_weight"]
+    assert "in_proj_weight needs q, k and v" in result.dropped["speech_transformer.encoders.1.self_attn.linear_q.weight"]
+    assert any(note.startswith("lm_head.weight differs") for note in result.notes)
+    assert any(note.startswith("speech_transformer.embed.pos_enc.pe is not") for note in result.notes)
+    report = result.report()
+    for key in [*result.unmapped, *result.missing, *result.dropped]:
+        assert key in report
+
+
+def test_osum_import_errors_name_the_file_and_key(original, tmp_path):
+    state = osum_state(original)
+    state["speech_llama_proj.weight"] = torch.zeros(7, 7)
+    with pytest.raises(ValueError, match=r"infer\.pt: speech_llama_proj\.weight has shape \(7, 7\)"):
+        convert_osum_state_dict(state, canonical_state_dict(original), source="infer.pt")
+
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"list\.pt: expected a state dict"):
+        read_osum_checkpoint(tmp_path / "list.pt")
