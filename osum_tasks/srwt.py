@@ -96,7 +96,7 @@ def make_task(word_format: str = WORD_FORMAT, resolution: float = RESOLUTION) ->
     def parse_output(text: str) -> Prediction:
         timed = read(text)
         transcript = " ".join(w for w, _, _ in timed) if timed else re.sub(r"<[^<>]*>", " ", text).strip()
-        return Prediction(text=text, transcript=transcript, fields={"words": timed})
+        return Prediction(text=text, transcript=transcript, fields={"timestamps": timed})
 
     def make_metric() -> TimestampMetric:
         return TimestampMetric(read)
@@ -128,7 +128,7 @@ class TimestampMetric:
         self.transcript.update(predictions, targets)
         for prediction, target in zip(predictions, targets, strict=True):
             reference = self.read(target.body)
-            hypothesis = list(prediction.fields.get("words", ()))
+            hypothesis = list(prediction.fields.get("timestamps", ()))
             self.reference_words += len(reference)
             blocks = difflib.SequenceMatcher(a=[w for w, _, _ in reference], b=[w for w, _, _ in hypothesis])
             for block in blocks.get_matching_blocks():

@@ -52,7 +52,7 @@ def test_srwt_serialises_word_times_at_the_resolution_and_reads_them_back(regist
     assert srwt.build_target({"txt": "<0.0> four <0.4><0.4>two<0.8>"}) == target
     prediction = srwt.parse_output("<0.1>four<0.4><0.5>two<0.8>")
     assert prediction.transcript == "four two"
-    assert prediction.fields["words"] == [("four", 0.1, 0.4), ("two", 0.5, 0.8)]
+    assert prediction.fields["timestamps"] == [("four", 0.1, 0.4), ("two", 0.5, 0.8)]
     for text in ["", "<", "four<0.3>", "<0.a>four<>", "<<>>", "four two"]:
         assert srwt.parse_output(text).text == text
     assert srwt.parse_output("four two").transcript == "four two"
@@ -79,7 +79,7 @@ def test_srwt_format_is_a_task_option_set_in_the_config(registry):
     srwt = tasks["srwt"]
     target = srwt.build_target({"txt": "", "extra": {"words": [["four", 0.04, 0.36]]}})
     assert target.body == "four<0.05,0.35>" and srwt.loss_weight == 2.0
-    assert srwt.parse_output("four<0.05,0.35>").fields["words"] == [("four", 0.05, 0.35)]
+    assert srwt.parse_output("four<0.05,0.35>").fields["timestamps"] == [("four", 0.05, 0.35)]
     assert srwt.options == {"word_format": "{word}<{start},{end}>", "resolution": 0.05}
     with pytest.raises(ConfigError, match="tasks.srwt.word_fmt"):
         configured_tasks(registry, ["srwt"], {"srwt": {"word_fmt": "x"}})

@@ -13,6 +13,7 @@ alone; an unknown key inside ``encoder.`` or a missing encoder tensor is an erro
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +76,8 @@ OPENAI = EncoderLayout(
     positions="encoder.positional_embedding",
     layers="encoder.blocks.",
     layer_modules={
-        "attn.query": "self_attn.k_proj",
-        "attn.key": "self_attn.q_proj",
+        "attn.query": "self_attn.q_proj",
+        "attn.key": "self_attn.k_proj",
         "attn.value": "self_attn.v_proj",
         "attn.out": "self_attn.out_proj",
         "attn_ln": "self_attn_layer_norm",
@@ -162,7 +163,9 @@ def whisper_config(
     )
 
 
-def check_complete(hf_state: Mapping[str, torch.Tensor], config: WhisperConfig, layout: EncoderLayout, source: str) -> None:
+def check_complete(
+    hf_state: Mapping[str, torch.Tensor], config: WhisperConfig, layout: EncoderLayout, source: str
+) -> None:
     """Every tensor of a `WhisperEncoder(config)` is in `hf_state` with its shape, and nothing else is."""
     with torch.device("meta"):  # the key names and shapes, without allocating the weights
         wanted = WhisperEncoder(config).state_dict()
@@ -186,7 +189,10 @@ def read_encoder_checkpoint(
 
     The head count is `attention_heads`, else the file's ``dims`` (OpenAI), else Whisper's for the width."""
     source = str(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{source}: not a plain checkpoint of tensors ({error})") from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{source}: expected a dict of tensors, got {type(checkpoint).__name__}")
     state = checkpoint

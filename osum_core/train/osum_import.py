@@ -79,16 +79,16 @@ class ImportResult:
     def report(self) -> str:
         lines = [f"{len(self.state)} tensors imported"]
         sections = [
-            ("dropped", [f"{key}: {reason}" for key, reason in self.dropped.items()]),
-            ("unmapped: checkpoint keys nothing converts", self.unmapped),
-            ("unexpected: converted, but the model has no such tensor",
+            ("dropped", "", [f"{key}: {reason}" for key, reason in self.dropped.items()]),
+            ("unmapped", "checkpoint keys nothing converts", self.unmapped),
+            ("unexpected", "converted, but the model has no such tensor",
              [f"{origin} -> {name}" for name, origin in self.unexpected.items()]),
-            ("missing: model tensors the checkpoint does not provide (left as initialised)", self.missing),
-            ("notes", self.notes),
+            ("missing", "model tensors the checkpoint does not provide (left as initialised)", self.missing),
+            ("notes", "", self.notes),
         ]
-        for title, items in sections:
+        for title, meaning, items in sections:
             if items:
-                lines.append(f"{title} ({len(items)}):")
+                lines.append(f"{title} ({len(items)}){': ' + meaning if meaning else ''}")
                 lines.extend(f"  {item}" for item in items)
         return "\n".join(lines)
 
@@ -160,7 +160,8 @@ def convert_osum_state_dict(
         elif key == SPEECH_TOKENS:
             # Rows speech_token_num + 0 and + 1, the table's last two, are the speech BOS and EOS.
             put("speech_markers", f"{key}[-2:]", tensor[-2:].clone())
-            result.dropped[f"{key}[:{len(tensor) - 2}]"] = "speech-token embeddings of an unused experiment"
+            if len(tensor) > 2:
+                result.dropped[f"{key}[:{len(tensor) - 2}]"] = "speech-token embeddings of an unused experiment"
         elif key == ADAPTER_POSITIONS:
             result.dropped[key] = "sinusoid table the adapter computes (adapter.positions)"
             length, width = tensor.shape[-2:]
