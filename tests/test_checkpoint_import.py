@@ -280,3 +280,28 @@ def test_osum_import_errors_name_the_file_and_key(original, tmp_path):
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match=r"list\.pt: expected a state dict"):
         read_osum_checkpoint(tmp_path / "list.pt")
+
+
+def test_import_osum_cli_writes_a_checkpoint_that_predict_and_test_load(original, tmp_path):
+    from osum_core.cli.main import main
+    from osum_core.data.demo_tokenizer import train_demo_tokenizer
+    from osum_core.train.checkpoint_dir import load_backbone
+
+    llm_dir = tmp_path / "qwen2"  # what model.llm.path names: the LLM's config and tokenizer, no weights
+    original.causal_lm.config.save_pretrained(llm_dir)
+    train_demo_tokenizer(["four two one", "转写这段音频"], ["<laugh>"], 60).save_pretrained(llm_dir)
+    torch.save(osum_state(original), tmp_path / "infer.pt")
+    out = tmp_path / "imported"
+    args = ["import-osum", str(tmp_path / "infer.pt"), "--out", str(out), "--encoder-heads", "4",
+            f"model.llm.path={llm_dir}", "model.encoder.dtype=float32", "model.llm.dtype=float32",
+            *[o for o in OSUM_SHAPED if not o.startswith(("model.encoder.config", "model.llm.config"))],
+            "model.adapter.ffn_size=512"]
+    assert main(args) == 0
+    assert "speaker_head.weight" in (out / "import_report.txt").read_text()
+    imported = load_backbone(out).model
+    loaded = canonical_state_dict(imported)
+    for key, tensor in canonical_state_dict(original).items():
+        assert torch.equal(loaded[key], tensor), key
+    batch = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(imported(**batch)["token_loss"], original(**batch)["token_loss"])

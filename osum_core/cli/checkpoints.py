@@ -39,8 +39,7 @@ def cmd_import_osum(args) -> int:
     from osum_core.train.osum_import import import_osum_checkpoint
 
     cfg = load_config("fit", preset_files(args.preset.split(","), []), list(args.overrides))
-    result = import_osum_checkpoint(Path(args.file), to_plain(cfg), Path(args.out), OSUM_TASKS)
-    for line in result.report_lines():
-        print(line, file=sys.stderr)
-    print(f"imported {args.file} -> {args.out}")
+    result = import_osum_checkpoint(Path(args.file), to_plain(cfg), Path(args.out), OSUM_TASKS, args.encoder_heads)
+    print(result.report(), file=sys.stderr)
+    print(f"imported {args.file} -> {args.out} (report: {args.out}/import_report.txt)")
     return 0

@@ -25,7 +25,7 @@ from osum_core.data.dataset import assign_tasks
 from osum_core.data.demo_corpus import CorpusSpec, corpus_is_complete, synthesize_corpus
 from osum_core.data.demo_tokenizer import train_demo_tokenizer
 from osum_core.data.manifest import read_manifests
-from osum_core.model.build import build_speech_llm
+from osum_core.model.build import build_for_tokenizer
 from osum_core.model.freezing import set_trainable
 from osum_core.model.speech_llm import GenerationSettings
 from osum_core.plugins import TaskRegistry
@@ -157,7 +157,7 @@ def fit(cfg_node, task_names: Sequence[str], registry: TaskRegistry, log=print) 
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     tokenizer = load_tokenizer(cfg, tasks, run_dir)
-    model = build_speech_llm(cfg["model"], len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    model = build_for_tokenizer(cfg["model"], tokenizer)
     if cfg["init"]:
         loaded = init_from_checkpoint(model, cfg["init"])
         log(f"initialised from {cfg['init']}; fresh (not in it): {len(loaded['missing'])} tensors "

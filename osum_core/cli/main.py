@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("file", help="OSUM checkpoint (.pt state dict)")
     importer.add_argument("--out", required=True, help="the directory to write")
     importer.add_argument("--preset", default="osum-7b", help="model preset it was trained with (default osum-7b)")
+    importer.add_argument("--encoder-heads", type=int, help="encoder attention heads (default: Whisper's for its width)")
     importer.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.llm.path=/models/Qwen2-7B")
     importer.set_defaults(run=cmd_import_osum_lazy)
 

@@ -70,3 +70,24 @@ def build_speech_llm(cfg: dict[str, Any], vocab_size: int, eos_token_id: int, pa
         ctc_compression=cfg["ctc_compression"], ctc_embeddings=cfg["ctc_embeddings"],
         ctc_max_run=cfg["ctc_max_run"], time_embeddings=cfg["time_embeddings"],
     )
+
+
+def chat_turn_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Token ids before and after the user's content in the tokenizer's chat template (with the assistant's
+    turn opened after it), found by rendering a placeholder."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("model.llm.chat_template is true, but the tokenizer has no chat template")
+    placeholder = "\ue000"  # a private-use character that no template contains
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": placeholder}], tokenize=False, add_generation_prompt=True
+    )
+    before, after = text.split(placeholder)
+    return tokenizer.encode(before, add_special_tokens=False), tokenizer.encode(after, add_special_tokens=False)
+
+
+def build_for_tokenizer(cfg: dict[str, Any], tokenizer: Any) -> SpeechLLM:
+    """`build_speech_llm` sized for `tokenizer`, with its chat template when ``llm.chat_template`` is set."""
+    model = build_speech_llm(cfg, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if cfg["llm"]["chat_template"]:
+        model.set_chat_turn(*chat_turn_ids(tokenizer))
+    return model

@@ -1,4 +1,6 @@
 """OSUM's sequence layout: ``[prompt] [speech_bos speech speech_eos] [target]``, as one batch of embeddings.
+With an instruct LLM's chat template, the user turn's opening comes before the prompt and the turn's end
+plus the assistant's opening between the speech and the target: ``[before] [prompt] [speech] [after] [target]``.
 
 Each example is laid out contiguously, then the batch is padded: on the right for training, on the left
 for generation (so every sequence ends where generation continues). Position ids count real tokens only,
@@ -29,13 +31,20 @@ def build_layout(
     target: torch.Tensor | None = None,
     target_lengths: torch.Tensor | None = None,
     pad_left: bool = False,
+    before: torch.Tensor | None = None,
+    after: torch.Tensor | None = None,
 ) -> Layout:
     """Lay out prompt embeds [B, Lp, D], speech embeds [B, Ls, D] between the two marker vectors
-    `markers` [2, D], and optionally target embeds [B, Lt, D]; lengths say how much of each is real."""
+    `markers` [2, D], and optionally target embeds [B, Lt, D]; lengths say how much of each is real.
+    `before` / `after` [L, D]: the same for every example (a chat template's turn markers)."""
     batch = prompt.shape[0]
     pieces = []
     for i in range(batch):
         parts = [prompt[i, : prompt_lengths[i]], markers[:1], speech[i, : speech_lengths[i]], markers[1:]]
+        if before is not None:
+            parts.insert(0, before)
+        if after is not None:
+            parts.append(after)
         if target is not None:
             parts.append(target[i, : target_lengths[i]])
         pieces.append(torch.cat(parts))
@@ -48,5 +57,6 @@ def build_layout(
         embeds[i, start : start + len(piece)] = piece
         mask[i, start : start + len(piece)] = 1
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    target_start = prompt_lengths + speech_lengths + 2
+    extra = sum(len(part) for part in (before, after) if part is not None)
+    target_start = prompt_lengths + speech_lengths + 2 + extra
     return Layout(embeds, mask, positions, target_start)

@@ -76,6 +76,22 @@ class SpeechLLM(nn.Module):
         self.ctc_max_run = ctc_max_run
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
+        # Token ids around prompt and speech for chat-template LLMs (`set_chat_turn`); empty for OSUM's layout.
+        self.register_buffer("turn_before", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("turn_after", torch.zeros(0, dtype=torch.long), persistent=False)
+
+    def set_chat_turn(self, before: list[int], after: list[int]) -> None:
+        """Wrap prompt + speech in a chat template's user turn: `before` opens it, `after` closes it and
+        opens the assistant's turn, where the target goes."""
+        device = self.turn_before.device
+        self.turn_before = torch.tensor(before, dtype=torch.long, device=device)
+        self.turn_after = torch.tensor(after, dtype=torch.long, device=device)
+
+    def turn_embeds(self) -> dict[str, torch.Tensor | None]:
+        return {
+            name: self.embed_tokens(ids) if ids.numel() else None
+            for name, ids in (("before", self.turn_before), ("after", self.turn_after))
+        }
 
     @property
     def causal_lm(self) -> PreTrainedModel:
@@ -137,7 +153,7 @@ class SpeechLLM(nn.Module):
         markers = self.speech_markers.to(speech["speech"].dtype)
         layout = build_layout(
             self.embed_tokens(prompt_ids), prompt_lengths, speech["speech"], speech["speech_lengths"], markers,
-            self.embed_tokens(target_ids), target_lengths,
+            self.embed_tokens(target_ids), target_lengths, **self.turn_embeds(),
         )
         hidden = self.causal_lm.model(
             inputs_embeds=layout.embeds, attention_mask=layout.attention_mask, position_ids=layout.position_ids
@@ -183,7 +199,7 @@ class SpeechLLM(nn.Module):
         speech = self.encode_speech(features, feature_lengths)
         layout = build_layout(
             self.embed_tokens(prompt_ids), prompt_lengths, speech["speech"], speech["speech_lengths"],
-            self.speech_markers.to(speech["speech"].dtype), pad_left=True,
+            self.speech_markers.to(speech["speech"].dtype), pad_left=True, **self.turn_embeds(),
         )
         output = self.causal_lm.generate(
             inputs_embeds=layout.embeds,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from osum_core.model.build import build_speech_llm
+from osum_core.model.build import build_for_tokenizer
 from osum_core.model.speech_llm import SpeechLLM
 from osum_core.train.state_keys import canonical_key, canonical_state_dict, load_canonical_state
 
@@ -157,7 +157,7 @@ def load_checkpoint_dir(directory: Path, overrides: list[str] = (), device: str 
     cfg = load_config("fit", [directory / CONFIG_FILE], [*pinned, *overrides])
     info = json.loads((directory / INFO_FILE).read_text()) if (directory / INFO_FILE).is_file() else {}
     tokenizer = load_tokenizer(directory / "tokenizer")
-    model = build_speech_llm(to_plain(cfg)["model"], len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    model = build_for_tokenizer(to_plain(cfg)["model"], tokenizer)
     missing, _ = load_canonical_state(model, checkpoint_state(directory), str(directory))
     not_loaded = [key for key in missing if not key.startswith("llm.") or ".lora_" in key]
     if not_loaded:
@@ -196,7 +196,7 @@ def load_run_checkpoint(path: Path, overrides: list[str] = (), device: str = "cp
         raise FileNotFoundError(f"{run}: no config.yaml next to {ckpt} (is it an osum fit run directory?)")
     cfg = load_config("fit", [run / "config.yaml"], list(overrides))
     tokenizer = load_tokenizer(run / "tokenizer")
-    model = build_speech_llm(to_plain(cfg)["model"], len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    model = build_for_tokenizer(to_plain(cfg)["model"], tokenizer)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     tasks_file = run / "tasks.json"

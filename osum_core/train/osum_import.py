@@ -220,3 +220,50 @@ def convert_osum_state_dict(
         result.state[name] = tensor
     result.missing = sorted(name for name in expected if name not in result.state)
     return result
+
+
+def encoder_config_of(state: Mapping[str, torch.Tensor], source: str, attention_heads: int | None = None):
+    """The Whisper encoder config that OSUM's encoder tensors (WeNet layout) imply."""
+    from osum_core.model.whisper_weights import to_hf_encoder_state, whisper_config
+
+    hf_state, _ = to_hf_encoder_state({k: v for k, v in state.items() if k.startswith("encoder.")}, WENET)
+    return whisper_config(hf_state, WENET, source, attention_heads)
+
+
+def import_osum_checkpoint(
+    file: Path, cfg: dict, out: Path, tasks: list[str], encoder_heads: int | None = None
+) -> ImportResult:
+    """``osum import-osum``: OSUM's checkpoint -> an osum checkpoint directory in `out`.
+
+    `cfg` is the resolved config of the preset it was trained with (osum-7b); its ``model.llm.path`` gives
+    the LLM's config and tokenizer only (infer.pt holds all LLM weights), the encoder's sizes come from the
+    checkpoint (attention heads: `encoder_heads`, else Whisper's for that width). Writes the report to ``out/import_report.txt`` too."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from osum_core.model.build import build_speech_llm
+    from osum_core.train.checkpoint_dir import save_checkpoint_dir
+    from osum_core.train.state_keys import canonical_state_dict, load_canonical_state
+
+    source = str(file)
+    state = read_osum_checkpoint(file)
+    model_cfg = cfg["model"]
+    llm_source = model_cfg["llm"]["path"]
+    if not llm_source:
+        raise ValueError("model.llm.path must name the LLM OSUM was trained on (its config and tokenizer), e.g. Qwen/Qwen2-7B")
+    llm_config = AutoConfig.from_pretrained(llm_source).to_diff_dict()
+    model_cfg["llm"].update(
+        path=None,  # built from its config: every weight comes from the checkpoint
+        model_type=llm_config.pop("model_type"),
+        config={k: v for k, v in llm_config.items() if k not in ("architectures", "transformers_version", "vocab_size")},
+    )
+    model_cfg["encoder"].update(path=None, config=encoder_config_of(state, source, encoder_heads).to_diff_dict())
+    tokenizer = AutoTokenizer.from_pretrained(model_cfg["llm"]["tokenizer"] or llm_source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.add_special_tokens({"pad_token": "[PAD]"})  # as OSUM does
+    model = build_speech_llm(model_cfg, llm_config["vocab_size"], tokenizer.eos_token_id, tokenizer.pad_token_id)
+    result = convert_osum_state_dict(state, canonical_state_dict(model), source)
+    load_canonical_state(model, result.state, source)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "import_report.txt").write_text(result.report() + "\n")
+    save_checkpoint_dir(model, tokenizer, cfg, tasks, out, source=source, copy_llm=True)
+    return result

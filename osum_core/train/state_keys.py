@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 PEFT_WRAPPER = "base_model.model."
-_ADAPTER_NAME = re.compile(r"\.(lora_[AB]|lora_magnitude_vector)\.[^.]+(?=\.weight$|$)")
+# peft's adapter name ("default") between a LoRA module and its tensor; saved adapters have none.
+_ADAPTER_NAME = re.compile(r"\.(lora_[AB]|lora_magnitude_vector)\.(?!weight$)[^.]+\.weight$")
+_EMBEDDING_ADAPTER_NAME = re.compile(r"\.(lora_embedding_[AB])\.[^.]+$")
 
 
 def canonical_key(key: str) -> str:
@@ -27,7 +29,8 @@ def canonical_key(key: str) -> str:
     if key.startswith("llm." + PEFT_WRAPPER):
         key = "llm." + key[len("llm." + PEFT_WRAPPER) :]
     key = key.replace(".base_layer.", ".")
-    return _ADAPTER_NAME.sub(r".\1", key)
+    key = _ADAPTER_NAME.sub(r".\1.weight", key)
+    return _EMBEDDING_ADAPTER_NAME.sub(r".\1", key)
 
 
 def canonical_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -59,6 +62,8 @@ def load_canonical_state(
             )
         translated[key] = tensor
     model.load_state_dict(translated, strict=False)
-    missing = sorted(name for name in actual if name not in state)
+    # A tied tensor (lm_head sharing the embedding) is loaded when its twin is.
+    loaded_storage = {own[key].data_ptr() for key in translated}
+    missing = sorted(name for name, key in actual.items() if name not in state and own[key].data_ptr() not in loaded_storage)
     unexpected = sorted(name for name in state if name not in actual)
     return missing, unexpected
