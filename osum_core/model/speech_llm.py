@@ -101,6 +101,7 @@ class SpeechLLM(nn.Module):
     def encode_speech(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         # Parts may sit in different dtypes (a frozen bf16 encoder and LLM around an fp32 adapter).
         states, state_lengths = self.encoder(features.to(self.encoder.whisper.conv1.weight.dtype), feature_lengths)
+        states = states.to(self.adapter.projection.weight.dtype)
         adapter_input, adapter_lengths = states, state_lengths
         # Computed once: the CTC loss and the compression read the same logits.
         ctc_logits = self.ctc_head(states) if self.ctc_head is not None else None
@@ -109,7 +110,7 @@ class SpeechLLM(nn.Module):
             adapter_input, adapter_lengths, run_starts = merge_ctc_runs(
                 states, state_lengths, frame_labels, self.ctc_max_run
             )
-        speech, speech_lengths = self.adapter(adapter_input.to(self.adapter.projection.weight.dtype), adapter_lengths)
+        speech, speech_lengths = self.adapter(adapter_input, adapter_lengths)
         if self.time_embedding is not None:
             if speech.shape[1] != run_starts.shape[1]:
                 raise ValueError("time embeddings need an adapter that keeps the length (adapter.conv_strides: [1])")
@@ -121,7 +122,8 @@ class SpeechLLM(nn.Module):
             posterior = self.ctc_head(adapter_input).softmax(dim=-1)
             if speech.shape[1] != posterior.shape[1]:
                 raise ValueError("CTC embeddings need an adapter that keeps the length (adapter.conv_strides: [1])")
-            speech = speech + posterior.to(speech.dtype) @ self.causal_lm.get_input_embeddings().weight
+            table = self.causal_lm.get_input_embeddings().weight
+            speech = speech + (posterior.to(table.dtype) @ table).to(speech.dtype)
         dtype = self.causal_lm.get_input_embeddings().weight.dtype
         return {
             "encoder_states": states,
