@@ -340,3 +340,23 @@ def test_chat_template_puts_prompt_and_speech_in_the_user_turn():
     alone = model.generate(batch["features"][1:, :20], batch["feature_lengths"][1:], batch["prompt_ids"][1:, :1],
                            batch["prompt_lengths"][1:], GenerationSettings(max_new_tokens=4))
     assert together[1] == alone[0]
+
+
+def test_resume_continues_a_run_from_its_last_checkpoint(run_dir, tiny_corpus, tmp_path):
+    import shutil
+
+    run = tmp_path / "resumed"
+    shutil.copytree(run_dir, run)
+    before = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    args = ["fit", "--tasks", "asr,ved", "--resume", str(run), "--out", str(run), *data_args(tiny_corpus), *TINY,
+            "trainer.max_steps=12", "trainer.val_check_interval=4"]
+    assert main(args) == 0
+    after = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert (before, after["global_step"]) == (8, 12)
+    assert "optimizer_states" in after
+
+
+def test_resume_names_a_missing_checkpoint(tmp_path, tiny_corpus, capsys):
+    assert main(["fit", "--tasks", "asr", "--resume", str(tmp_path), *data_args(tiny_corpus), *TINY]) == 2
+    assert "last.ckpt" in capsys.readouterr().err

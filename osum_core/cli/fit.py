@@ -141,11 +141,24 @@ def trainer_arguments(section: dict[str, Any]) -> dict[str, Any]:
     return section
 
 
+def resume_checkpoint(resume: str | None) -> str | None:
+    """The Lightning checkpoint to continue from: a .ckpt file, or a run directory's checkpoints/last.ckpt."""
+    if not resume:
+        return None
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={resume}: no {path}")
+    return str(path)
+
+
 def fit(cfg_node, task_names: Sequence[str], registry: TaskRegistry, log=print) -> dict[str, Any]:
     """Run training and the final test; returns the metrics written to metrics.json."""
     cfg = to_plain(cfg_node)
     tasks = configured_tasks(registry, task_names, cfg["tasks"])
     trainer_kwargs = trainer_arguments(dict(cfg["trainer"]))
+    resume = resume_checkpoint(cfg["resume"])
     resolve_demo_data(cfg, tasks, registry.recipes, log)
     run_dir = Path(cfg["out"])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -186,13 +199,16 @@ def fit(cfg_node, task_names: Sequence[str], registry: TaskRegistry, log=print) 
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
     except ImportError:
         pass
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+    # One last.ckpt per run directory, also when a copied or resumed run writes it again.
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, enable_version_counter=False
+    )
     curve = LearningCurve(run_dir / "learning_curve.jsonl")
     trainer = L.Trainer(
         **trainer_kwargs, default_root_dir=run_dir, logger=loggers, callbacks=[checkpoints, curve]
     )
     with transcript_normalizer(cfg["eval"]["normalizer"]):
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = module.results.get("test", {})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

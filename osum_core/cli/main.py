@@ -91,6 +91,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         overrides.append(f"out={args.out}")
     if args.init:
         overrides.append(f"init={args.init}")
+    if args.resume:
+        overrides.append(f"resume={args.resume}")
     files = [*preset_files(args.preset, args.stage), *args.config]
     cfg = load_config("fit", files, overrides)
     if args.print_config:
@@ -151,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--stage", action="append", default=[], help="configs/stages/NAME.yaml, after the preset")
     fit.add_argument("--config", action="append", default=[], help="a YAML file merged over the defaults (repeatable)")
     fit.add_argument("--init", help="osum checkpoint directory to start from (same as init=DIR)")
+    fit.add_argument("--resume", help="continue a run: its directory or a .ckpt (same as resume=PATH)")
     fit.add_argument("--out", help="run directory (same as out=DIR)")
     fit.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     fit.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_steps=20")
