@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 EXAMPLE_PLUGIN := plugins/osum_langid
 TESTS := tests $(EXAMPLE_PLUGIN)/tests
 
-.PHONY: setup demo demo-all test test-fast clean-demo
+.PHONY: setup demo demo-all test test-fast bench bench-quick clean-demo
 
 # osum itself, and the example third-party plugin installed the way its users would install it.
 $(INSTALLED): pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml
@@ -33,6 +33,14 @@ test: $(INSTALLED)
 # Everything but the tests marked slow.
 test-fast: $(INSTALLED)
 	$(BIN)/python -m pytest -q -m "not slow" $(TESTS)
+
+# osum against Hugging Face Qwen2-Audio on the same work (BENCHMARKS.md); raw figures in bench/results/.
+bench: $(INSTALLED)
+	$(BIN)/python bench/suite.py --sizes tiny,base --repeats 5
+
+# The same at the tiny size with fewer repetitions: at most 5 minutes on a 2-core machine.
+bench-quick: $(INSTALLED)
+	$(BIN)/python bench/suite.py --sizes tiny --repeats 3 --new-tokens 12 --loader-utterances 48
 
 clean-demo:
 	rm -rf runs/demo runs/demo_all data/demo

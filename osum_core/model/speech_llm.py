@@ -20,6 +20,7 @@ class GenerationSettings:
     """Decoding settings; the defaults live in configs/ (``eval.generation``)."""
 
     max_new_tokens: int
+    min_new_tokens: int = 0
     num_beams: int = 1
     do_sample: bool = False
     temperature: float = 1.0
@@ -207,6 +208,7 @@ class SpeechLLM(nn.Module):
             inputs_embeds=layout.embeds,
             attention_mask=layout.attention_mask,
             max_new_tokens=settings.max_new_tokens,
+            min_new_tokens=settings.min_new_tokens or None,
             num_beams=settings.num_beams,
             do_sample=settings.do_sample,
             temperature=settings.temperature,
