@@ -1,0 +1,38 @@
+"""The benchmark scripts keep running: one quick pass of each, and the figures they compute from configs."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_memory_budget_counts_osum_7b_as_osum_does():
+    result = run("bench/memory_budget.py", "--presets", "osum-7b")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("|")[2].strip(): line for line in result.stdout.splitlines() if line.startswith("| osum-7b")}
+    assert set(rows) == {"adapter", "adapter-encoder", "adapter-encoder-lora", "inference"}
+    # Parameter counts OSUM.md gives for the released model: encoder ~307M, LoRA ~15.1M, Qwen2-7B 7.62B.
+    assert "| 307M |" in rows["inference"] and "| 15.1M |" in rows["inference"] and "| 7.62B |" in rows["inference"]
+
+
+@pytest.mark.slow
+def test_suite_prints_one_line_per_benchmark_ending_in_a_ratio(tmp_path):
+    result = run("bench/suite.py", "--sizes", "tiny", "--only", "generate,features", "--warmup", "0",
+                 "--repeats", "1", "--new-tokens", "3", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["generate", "features"]
+    assert all(re.search(r" ratio=\d+\.\d\d$", line) for line in lines)
+    saved = json.loads((tmp_path / "generate-tiny.json").read_text())
+    # Both systems generated exactly the requested tokens for each of the 8 utterances.
+    assert saved["osum"]["generated"] == saved["qwen2_audio"]["generated"] == 8 * 3
+    assert saved["machine"]["torch"] and saved["size"] == "tiny"
