@@ -305,3 +305,22 @@ def test_import_osum_cli_writes_a_checkpoint_that_predict_and_test_load(original
     batch = tiny_batch()
     with torch.no_grad():
         torch.testing.assert_close(imported(**batch)["token_loss"], original(**batch)["token_loss"])
+
+
+def test_import_osum_cli_refuses_a_checkpoint_that_lacks_tensors(original, tmp_path, capsys):
+    from osum_core.cli.main import main
+    from osum_core.data.demo_tokenizer import train_demo_tokenizer
+
+    llm_dir = tmp_path / "qwen2"
+    original.causal_lm.config.save_pretrained(llm_dir)
+    train_demo_tokenizer(["four two one"], [], 60).save_pretrained(llm_dir)
+    state = osum_state(original)
+    del state["speech_llama_proj.bias"]
+    torch.save(state, tmp_path / "infer.pt")
+    out = tmp_path / "imported"
+    args = ["import-osum", str(tmp_path / "infer.pt"), "--out", str(out), "--encoder-heads", "4",
+            f"model.llm.path={llm_dir}", "model.encoder.dtype=float32", "model.llm.dtype=float32",
+            *[o for o in OSUM_SHAPED if not o.startswith(("model.encoder.config", "model.llm.config"))],
+            "model.adapter.ffn_size=512"]
+    assert main(args) == 2
+    assert "adapter.projection.bias" in capsys.readouterr().err and not (out / "osum.yaml").exists()

@@ -97,7 +97,11 @@ def read_osum_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in `path`: a plain ``torch.save(state_dict)`` (OSUM's ``infer.pt``), or one under
     ``module`` (DeepSpeed's model states) or ``state_dict`` (Lightning)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            # Memory-mapped: a 7B checkpoint is paged in as it is copied, not read whole first.
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # files written without the zip format cannot be mapped
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise ValueError(f"{path}: not a plain checkpoint of tensors ({error})") from None
     if isinstance(checkpoint, dict):
@@ -239,6 +243,7 @@ def import_osum_checkpoint(
     the LLM's config and tokenizer only (infer.pt holds all LLM weights), the encoder's sizes come from the
     checkpoint (attention heads: `encoder_heads`, else Whisper's for that width). Writes the report to ``out/import_report.txt`` too."""
     from transformers import AutoConfig, AutoTokenizer
+    from transformers.initialization import no_init_weights
 
     from osum_core.model.build import build_speech_llm
     from osum_core.train.checkpoint_dir import save_checkpoint_dir
@@ -260,8 +265,13 @@ def import_osum_checkpoint(
     tokenizer = AutoTokenizer.from_pretrained(model_cfg["llm"]["tokenizer"] or llm_source)
     if tokenizer.pad_token_id is None:
         tokenizer.add_special_tokens({"pad_token": "[PAD]"})  # as OSUM does
-    model = build_speech_llm(model_cfg, llm_config["vocab_size"], tokenizer.eos_token_id, tokenizer.pad_token_id)
+    # Every weight comes from the checkpoint: skip the random initialisation (minutes for a 7B LLM on CPU).
+    with no_init_weights():
+        model = build_speech_llm(model_cfg, llm_config["vocab_size"], tokenizer.eos_token_id, tokenizer.pad_token_id)
     result = convert_osum_state_dict(state, canonical_state_dict(model), source)
+    if result.missing:
+        raise ValueError(f"{source}: the checkpoint lacks {len(result.missing)} tensors the model needs, "
+                         f"e.g. {result.missing[:3]}\n{result.report()}")
     load_canonical_state(model, result.state, source)
     out.mkdir(parents=True, exist_ok=True)
     (out / "import_report.txt").write_text(result.report() + "\n")
