@@ -13,7 +13,7 @@ from osum_core.cli.config import ConfigError, to_plain
 from osum_core.cli.fit import configured_tasks, resolve_demo_data
 from osum_core.data.manifest import read_manifest, read_manifests
 from osum_core.inference.evaluate import evaluate
-from osum_core.inference.predict import DecodeStats, Request, decode_batches
+from osum_core.inference.predict import DecodeStats, Request, predict
 from osum_core.inference.report import write_report
 from osum_core.model.speech_llm import GenerationSettings
 from osum_core.plugins import TaskRegistry
@@ -58,12 +58,10 @@ def cmd_predict(args, registry: TaskRegistry) -> int:
     stats = DecodeStats()
     output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
-        answers = [None] * len(requests)
-        for index, answer in decode_batches(
+        answers = predict(
             backbone.model, backbone.tokenizer, requests, settings, n_mels=cfg["data"]["n_mels"],
             batch_size=args.batch_size, device=device, stats=stats,
-        ):
-            answers[index] = answer
+        )
         for answer in answers:
             output.write(json.dumps(answer.as_json(), ensure_ascii=False) + "\n")
     finally:

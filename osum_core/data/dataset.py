@@ -54,6 +54,19 @@ def audio_frames(path: str, source: str) -> int:
     return int(info.frames * SAMPLE_RATE / info.samplerate) // HOP_LENGTH
 
 
+def example_source(example: Mapping[str, Any]) -> str:
+    """Where a manifest line came from (``file:line``), for error messages."""
+    return str(example.get("_source", example.get("key", "?")))
+
+
+def task_target(example: Mapping[str, Any], task: Task) -> Target:
+    """`task`'s target for a manifest line; a line the task cannot use is an `ExampleError` naming it."""
+    try:
+        return task.build_target(example)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ExampleError(f"{example_source(example)}: task {task.name}: {error}") from None
+
+
 def prepare_examples(
     examples: Sequence[Mapping[str, Any]], tasks: Sequence[Task], tokenizer: Any
 ) -> tuple[list[PreparedExample], int]:
@@ -63,11 +76,8 @@ def prepare_examples(
     pairs, unselected = assign_tasks(examples, tasks)
     prepared = []
     for example, task in pairs:
-        source = str(example.get("_source", example.get("key", "?")))
-        try:
-            target = task.build_target(example)
-        except (ValueError, KeyError, TypeError) as error:
-            raise ExampleError(f"{source}: task {task.name}: {error}") from None
+        source = example_source(example)
+        target = task_target(example, task)
         prepared.append(
             PreparedExample(
                 key=str(example["key"]),

@@ -13,7 +13,7 @@ from typing import Any
 
 from torchmetrics.functional.text import word_error_rate
 
-from osum_core.data.dataset import ExampleError, assign_tasks
+from osum_core.data.dataset import assign_tasks, task_target
 from osum_core.inference.predict import DecodeStats, Request, decode_batches
 from osum_core.model.speech_llm import GenerationSettings, SpeechLLM
 from osum_core.task import Prediction, Target, Task, normalize_transcript
@@ -62,11 +62,7 @@ def evaluate(
     prompts = {name: task.prompt_bank(prompt_language)[0] for name, task in tasks.items()}
     requests, targets = [], []
     for example, task in pairs:
-        source = str(example.get("_source", example.get("key", "?")))
-        try:
-            targets.append(task.build_target(example))
-        except (ValueError, KeyError, TypeError) as error:
-            raise ExampleError(f"{source}: task {task.name}: {error}") from None
+        targets.append(task_target(example, task))
         requests.append(Request(str(example["key"]), str(example["wav"]), task, prompts[task.name]))
     stats = DecodeStats()
     metrics = {name: task.make_metric() for name, task in tasks.items()}
@@ -84,7 +80,8 @@ def evaluate(
             "reference": target.text,
             **example_scores(task, answer.prediction, target),
         }
-    results = {name: metric.compute() for name, metric in sorted(metrics.items()) if any(r and r["task"] == name for r in rows)}
+    present = {request.task.name for request in requests}
+    results = {name: metric.compute() for name, metric in sorted(metrics.items()) if name in present}
     confusions = {
         name: metric.confusion_matrices()
         for name, metric in sorted(metrics.items())

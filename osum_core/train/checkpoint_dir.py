@@ -63,15 +63,15 @@ def llm_needs_copy(model_cfg: dict[str, Any]) -> bool:
 def save_llm_without_lora(model: SpeechLLM, out: Path) -> None:
     """The base LLM's weights (LoRA factors left out) in the LLM's own save_pretrained format."""
     causal_lm = model.causal_lm
+    if causal_lm is model.llm:
+        causal_lm.save_pretrained(out)
+        return
+    # A peft-wrapped model: its modules hold LoRA layers, so hand save_pretrained the unwrapped tensors.
     state = {
         name[len("llm.") :]: tensor
         for name, tensor in canonical_state_dict(model).items()
         if name.startswith("llm.") and ".lora_" not in name
     }
-    if causal_lm is model.llm:
-        causal_lm.save_pretrained(out)
-        return
-    # A peft-wrapped model: its modules hold LoRA layers, so hand save_pretrained the unwrapped tensors.
     causal_lm.save_pretrained(out, state_dict=state)
 
 
