@@ -27,20 +27,20 @@ from osum_core.model.speech_llm import GenerationSettings  # noqa: E402
 
 
 def checkpoint_rows(args) -> list[dict]:
-    from osum_core.cli.config import to_plain
+    from osum_core.config import load_config
     from osum_core.data.manifest import read_manifest
     from osum_core.inference.predict import DecodeStats, Request, predict
-    from osum_core.train.checkpoint_dir import load_backbone
+    from osum_core.checkpoints.directory import load_checkpoint
 
-    backbone = load_backbone(args.ckpt, device=args.device)
-    cfg = to_plain(backbone.config)
+    loaded = load_checkpoint(args.ckpt, device=args.device)
+    cfg = loaded.config
     lines = read_manifest(args.manifest)[: args.utterances]
     requests = [Request(str(l["key"]), str(l["wav"]), None, args.prompt) for l in lines]
     settings = GenerationSettings(**{**cfg["eval"]["generation"], "max_new_tokens": args.max_new_tokens})
     rows, reference = [], None
     for size in args.batch_sizes:
         stats = DecodeStats()
-        texts = [a.text for a in predict(backbone.model, backbone.tokenizer, requests, settings,
+        texts = [a.text for a in predict(loaded.model, loaded.tokenizer, requests, settings,
                                          n_mels=cfg["data"]["n_mels"], batch_size=size, device=args.device, stats=stats)]
         reference = reference or texts
         rows.append({"batch_size": size, "utterances": len(texts), "seconds": stats.decode_seconds,
@@ -59,7 +59,7 @@ def preset_rows(args) -> list[dict]:
     g = torch.Generator(device=args.device).manual_seed(0)
     features = torch.randn(count, frames, 80, device=args.device, generator=g)
     prompt = torch.randint(2, vocab, (count, 20), device=args.device, generator=g)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    settings = GenerationSettings(**{**load_config()["eval"]["generation"], "max_new_tokens": args.max_new_tokens})
     rows = []
     for size in args.batch_sizes:
         model.generate(features[:size], torch.full((size,), frames, device=args.device), prompt[:size],

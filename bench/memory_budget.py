@@ -37,8 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from osum_core.cli.checkpoints import preset_files  # noqa: E402
-from osum_core.cli.config import load_config, to_plain  # noqa: E402
+from osum_core.config import fit_config, load_config, preset_files  # noqa: E402
 from osum_core.model.build import build_speech_llm  # noqa: E402
 from osum_core.model.freezing import set_trainable  # noqa: E402
 from osum_core.model.speech_llm import GenerationSettings  # noqa: E402
@@ -65,7 +64,7 @@ GIB = 1024**3
 
 
 def resolved_config(preset: str, stage: str | None) -> dict:
-    return to_plain(load_config("fit", preset_files([preset], [stage] if stage else [])))
+    return load_config("fit", preset_files([preset], [stage] if stage else []))
 
 
 def offline_model_config(model_cfg: dict) -> dict:
@@ -185,7 +184,7 @@ def measure_inference(preset: str, device: str = "cuda") -> tuple[float, float]:
     args = (torch.randn(b, frames, 80, device=device), torch.full((b,), frames, device=device),
             torch.randint(2, vocab, (b, 20), device=device), torch.full((b,), 20, device=device))
     began = time.perf_counter()
-    model.generate(*args, GenerationSettings(max_new_tokens=64))
+    model.generate(*args, GenerationSettings(**{**load_config()["eval"]["generation"], "max_new_tokens": 64}))
     peak = peak_gib(device)
     seconds = time.perf_counter() - began
     del model

@@ -43,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from osum_core.cli.config import load_config, to_plain  # noqa: E402
+from osum_core.config import fit_config, load_config, preset_files  # noqa: E402
 from osum_core.data.collate import pad  # noqa: E402
 from osum_core.data.features import SAMPLE_RATE, LogMel  # noqa: E402
 from osum_core.model.build import build_speech_llm  # noqa: E402
@@ -75,11 +75,11 @@ ADAPTER_STRIDES = {"osum": [1, 2, 2], "osum_25hz": [2]}  # OSUM's 12.5 Hz; Qwen2
 def osum_model(size: str, device: str, system: str = "osum"):
     spec = SIZES[size]
     strides = ",".join(map(str, ADAPTER_STRIDES[system]))
-    cfg = to_plain(load_config("fit", overrides=[
+    cfg = fit_config(overrides=[
         "model.encoder.conv_strides=[1,2]", f"model.adapter.conv_strides=[{strides}]", "model.adapter.layers=0",
         "model.ctc_head=false", "model.ctc_compression=false", "model.ctc_embeddings=false",
         "model.time_embeddings=false", "model.train=[encoder,adapter,speech_markers,llm]",
-    ]))["model"]
+    ])["model"]
     cfg["encoder"]["config"] = dict(spec["encoder"], num_mel_bins=80, max_source_positions=1500, dropout=0.0)
     cfg["llm"]["config"] = dict(spec["llm"], max_position_embeddings=4096, tie_word_embeddings=False)
     cfg["adapter"]["dropout"] = 0.0
@@ -253,7 +253,7 @@ def bench_generate(size: str, args) -> dict:
     n = args.new_tokens
     osum = osum_model(size, args.device).eval()
     qwen = qwen2_audio_model(size, args.device).eval()
-    settings = GenerationSettings(max_new_tokens=n, min_new_tokens=n)
+    settings = GenerationSettings(**{**load_config()["eval"]["generation"], "max_new_tokens": n, "min_new_tokens": n})
     prompt_only = {k: theirs[k] for k in ("input_features", "feature_attention_mask")}
     # Qwen2-Audio generates after prompt + audio placeholders, left-padded as its processor pads for generation.
     rows = [r[m.bool()][:-1] for r, m in zip(theirs["input_ids"], theirs["attention_mask"])]
@@ -310,7 +310,7 @@ def bench_loader(train_short: dict, args) -> dict:
 
     from osum_core.data.collate import collate_examples
     from osum_core.data.dataset import SpeechDataset, prepare_examples
-    from osum_core.data.demo_tokenizer import train_demo_tokenizer
+    from osum_core.demo.tokenizer import train_demo_tokenizer
     from osum_core.data.manifest import read_manifest
     from osum_core.plugins import load_tasks
 
@@ -327,7 +327,8 @@ def bench_loader(train_short: dict, args) -> dict:
         (root / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
         tokenizer = train_demo_tokenizer(["one two three four"], [], 60)
         examples, _ = prepare_examples(read_manifest(root / "train.jsonl"), [asr], tokenizer)
-        dataset = SpeechDataset(examples, {"asr": asr}, tokenizer, n_mels=80, prompt_language="en", train=True)
+        dataset = SpeechDataset(examples, {"asr": asr}, tokenizer, n_mels=80, prompt_language="en", train=True,
+                                spec_augment=None, seed=0, ctc_target="transcript")
         loader = DataLoader(dataset, batch_size=LENGTHS["short"]["count"], num_workers=args.workers,
                             collate_fn=collate_examples, persistent_workers=False)
         began = time.perf_counter()

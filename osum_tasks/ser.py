@@ -1,7 +1,8 @@
 """SER: transcription plus an emotion tag, OSUM tag ``<TRANSCRIBE> <EMOTION>``, target ``transcript<happy>``.
 
 Demo data: each emotion has its own prosody (speaking rate, pitch, pitch range) and, in a share
-``data.demo.content_cues`` of utterances, a cue word after the digits ("great" for happy)."""
+``content_cues`` of utterances (recipe option, ``data.demo.options.content_cues``), a cue word after the
+digits ("great" for happy)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def draw(utt: Utterance, rng: random.Random, spec: CorpusSpec) -> Utterance:
     label = rng.choice(LABELS)
     rate, pitch, pitch_range, cue = PROSODY[label]
     voice = with_prosody(utt.voice, rng, rate, pitch, pitch_range)
-    words = utt.words + (cue,) if rng.random() < spec.content_cues else utt.words
+    words = utt.words + (cue,) if rng.random() < spec.options["content_cues"] else utt.words
     return dataclasses.replace(utt, words=words, voice=voice, labels={"emotion": label})
 
 
@@ -74,4 +75,5 @@ def osum_tasks() -> list[Task]:
 
 @hookimpl
 def osum_demo_recipes() -> dict[str, DemoRecipe]:
-    return {TASK.tag: DemoRecipe(draw=draw, label_text=label_text)}
+    # content_cues: share of utterances that also say their class's cue word (0: prosody alone).
+    return {TASK.tag: DemoRecipe(draw=draw, label_text=label_text, options={"content_cues": 1.0})}

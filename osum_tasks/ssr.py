@@ -2,8 +2,8 @@
 
 OSUM's eight Chinese style classes; its data's fifteen raw labels are mapped onto them (OSUM.md §2.3), in
 references and in predictions. Demo data: each style opens with its cue word ("report" for 新闻科普) in a
-share ``data.demo.content_cues`` of utterances, and has its own prosody; the manifests carry the raw
-fifteen-class labels, so the mapping is exercised."""
+share ``content_cues`` of utterances (recipe option, ``data.demo.options.content_cues``), and has its own
+prosody; the manifests carry the raw fifteen-class labels, so the mapping is exercised."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def draw(utt: Utterance, rng: random.Random, spec: CorpusSpec) -> Utterance:
     raw = rng.choice(sorted(RAW_STYLES))
     rate, pitch, pitch_range, cue = PROSODY[RAW_STYLES[raw]]
     voice = with_prosody(utt.voice, rng, rate, pitch, pitch_range)
-    words = (cue,) + utt.words if rng.random() < spec.content_cues else utt.words
+    words = (cue,) + utt.words if rng.random() < spec.options["content_cues"] else utt.words
     return dataclasses.replace(utt, words=words, voice=voice, labels={"style": raw})
 
 
@@ -97,4 +97,5 @@ def osum_tasks() -> list[Task]:
 
 @hookimpl
 def osum_demo_recipes() -> dict[str, DemoRecipe]:
-    return {TASK.tag: DemoRecipe(draw=draw, label_text=label_text)}
+    # content_cues: share of utterances that also say their class's cue word (0: prosody alone).
+    return {TASK.tag: DemoRecipe(draw=draw, label_text=label_text, options={"content_cues": 1.0})}

@@ -1,7 +1,7 @@
 """VED: transcription plus a vocal-event tag, OSUM tag ``<TRANSCRIBE> <CAPTION>``, target ``transcript<laugh>``.
 
-Demo data: a procedural vocal event (osum_core.data.vocal_events) before the speech, after it, or mixed into
-it (``data.demo.event_positions``)."""
+Demo data: a procedural vocal event (osum_tasks/vocal_events.py) before the speech, after it, or mixed into
+it (recipe option ``event_positions``: ``data.demo.options.event_positions=[before,after,over]``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import random
 
 import numpy as np
 
-from osum_core.plugins import EVENT_LABELS, CorpusSpec, DemoRecipe, Rendered, Utterance, hookimpl, make_event
+from osum_core.plugins import CorpusSpec, DemoRecipe, Rendered, Utterance, hookimpl
 from osum_core.task import LabelField, Task, tagged_task
+from osum_tasks.vocal_events import make_event
 
 LABELS = ("laugh", "cough", "cry", "screaming", "sigh", "throat clearing", "sneeze", "other")
 
@@ -48,7 +49,7 @@ TASK = tagged_task(
 
 
 def draw(utt: Utterance, rng: random.Random, spec: CorpusSpec) -> Utterance:
-    labels = {"event": rng.choice(EVENT_LABELS), "_position": rng.choice(spec.event_positions)}
+    labels = {"event": rng.choice(LABELS), "_position": rng.choice(list(spec.options["event_positions"]))}
     return dataclasses.replace(utt, labels=labels)
 
 
@@ -78,4 +79,5 @@ def osum_tasks() -> list[Task]:
 
 @hookimpl
 def osum_demo_recipes() -> dict[str, DemoRecipe]:
-    return {TASK.tag: DemoRecipe(draw, render, label_text)}
+    # event_positions: where the vocal event goes: before or after the speech (with a gap), or over it.
+    return {TASK.tag: DemoRecipe(draw, render, label_text, options={"event_positions": ["after"]})}

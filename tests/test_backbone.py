@@ -9,6 +9,12 @@ from osum_core.model.build import build_speech_llm
 from osum_core.model.encoder import SpeechEncoder
 from osum_core.model.freezing import set_trainable
 from osum_core.model.speech_llm import GenerationSettings
+from osum_core.config import load_config
+
+
+def generation(**changes) -> GenerationSettings:
+    """The configured decoding settings (configs/fit.yaml), with `changes`."""
+    return GenerationSettings(**{**load_config()["eval"]["generation"], **changes})
 
 WHISPER = dict(
     d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64, decoder_layers=1,
@@ -130,7 +136,7 @@ def test_batched_greedy_generation_equals_one_at_a_time(saved_models):
     model = build_speech_llm(model_cfg(qwen_path=str(saved_models / "qwen2")), 64, eos_token_id=1, pad_token_id=0)
     model.eval()
     batch = batch_of([80, 31, 57, 12], [6, 2, 4, 3], [1, 1, 1, 1], seed=3)
-    settings = GenerationSettings(max_new_tokens=8)
+    settings = generation(max_new_tokens=8)
     together = model.generate(settings=settings, **batch)
     for i in range(4):
         alone = model.generate(
@@ -193,7 +199,7 @@ def test_compressed_model_still_batches_exactly(saved_models):
     torch.manual_seed(0)
     model = build_speech_llm(cfg, 64, eos_token_id=1, pad_token_id=0).eval()
     batch = batch_of([80, 31, 57], [6, 2, 4], [1, 1, 1], seed=5)
-    settings = GenerationSettings(max_new_tokens=6)
+    settings = generation(max_new_tokens=6)
     together = model.generate(settings=settings, **batch)
     for i in range(3):
         n, p = batch["feature_lengths"][i], batch["prompt_lengths"][i]

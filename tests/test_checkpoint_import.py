@@ -9,11 +9,11 @@ import torch
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from osum_core.cli.config import load_config, to_plain
+from osum_core.config.load import load_config
 from osum_core.model.build import build_speech_llm
 from osum_core.model.encoder import SpeechEncoder
-from osum_core.train.osum_import import convert_osum_state_dict, read_osum_checkpoint
-from osum_core.train.state_keys import canonical_state_dict, load_canonical_state
+from osum_core.checkpoints.osum_import import convert_osum_state_dict, read_osum_checkpoint
+from osum_core.checkpoints.state_keys import canonical_state_dict, load_canonical_state
 
 TINY_WHISPER = dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64, num_mel_bins=80,
                     max_source_positions=100)
@@ -149,7 +149,7 @@ SPEECH_TOKENS = 5  # OSUM: 4097 rows, then speech BOS and EOS
 
 def osum_model(seed):
     torch.manual_seed(seed)
-    model = build_speech_llm(to_plain(load_config("fit", overrides=OSUM_SHAPED))["model"], 100, 1, 0)
+    model = build_speech_llm(load_config("fit", overrides=OSUM_SHAPED)["model"], 100, 1, 0)
     randomise(model)
     return model.eval()
 
@@ -284,8 +284,8 @@ def test_osum_import_errors_name_the_file_and_key(original, tmp_path):
 
 def test_import_osum_cli_writes_a_checkpoint_that_predict_and_test_load(original, tmp_path):
     from osum_core.cli.main import main
-    from osum_core.data.demo_tokenizer import train_demo_tokenizer
-    from osum_core.train.checkpoint_dir import load_backbone
+    from osum_core.demo.tokenizer import train_demo_tokenizer
+    from osum_core.checkpoints.directory import load_checkpoint
 
     llm_dir = tmp_path / "qwen2"  # what model.llm.path names: the LLM's config and tokenizer, no weights
     original.causal_lm.config.save_pretrained(llm_dir)
@@ -298,7 +298,7 @@ def test_import_osum_cli_writes_a_checkpoint_that_predict_and_test_load(original
             "model.adapter.ffn_size=512"]
     assert main(args) == 0
     assert "speaker_head.weight" in (out / "import_report.txt").read_text()
-    imported = load_backbone(out).model
+    imported = load_checkpoint(out).model
     loaded = canonical_state_dict(imported)
     for key, tensor in canonical_state_dict(original).items():
         assert torch.equal(loaded[key], tensor), key
@@ -309,7 +309,7 @@ def test_import_osum_cli_writes_a_checkpoint_that_predict_and_test_load(original
 
 def test_import_osum_cli_refuses_a_checkpoint_that_lacks_tensors(original, tmp_path, capsys):
     from osum_core.cli.main import main
-    from osum_core.data.demo_tokenizer import train_demo_tokenizer
+    from osum_core.demo.tokenizer import train_demo_tokenizer
 
     llm_dir = tmp_path / "qwen2"
     original.causal_lm.config.save_pretrained(llm_dir)

@@ -13,14 +13,19 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from osum_core.cli.config import load_config, to_plain
+from osum_core.config.load import load_config
 from osum_core.cli.main import main
 from osum_core.inference.predict import Request, predict
 from osum_core.model.build import build_speech_llm
 from osum_core.model.speech_llm import GenerationSettings
 from osum_core.task.normalize import normalize_transcript, transcript_normalizer
-from osum_core.train.checkpoint_dir import init_from_checkpoint, load_backbone
-from osum_core.train.state_keys import canonical_state_dict
+from osum_core.checkpoints.directory import init_from_checkpoint, load_checkpoint
+from osum_core.checkpoints.state_keys import canonical_state_dict
+
+
+def generation(**changes) -> GenerationSettings:
+    """The configured decoding settings (configs/fit.yaml), with `changes`."""
+    return GenerationSettings(**{**load_config()["eval"]["generation"], **changes})
 
 TINY = [
     "trainer.max_steps=8",
@@ -65,7 +70,7 @@ def test_export_writes_a_self_contained_directory(exported, run_dir):
     assert "speech_markers" in speech and not any(k.startswith("llm.") for k in speech)
     assert (exported / "llm" / "model.safetensors").is_file() and (exported / "tokenizer").is_dir()
 
-    from_run, from_export = load_backbone(run_dir), load_backbone(exported)
+    from_run, from_export = load_checkpoint(run_dir), load_checkpoint(exported)
     a, b = canonical_state_dict(from_run.model), canonical_state_dict(from_export.model)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -145,24 +150,24 @@ def test_predict_names_a_missing_audio_file(exported, capsys):
 
 
 def test_batching_does_not_change_answers_in_the_library_call(exported, tiny_corpus):
-    backbone = load_backbone(exported)
+    loaded = load_checkpoint(exported)
     lines = [json.loads(line) for line in (tiny_corpus / "test.jsonl").read_text().splitlines()]
     requests = [Request(l["key"], str(tiny_corpus / l["wav"]), None, "Transcribe the audio.") for l in lines]
-    settings = GenerationSettings(max_new_tokens=6)
-    together = predict(backbone.model, backbone.tokenizer, requests, settings, n_mels=80, batch_size=len(requests))
-    alone = predict(backbone.model, backbone.tokenizer, requests, settings, n_mels=80, batch_size=1)
+    settings = generation(max_new_tokens=6)
+    together = predict(loaded.model, loaded.tokenizer, requests, settings, n_mels=80, batch_size=len(requests))
+    alone = predict(loaded.model, loaded.tokenizer, requests, settings, n_mels=80, batch_size=1)
     assert [a.text for a in together] == [a.text for a in alone]
 
 
 def test_init_starts_a_lora_stage_from_an_export_without_lora(exported):
-    cfg = to_plain(load_config("fit", [exported / "osum.yaml"], [
+    cfg = load_config("fit", [exported / "osum.yaml"], [
         f"model.llm.path={exported / 'llm'}", "model.llm.lora.enabled=true", "model.train=[adapter,lora]",
-    ]))
-    tokenizer_size = len(load_backbone(exported).tokenizer)
+    ])
+    tokenizer_size = len(load_checkpoint(exported).tokenizer)
     model = build_speech_llm(cfg["model"], tokenizer_size, 1, 0)
     loaded = init_from_checkpoint(model, exported)
     assert loaded["missing"] and all(".lora_" in key for key in loaded["missing"])
-    ours, theirs = canonical_state_dict(model), canonical_state_dict(load_backbone(exported).model)
+    ours, theirs = canonical_state_dict(model), canonical_state_dict(load_checkpoint(exported).model)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
@@ -172,8 +177,8 @@ def test_fit_init_continues_from_an_export_with_its_tokenizer(exported, tiny_cor
             "trainer.max_steps=2", "trainer.val_check_interval=2", "model.train=[adapter,speech_markers]"]
     assert main(args) == 0
     assert (run / "tokenizer" / "tokenizer.json").read_text() == (exported / "tokenizer" / "tokenizer.json").read_text()
-    stage2 = load_backbone(run)
-    first = canonical_state_dict(load_backbone(exported).model)
+    stage2 = load_checkpoint(run)
+    first = canonical_state_dict(load_checkpoint(exported).model)
     second = canonical_state_dict(stage2.model)
     # Frozen parts are exactly the exported ones; the adapter moved on from them.
     assert torch.equal(first["encoder.whisper.conv1.weight"], second["encoder.whisper.conv1.weight"])
@@ -188,30 +193,30 @@ def test_init_names_a_directory_that_is_not_a_checkpoint(tmp_path, tiny_corpus, 
 
 
 def lora_backbone(exported):
-    cfg = to_plain(load_config("fit", [exported / "osum.yaml"], [
+    cfg = load_config("fit", [exported / "osum.yaml"], [
         f"model.llm.path={exported / 'llm'}", "model.llm.lora.enabled=true", "model.train=[adapter,lora]",
-    ]))
-    backbone = load_backbone(exported)
-    model = build_speech_llm(cfg["model"], len(backbone.tokenizer), backbone.tokenizer.eos_token_id,
-                             backbone.tokenizer.pad_token_id)
+    ])
+    loaded = load_checkpoint(exported)
+    model = build_speech_llm(cfg["model"], len(loaded.tokenizer), loaded.tokenizer.eos_token_id,
+                             loaded.tokenizer.pad_token_id)
     init_from_checkpoint(model, exported)
     torch.manual_seed(1)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:  # LoRA B starts at zero; give it weights so that merging matters
             torch.nn.init.normal_(parameter, std=0.05)
-    return model.eval(), backbone.tokenizer, cfg
+    return model.eval(), loaded.tokenizer, cfg
 
 
 def test_lora_exports_through_peft_and_merged_gives_the_same_answers(exported, tiny_corpus, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from osum_core.train.checkpoint_dir import save_checkpoint_dir
+    from osum_core.checkpoints.directory import save_checkpoint_dir
 
     model, tokenizer, cfg = lora_backbone(exported)
     lines = [json.loads(line) for line in (tiny_corpus / "test.jsonl").read_text().splitlines()][:6]
     requests = [Request(l["key"], str(tiny_corpus / l["wav"]), None, "Transcribe the audio.") for l in lines]
-    settings = GenerationSettings(max_new_tokens=6)
+    settings = generation(max_new_tokens=6)
     before = [a.text for a in predict(model, tokenizer, requests, settings, n_mels=80, batch_size=3)]
 
     separate = tmp_path / "separate"
@@ -219,14 +224,14 @@ def test_lora_exports_through_peft_and_merged_gives_the_same_answers(exported, t
     assert info["lora"] == "lora/" and (separate / "lora" / "adapter_config.json").is_file()
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(separate / "llm"), separate / "lora")
     assert sum("lora_A" in n for n, _ in peft_model.named_parameters()) > 0
-    reloaded = load_backbone(separate)
+    reloaded = load_checkpoint(separate)
     assert [a.text for a in predict(reloaded.model, tokenizer, requests, settings, n_mels=80, batch_size=3)] == before
 
     merged = tmp_path / "merged"
     info = save_checkpoint_dir(model, tokenizer, cfg, ["asr"], merged, source="test", merge_lora=True)
     assert info["lora"] == "merged into llm/" and not (merged / "lora").exists()
     assert yaml.safe_load((merged / "osum.yaml").read_text())["model"]["llm"]["lora"]["enabled"] is False
-    reloaded = load_backbone(merged)
+    reloaded = load_checkpoint(merged)
     assert [a.text for a in predict(reloaded.model, tokenizer, requests, settings, n_mels=80, batch_size=3)] == before
 
 
@@ -234,7 +239,7 @@ def test_lora_exports_through_peft_and_merged_gives_the_same_answers(exported, t
 @pytest.mark.parametrize("stage", ["adapter", "adapter-encoder", "adapter-encoder-lora"])
 def test_presets_and_stages_are_valid_configs(preset, stage):
     root = Path(__file__).resolve().parents[1] / "configs"
-    cfg = to_plain(load_config("fit", [root / "presets" / f"{preset}.yaml", root / "stages" / f"{stage}.yaml"]))
+    cfg = load_config("fit", [root / "presets" / f"{preset}.yaml", root / "stages" / f"{stage}.yaml"])
     assert cfg["model"]["adapter"]["conv_strides"] == [1, 2, 2]  # inherited from osum-7b by every preset
     assert cfg["optim"]["schedule"] == "inverse_sqrt" and cfg["trainer"]["gradient_clip_val"] == 5.0
     assert cfg["model"]["llm"]["lora"]["enabled"] == (stage == "adapter-encoder-lora")
@@ -243,7 +248,7 @@ def test_presets_and_stages_are_valid_configs(preset, stage):
 
 def test_osum_7b_preset_is_osums_recipe():
     root = Path(__file__).resolve().parents[1] / "configs"
-    cfg = to_plain(load_config("fit", [root / "presets" / "osum-7b.yaml"]))
+    cfg = load_config("fit", [root / "presets" / "osum-7b.yaml"])
     model, optim = cfg["model"], cfg["optim"]
     assert model["llm"]["path"] == "Qwen/Qwen2-7B" and model["encoder"]["path"] == "openai/whisper-medium"
     assert model["llm"]["lora"] == {"enabled": True, "rank": 8, "alpha": 32, "dropout": 0.1,
@@ -274,9 +279,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        cfg = to_plain(load_config("fit", overrides=[
+        cfg = load_config("fit", overrides=[
             f"model.gradient_checkpointing={str(checkpointing).lower()}", "model.encoder.config.dropout=0.0",
-        ]))["model"]
+        ])["model"]
         model = build_speech_llm(cfg, 50, 1, 0).train()
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
@@ -294,12 +299,12 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_frozen_bf16_encoder_and_llm_around_an_fp32_adapter_run_on_cpu():
-    cfg = to_plain(load_config("fit", overrides=["model.encoder.dtype=bfloat16", "model.llm.dtype=bfloat16"]))["model"]
+    cfg = load_config("fit", overrides=["model.encoder.dtype=bfloat16", "model.llm.dtype=bfloat16"])["model"]
     model = build_speech_llm(cfg, 50, 1, 0).eval()
     assert model.adapter.projection.weight.dtype == torch.float32
     assert model.encoder.whisper.conv1.weight.dtype == torch.bfloat16
     ids = model.generate(torch.randn(2, 50, 80), torch.tensor([50, 30]), torch.tensor([[3, 4], [5, 0]]),
-                         torch.tensor([2, 1]), GenerationSettings(max_new_tokens=3))
+                         torch.tensor([2, 1]), generation(max_new_tokens=3))
     assert len(ids) == 2
 
 
@@ -310,15 +315,15 @@ CHAT_TEMPLATE = (
 
 
 def test_chat_template_puts_prompt_and_speech_in_the_user_turn():
-    from osum_core.data.demo_tokenizer import train_demo_tokenizer
+    from osum_core.demo.tokenizer import train_demo_tokenizer
     from osum_core.model.build import build_for_tokenizer, chat_turn_ids
 
     tokenizer = train_demo_tokenizer(["user assistant transcribe four two"], ["<|im_start|>", "<|im_end|>"], 80)
     tokenizer.chat_template = CHAT_TEMPLATE
     before, after = chat_turn_ids(tokenizer)
     assert tokenizer.decode(before).strip().startswith("<|im_start|>") and "assistant" in tokenizer.decode(after)
-    cfg = to_plain(load_config("fit", overrides=["model.llm.chat_template=true", "model.ctc_compression=false",
-                                                   "model.ctc_embeddings=false", "model.time_embeddings=false"]))["model"]
+    cfg = load_config("fit", overrides=["model.llm.chat_template=true", "model.ctc_compression=false",
+                                                   "model.ctc_embeddings=false", "model.time_embeddings=false"])["model"]
     torch.manual_seed(0)
     model = build_for_tokenizer(cfg, tokenizer).eval()
     features, prompt, target = torch.randn(1, 40, 80), torch.tensor([[5, 6, 7]]), torch.tensor([[8, 9, 10]])
@@ -336,9 +341,9 @@ def test_chat_template_puts_prompt_and_speech_in_the_user_turn():
     # Batched generation still equals one at a time with the turn markers in place.
     batch = dict(features=torch.randn(2, 50, 80), feature_lengths=torch.tensor([50, 20]),
                  prompt_ids=torch.tensor([[5, 6, 7], [5, 0, 0]]), prompt_lengths=torch.tensor([3, 1]))
-    together = model.generate(settings=GenerationSettings(max_new_tokens=4), **batch)
+    together = model.generate(settings=generation(max_new_tokens=4), **batch)
     alone = model.generate(batch["features"][1:, :20], batch["feature_lengths"][1:], batch["prompt_ids"][1:, :1],
-                           batch["prompt_lengths"][1:], GenerationSettings(max_new_tokens=4))
+                           batch["prompt_lengths"][1:], generation(max_new_tokens=4))
     assert together[1] == alone[0]
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from osum_core.cli.config import ConfigError, load_config
+from osum_core.config.load import ConfigError, load_config
 
 
 def test_defaults_load_and_overrides_apply():

@@ -130,8 +130,8 @@ def test_dataset_items_carry_weights_and_the_chosen_ctc_target(tiny_corpus):
     examples, _ = prepare_examples(read_manifest(tiny_corpus / "train.jsonl"), list(tasks.values()), WordTokenizer())
     ved_index = next(i for i, e in enumerate(examples) if e.task == "ved")
     example = examples[ved_index]
-    common = dict(n_mels=80, prompt_language="en", train=True, seed=1)
-    item = SpeechDataset(examples, tasks, WordTokenizer(), **common)[ved_index]
+    common = dict(n_mels=80, prompt_language="en", train=True, seed=1, spec_augment=None)
+    item = SpeechDataset(examples, tasks, WordTokenizer(), ctc_target="transcript", **common)[ved_index]
     n = len(example.transcript_ids)
     assert item["target_ids"].tolist() == [*example.transcript_ids, *example.suffix_ids, 1]
     assert item["target_weights"].tolist() == [1.0] * n + [2.0] * (len(example.suffix_ids) + 1)

@@ -2,15 +2,15 @@ import json
 
 import soundfile
 
-from conftest import TINY_SPEC
+from conftest import TINY_SPEC, corpus_spec
 
-from osum_core.data.demo_corpus import DIGITS, CorpusSpec, plan_corpus, string_split, synthesize_corpus
+from osum_core.demo.corpus import DIGITS, plan_corpus, string_split, synthesize_corpus
 from osum_core.data.manifest import read_manifest
-from osum_core.data.vocal_events import EVENT_LABELS
+from osum_tasks.ved import LABELS as EVENT_LABELS
 
 
 def test_splits_hold_out_voices_and_sentences(registry):
-    spec = CorpusSpec(tags=("<TRANSCRIBE>", "<TRANSCRIBE> <CAPTION>"), train_per_task=200, eval_per_task=40)
+    spec = corpus_spec(("<TRANSCRIBE>", "<TRANSCRIBE> <CAPTION>"), 0, train_per_task=200, eval_per_task=40)
     utterances = plan_corpus(spec, registry.recipes)
     by_split = {s: [u for u in utterances if u.split == s] for s in ("train", "dev", "test")}
     train_voices = {u.voice.variant for u in by_split["train"]}

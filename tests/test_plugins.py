@@ -92,7 +92,8 @@ def test_the_example_in_plugins_md_works_as_written(tmp_path):
     import re
     from pathlib import Path
 
-    from osum_core.data.demo_corpus import plan_corpus
+    from osum_core.demo.corpus import plan_corpus
+    from osum_core.config import load_config
     from osum_core.plugins import CorpusSpec
 
     text = (Path(__file__).parents[1] / "PLUGINS.md").read_text()
@@ -103,6 +104,7 @@ def test_the_example_in_plugins_md_works_as_written(tmp_path):
     assert registry.problems == [] and "kws" in registry.tasks
     kws = registry.tasks["kws"]
     assert kws.build_target({"txt": "one seven<yes>"}) == Target("one seven", "<yes>")
-    utterances = plan_corpus(CorpusSpec(tags=(kws.tag,), train_per_task=30, eval_per_task=5), registry.recipes)
+    spec = CorpusSpec.from_config({**load_config()["data"]["demo"], "train_per_task": 30, "eval_per_task": 5}, 0, (kws.tag,))
+    utterances = plan_corpus(spec, registry.recipes)
     assert {u.labels["keyword"] for u in utterances} == {"yes", "no"}
     assert all((u.labels["keyword"] == "yes") == ("seven" in u.words) for u in utterances)

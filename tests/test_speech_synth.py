@@ -5,8 +5,8 @@ import ctypes
 import numpy as np
 import pytest
 
-from osum_core.data import speech_synth
-from osum_core.data.speech_synth import Speech, Voice, WordTiming, list_variants, synthesize
+from osum_core.demo import speech_synth
+from osum_core.demo.speech_synth import Speech, Voice, WordTiming, list_variants, synthesize
 
 TEXT = "Hello world, this is a small test."
 

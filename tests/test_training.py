@@ -6,6 +6,12 @@ import torch
 from osum_core.model.speech_llm import GenerationSettings
 from osum_core.train.module import SpeechLLMModule
 from osum_core.train.schedule import lr_multiplier
+from osum_core.config import load_config
+
+
+def generation(**changes) -> GenerationSettings:
+    """The configured decoding settings (configs/fit.yaml), with `changes`."""
+    return GenerationSettings(**{**load_config()["eval"]["generation"], **changes})
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():
@@ -40,7 +46,7 @@ class FakeModel(torch.nn.Module):
 
 def test_batch_loss_formula_and_ce_start_step():
     module = SpeechLLMModule(FakeModel(), {}, None, {}, ctc_weight=0.5,
-                             generation=GenerationSettings(max_new_tokens=1), total_steps=10, ce_start_step=5)
+                             generation=generation(max_new_tokens=1), total_steps=10, ce_start_step=5)
     module.eval()
     loss, parts = module.batch_loss({})
     assert float(parts["ce"]) == pytest.approx(8 / 4)

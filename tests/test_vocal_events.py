@@ -5,13 +5,15 @@ import pytest
 import torch
 import torchaudio
 
-from osum_core.data.vocal_events import EVENT_LABELS, make_event
+from osum_tasks.ved import LABELS as EVENT_LABELS
+from osum_tasks.vocal_events import EVENT_SOUNDS, make_event
 
 SR = 16000
 
 
-def test_labels_are_the_osum_set():
+def test_labels_are_the_osum_set_and_each_has_a_sound():
     assert EVENT_LABELS == ("laugh", "cough", "cry", "screaming", "sigh", "throat clearing", "sneeze", "other")
+    assert set(EVENT_SOUNDS) == set(EVENT_LABELS)
 
 
 @pytest.mark.parametrize("label", EVENT_LABELS)

@@ -9,16 +9,16 @@ from typing import Any
 
 import torch
 
-from osum_core.cli.config import ConfigError, to_plain
-from osum_core.cli.fit import configured_tasks, resolve_demo_data
+from osum_core.checkpoints.directory import load_checkpoint
+from osum_core.config import ConfigError, configured_tasks
 from osum_core.data.manifest import read_manifest, read_manifests
+from osum_core.demo.prepare import resolve_demo_data
 from osum_core.inference.evaluate import evaluate
 from osum_core.inference.predict import DecodeStats, Request, predict
 from osum_core.inference.report import write_report
 from osum_core.model.speech_llm import GenerationSettings
 from osum_core.plugins import TaskRegistry
 from osum_core.task.normalize import transcript_normalizer
-from osum_core.train.checkpoint_dir import load_backbone
 
 
 def pick_device(name: str) -> str:
@@ -49,32 +49,41 @@ def prediction_requests(args, cfg: dict[str, Any], registry: TaskRegistry) -> li
     return [Request(key, file, task, prompt) for key, file in sources]
 
 
+def eval_settings(args, cfg) -> tuple[str, int]:
+    """The device and batch size: the command's flags, else ``eval.device`` and ``eval.batch_size``."""
+    device = pick_device(args.device or cfg["eval"]["device"])
+    batch_size = args.batch_size or cfg["eval"]["batch_size"]
+    return device, batch_size
+
+
 def cmd_predict(args, registry: TaskRegistry) -> int:
-    device = pick_device(args.device)
-    backbone = load_backbone(args.ckpt, [f"eval.generation.{item}" for item in args.set], device)
-    cfg = to_plain(backbone.config)
+    loaded = load_checkpoint(args.ckpt, [f"eval.generation.{item}" for item in args.set])
+    cfg = loaded.config
+    device, batch_size = eval_settings(args, cfg)
+    loaded.model.to(device)
     requests = prediction_requests(args, cfg, registry)
     settings = GenerationSettings(**cfg["eval"]["generation"])
     stats = DecodeStats()
     output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         answers = predict(
-            backbone.model, backbone.tokenizer, requests, settings, n_mels=cfg["data"]["n_mels"],
-            batch_size=args.batch_size, device=device, stats=stats,
+            loaded.model, loaded.tokenizer, requests, settings, n_mels=cfg["data"]["n_mels"],
+            batch_size=batch_size, device=device, stats=stats, progress=args.output is not None,
         )
         for answer in answers:
             output.write(json.dumps(answer.as_json(), ensure_ascii=False) + "\n")
     finally:
         if output is not sys.stdout:
             output.close()
-    print(stats_line(stats, args.batch_size), file=sys.stderr)
+    print(stats_line(stats, batch_size), file=sys.stderr)
     return 0
 
 
 def cmd_test(args, registry: TaskRegistry) -> int:
-    device = pick_device(args.device)
-    backbone = load_backbone(args.ckpt, list(args.overrides), device)
-    cfg = to_plain(backbone.config)
+    loaded = load_checkpoint(args.ckpt, list(args.overrides))
+    cfg = loaded.config
+    device, batch_size = eval_settings(args, cfg)
+    loaded.model.to(device)
     names = args.tasks.split(",")
     tasks = configured_tasks(registry, names, cfg["tasks"])
     data = cfg["data"]
@@ -87,25 +96,26 @@ def cmd_test(args, registry: TaskRegistry) -> int:
     settings = GenerationSettings(**cfg["eval"]["generation"])
     with transcript_normalizer(cfg["eval"]["normalizer"]):
         evaluation = evaluate(
-            backbone.model, backbone.tokenizer, tasks, read_manifests(manifests), settings,
-            prompt_language=data["prompt_language"], n_mels=data["n_mels"], batch_size=args.batch_size, device=device,
+            loaded.model, loaded.tokenizer, tasks, read_manifests(manifests), settings,
+            prompt_language=data["prompt_language"], n_mels=data["n_mels"], batch_size=batch_size, device=device,
+            progress=True,
         )
     if not evaluation.metrics:
         raise ConfigError(f"no line of {manifests} belongs to the tasks {names}")
     report_settings = {
-        "checkpoint": backbone.source,
-        "checkpoint_sha256": backbone.checksum,
+        "checkpoint": loaded.source,
+        "checkpoint_sha256": loaded.checksum,
         "tasks": list(tasks),
         "manifests": manifests,
         "normalizer": cfg["eval"]["normalizer"],
         "prompt_language": data["prompt_language"],
         "generation": cfg["eval"]["generation"],
-        "batch_size": args.batch_size,
+        "batch_size": batch_size,
         "device": device,
     }
     out = Path(args.out)
     write_report(out, evaluation, report_settings)
-    print(stats_line(evaluation.stats, args.batch_size), file=sys.stderr)
+    print(stats_line(evaluation.stats, batch_size), file=sys.stderr)
     print(f"test metrics ({out}/metrics.json, report {out}/report.md):")
     print(json.dumps(evaluation.metrics, indent=2))
     return 0

@@ -67,24 +67,25 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from osum_core.cli.config import load_config, to_plain
-    from osum_core.cli.fit import synthesize_demo
+    from osum_core.config import load_config
+    from osum_core.demo.prepare import synthesize_demo
 
-    cfg = to_plain(load_config("fit", overrides=[f"data.demo.{item}" for item in args.overrides]))
+    overrides = [f"data.demo.{item}" for item in args.overrides]
+    if args.workers is not None:
+        overrides.append(f"data.demo.workers={args.workers}")
+    cfg = load_config("fit", overrides=overrides)
     seed = cfg["seed"] if args.seed is None else args.seed
     registry = load_tasks()
     report_problems(registry)
     tasks = registry.select(args.tasks.split(","))
     progress = lambda message: print(message, file=sys.stderr)  # noqa: E731  (stdout carries the JSON)
-    dirs = synthesize_demo(Path(args.dir), tasks, registry.recipes, cfg["data"]["demo"], seed, progress, args.workers)
+    dirs = synthesize_demo(Path(args.dir), tasks, registry.recipes, cfg["data"]["demo"], seed, progress)
     print(json.dumps({name: str(path) for name, path in dirs.items()}))
     return 0
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from osum_core.cli.config import load_config, to_yaml
-
-    from osum_core.cli.checkpoints import preset_files
+    from osum_core.config import fit_config, to_yaml
 
     overrides = list(args.overrides)
     if args.out:
@@ -93,8 +94,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         overrides.append(f"init={args.init}")
     if args.resume:
         overrides.append(f"resume={args.resume}")
-    files = [*preset_files(args.preset, args.stage), *args.config]
-    cfg = load_config("fit", files, overrides)
+    cfg = fit_config(args.preset, args.stage, args.config, overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
@@ -105,7 +105,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from osum_core.cli.fit import fit
 
     metrics = fit(cfg, args.tasks.split(","), registry)
-    print(f"test metrics ({cfg.out}/metrics.json):")
+    print(f"test metrics ({cfg['out']}/metrics.json):")
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="train on the selected tasks, then test")
     fit.add_argument("--tasks", required=True, help="comma-separated task names (see `osum tasks`), or all")
-    fit.add_argument("--preset", action="append", default=[], help="configs/presets/NAME.yaml (e.g. osum-7b)")
+    fit.add_argument(
+        "--preset", action="append", default=[], help="configs/presets/NAME.yaml (e.g. osum-7b; default: demo)"
+    )
     fit.add_argument("--stage", action="append", default=[], help="configs/stages/NAME.yaml, after the preset")
     fit.add_argument("--config", action="append", default=[], help="a YAML file merged over the defaults (repeatable)")
     fit.add_argument("--init", help="osum checkpoint directory to start from (same as init=DIR)")
@@ -163,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--ckpt", required=True, help="osum checkpoint directory, run directory or .ckpt file")
     test.add_argument("--tasks", required=True, help="comma-separated task names, or all")
     test.add_argument("--out", default="runs/test", help="report directory (default runs/test)")
-    test.add_argument("--batch-size", type=int, default=16, help="utterances decoded together")
-    test.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ...")
+    test.add_argument("--batch-size", type=int, help="utterances decoded together (default: eval.batch_size)")
+    test.add_argument("--device", help="auto (GPU if present), cpu, cuda, cuda:1, ... (default: eval.device)")
     test.add_argument(
         "overrides", nargs="*", metavar="key=value",
         help="over the checkpoint's config, e.g. data.test=test.jsonl eval.generation.num_beams=4",
@@ -177,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--prompt", help="your own instruction instead of the task's prompt")
     predict.add_argument("--manifest", help="a jsonl manifest (key, wav) to answer, besides FILES")
     predict.add_argument("--output", help="write JSON lines here instead of stdout")
-    predict.add_argument("--batch-size", type=int, default=16, help="utterances decoded together")
-    predict.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ...")
+    predict.add_argument("--batch-size", type=int, help="utterances decoded together (default: eval.batch_size)")
+    predict.add_argument("--device", help="auto (GPU if present), cpu, cuda, cuda:1, ... (default: eval.device)")
     predict.add_argument(
         "--set", action="append", default=[], metavar="key=value",
         help="decoding setting of eval.generation, e.g. --set num_beams=4 --set do_sample=true",
@@ -207,13 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="synthesise the demo corpus with eSpeak NG")
-    synth.add_argument("dir", help="writes DIR/<task>/{train,dev,test}.jsonl and the audio")
+    synth.add_argument("dir", help="writes DIR/<task>/{train,dev,test}.jsonl with the audio, and DIR/{train,dev,test}.jsonl")
     synth.add_argument("--tasks", default="all", help="comma-separated task names, or all (default)")
     synth.add_argument("--seed", type=int, help="the corpus is a pure function of the seed (default: config's seed)")
-    synth.add_argument("--workers", type=int, default=2, help="synthesis processes")
+    synth.add_argument("--workers", type=int, help="synthesis processes (default: data.demo.workers)")
     synth.add_argument(
         "overrides", nargs="*", metavar="key=value",
-        help="settings of data.demo in configs/fit.yaml, e.g. train_per_task=200 'event_positions=[before,after]'",
+        help="settings of data.demo in configs/fit.yaml, e.g. train_per_task=200 'options.event_positions=[over]'",
     )
     synth.set_defaults(run=cmd_synth)
     return parser

@@ -109,9 +109,9 @@ class SpeechDataset(Dataset):
         n_mels: int,
         prompt_language: str,
         train: bool,
-        spec_augment: SpecAugment | None = None,
-        seed: int = 0,
-        ctc_target: str = "transcript",
+        spec_augment: SpecAugment | None,
+        seed: int,
+        ctc_target: str,
     ) -> None:
         self.examples = list(examples)
         self.tasks = dict(tasks)

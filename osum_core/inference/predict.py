@@ -89,8 +89,10 @@ def decode_batches(
     batch_size: int,
     device: torch.device | str = "cpu",
     stats: DecodeStats | None = None,
+    progress: bool = False,
 ) -> Iterator[tuple[int, Answer]]:
-    """(index in `requests`, answer) for every request, longest utterances first."""
+    """(index in `requests`, answer) for every request, longest utterances first. `progress`: a tqdm bar on
+    stderr (utterances per second and time left)."""
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     log_mel = LogMel(n_mels)
@@ -99,6 +101,11 @@ def decode_batches(
     durations = [audio_duration(r.file) for r in requests]
     order = sorted(range(len(requests)), key=lambda i: -durations[i])
     stats = stats if stats is not None else DecodeStats()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(order), desc="decoding", unit="utt", dynamic_ncols=True)
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
         waves = {i: load_audio(requests[i].file) for i in chosen}
@@ -128,6 +135,10 @@ def decode_batches(
             stats.utterances += 1
             prediction = request.task.parse_output(text) if request.task is not None else None
             yield i, Answer(request, text, prediction, seconds)
+        if bar is not None:
+            bar.update(len(chosen))
+    if bar is not None:
+        bar.close()
 
 
 def predict(

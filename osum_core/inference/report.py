@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from osum_core.inference.evaluate import Evaluation
+from osum_core.inference.scoring import Evaluation
 
 WORST_EXAMPLES = 5
 
@@ -86,8 +86,11 @@ def markdown_report(evaluation: Evaluation, settings: Mapping[str, Any], figures
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, evaluation: Evaluation, settings: Mapping[str, Any]) -> list[Path]:
-    """Write the report files into `out`; returns their paths."""
+def write_report(
+    out: Path, evaluation: Evaluation, settings: Mapping[str, Any], predictions: str = "predictions.jsonl"
+) -> list[Path]:
+    """Write the report files into `out` (``osum test``'s report directory, or a run directory after the
+    test, where the predictions file is ``test_predictions.jsonl``); returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
@@ -97,7 +100,7 @@ def write_report(out: Path, evaluation: Evaluation, settings: Mapping[str, Any])
 
     write("metrics.json", json.dumps(evaluation.metrics, indent=2) + "\n")
     write("confusion.json", json.dumps(evaluation.confusions, indent=1, ensure_ascii=False) + "\n")
-    write("predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in evaluation.rows))
+    write(predictions, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in evaluation.rows))
     figures = []
     for task, matrices in evaluation.confusions.items():
         for name, matrix in matrices.items():

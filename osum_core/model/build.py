@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, WhisperConfig
 
 from osum_core.model.adapter import SpeechAdapter
 from osum_core.model.encoder import SpeechEncoder
+from osum_core.model.pretrained import pretrained
 from osum_core.model.speech_llm import SpeechLLM
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -17,14 +18,20 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def build_encoder(cfg: dict[str, Any]) -> SpeechEncoder:
     if cfg["path"]:
-        return SpeechEncoder.from_pretrained(cfg["path"], cfg["conv_strides"], dtype=DTYPES[cfg["dtype"]])
+        return pretrained(
+            SpeechEncoder.from_pretrained, cfg["path"], "model.encoder.path",
+            conv_strides=cfg["conv_strides"], dtype=DTYPES[cfg["dtype"]],
+        )
     return SpeechEncoder(WhisperConfig(**cfg["config"]), cfg["conv_strides"]).to(DTYPES[cfg["dtype"]])
 
 
 def build_llm(cfg: dict[str, Any], vocab_size: int):
     dtype = DTYPES[cfg["dtype"]]
     if cfg["path"]:
-        llm = AutoModelForCausalLM.from_pretrained(cfg["path"], dtype=dtype, attn_implementation=cfg["attention"])
+        llm = pretrained(
+            AutoModelForCausalLM.from_pretrained, cfg["path"], "model.llm.path",
+            dtype=dtype, attn_implementation=cfg["attention"],
+        )
     else:
         config = AutoConfig.for_model(cfg["model_type"], vocab_size=vocab_size, **cfg["config"])
         config._attn_implementation = cfg["attention"]

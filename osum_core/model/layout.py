@@ -22,6 +22,12 @@ class Layout:
     target_start: torch.Tensor  # [B], index of the first target token (right padding only)
 
 
+def layout_length(prompt_tokens: int, speech_steps: int, target_tokens: int, turn_tokens: int = 0) -> int:
+    """The length of one example's laid-out sequence (`build_layout`): the prompt, the speech between its
+    two markers, the chat turn's tokens (before + after) and the target (end-of-text included)."""
+    return prompt_tokens + speech_steps + 2 + turn_tokens + target_tokens
+
+
 def build_layout(
     prompt: torch.Tensor,
     prompt_lengths: torch.Tensor,
@@ -58,5 +64,5 @@ def build_layout(
         mask[i, start : start + len(piece)] = 1
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     extra = sum(len(part) for part in (before, after) if part is not None)
-    target_start = prompt_lengths + speech_lengths + 2 + extra
+    target_start = prompt_lengths + speech_lengths + 2 + extra  # layout_length up to the target
     return Layout(embeds, mask, positions, target_start)

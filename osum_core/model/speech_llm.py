@@ -12,21 +12,22 @@ from transformers import PreTrainedModel
 from osum_core.model.adapter import SpeechAdapter
 from osum_core.model.ctc_compression import merge_ctc_runs, time_features
 from osum_core.model.encoder import SpeechEncoder
-from osum_core.model.layout import build_layout
+from osum_core.model.layout import build_layout, layout_length
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Decoding settings; the defaults live in configs/ (``eval.generation``)."""
+    """Decoding settings: ``GenerationSettings(**cfg["eval"]["generation"])``; the defaults live in
+    configs/fit.yaml and nowhere else."""
 
     max_new_tokens: int
-    min_new_tokens: int = 0
-    num_beams: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 50
-    repetition_penalty: float = 1.0
+    min_new_tokens: int  # end-of-text is not allowed before this many tokens
+    num_beams: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
 
 
 class SpeechLLM(nn.Module):
@@ -98,6 +99,22 @@ class SpeechLLM(nn.Module):
     def causal_lm(self) -> PreTrainedModel:
         """The transformers model itself (under a peft wrapper, with LoRA layers injected in place)."""
         return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    def speech_steps(self, frames: int) -> int:
+        """Speech embeddings the LLM reads for `frames` feature frames: the encoder's and the adapter's
+        strides (with CTC compression, at most this many)."""
+        lengths = self.adapter.output_lengths(self.encoder.output_lengths(torch.tensor([frames])))
+        return int(lengths[0])
+
+    def sequence_length(
+        self, frames: int, prompt_tokens: int, target_tokens: int, frames_per_step: int | None = None
+    ) -> int:
+        """The LLM sequence length of one example (the batch budget ``data.max_tokens`` counts these).
+        `frames_per_step` replaces the strides' speech length by an estimate (CTC compression makes it
+        depend on the content)."""
+        speech = frames // frames_per_step if frames_per_step else self.speech_steps(frames)
+        turn = self.turn_before.numel() + self.turn_after.numel()
+        return layout_length(prompt_tokens, speech, target_tokens, turn)
 
     def encode_speech(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         # Parts may sit in different dtypes (a frozen bf16 encoder and LLM around an fp32 adapter).
@@ -193,8 +210,9 @@ class SpeechLLM(nn.Module):
 
         Example::
 
+            settings = GenerationSettings(**{**load_config()["eval"]["generation"], "max_new_tokens": 64})
             ids = model.generate(batch["features"], batch["feature_lengths"], batch["prompt_ids"],
-                                 batch["prompt_lengths"], GenerationSettings(max_new_tokens=64))
+                                 batch["prompt_lengths"], settings)
             texts = tokenizer.batch_decode(ids)
 
         The batch is padded on the left with position ids that skip the padding, so each example's

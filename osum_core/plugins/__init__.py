@@ -1,16 +1,15 @@
 """The plugin system: hook specifications and the loader of the ``osum`` entry-point group.
 
-A plugin imports what it needs from here and from `osum_core.task` (see PLUGINS.md)."""
+A plugin imports what it needs from here and from `osum_core.task` (see PLUGINS.md): `hookimpl`, and for
+demo data the recipe types of `osum_core.demo.recipe` and eSpeak's `Voice`."""
 
-from osum_core.data.demo_corpus import CorpusSpec, DemoRecipe, Rendered, Utterance, with_prosody
-from osum_core.data.speech_synth import Voice
-from osum_core.data.vocal_events import EVENT_LABELS, make_event
+from osum_core.demo.recipe import CorpusSpec, DemoRecipe, Rendered, Utterance, with_prosody
+from osum_core.demo.speech_synth import Voice
 from osum_core.plugins.hookspecs import hookimpl
 from osum_core.plugins.manager import PluginProblem, TaskRegistry, load_tasks
 
 __all__ = [
     "CorpusSpec",
-    "EVENT_LABELS",
     "DemoRecipe",
     "PluginProblem",
     "Rendered",
@@ -19,6 +18,5 @@ __all__ = [
     "Voice",
     "hookimpl",
     "load_tasks",
-    "make_event",
     "with_prosody",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pluggy
 
-from osum_core.data.demo_corpus import DemoRecipe
+from osum_core.demo.recipe import DemoRecipe
 from osum_core.task import Task
 
 PROJECT = "osum"

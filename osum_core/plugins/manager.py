@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pluggy
 
-from osum_core.data.demo_corpus import DemoRecipe
+from osum_core.demo.recipe import DemoRecipe
 from osum_core.plugins import hookspecs
 from osum_core.task import Task
 from osum_core.task.contract import contract_problems, normalize_task_tag

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -17,11 +17,24 @@ from osum_core.data.task_mixing import mix_tasks
 from osum_core.task import Task
 
 
+class EpochCounter:
+    """The epoch a batch sampler is in. Lightning calls ``set_epoch`` only on ``loader.sampler`` and
+    ``loader.batch_sampler.sampler`` (never on the batch sampler itself), so `DurationBatchSampler` keeps
+    its epoch here, as its ``sampler``."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
 class DurationBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of example indices under a frame and token budget, recomputed each epoch.
 
     Training epochs mix tasks by sampling weight and shuffle; evaluation keeps one fixed order. Under
-    data parallelism each rank takes every world_size-th batch, and all ranks get the same count."""
+    data parallelism each rank takes every world_size-th batch, and all ranks get the same count. The
+    epoch comes from ``self.sampler`` (`EpochCounter`), where Lightning sets it."""
 
     def __init__(
         self,
@@ -38,11 +51,15 @@ class DurationBatchSampler(Sampler[list[tuple[int, int]]]):
         self.budget = dict(budget)
         self.sampling_weights = sampling_weights  # None: evaluation, every example once, in order
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
+        self.sampler = EpochCounter()
         self._cache: tuple[int, list[list[int]]] | None = None
 
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
     def batches(self) -> list[list[int]]:
         if self._cache is not None and self._cache[0] == self.epoch:
@@ -80,10 +97,19 @@ class SpeechDataModule(L.LightningDataModule):
     `cfg` is the resolved ``data:`` config section (a plain dict)."""
 
     def __init__(
-        self, cfg: Mapping[str, Any], tasks: Mapping[str, Task], tokenizer: Any, seed: int, ctc_target: str = "transcript"
+        self,
+        cfg: Mapping[str, Any],
+        tasks: Mapping[str, Task],
+        tokenizer: Any,
+        seed: int,
+        ctc_target: str,
+        sequence_length: Callable[..., int],
     ) -> None:
+        """`sequence_length(frames, prompt_tokens, target_tokens, frames_per_step)`: the LLM sequence length
+        of an example, as the model lays it out (`SpeechLLM.sequence_length`)."""
         super().__init__()
         self.ctc_target = ctc_target
+        self.sequence_length = sequence_length
         self.cfg = dict(cfg)
         self.tasks = dict(tasks)
         self.tokenizer = tokenizer
@@ -125,9 +151,11 @@ class SpeechDataModule(L.LightningDataModule):
     def loader(self, split: str) -> DataLoader:
         dataset = self.dataset(split)
         examples = dataset.examples
-        per_token = self.cfg["frames_per_token"]
+        per_step = self.cfg["frames_per_token"]
         tokens = [
-            dataset.max_prompt_tokens(e.task) + e.frames // per_token + 2 + len(e.body_ids) + len(e.suffix_ids) + 1
+            self.sequence_length(
+                e.frames, dataset.max_prompt_tokens(e.task), len(e.body_ids) + len(e.suffix_ids) + 1, per_step
+            )
             for e in examples
         ]
         training = split == "train"

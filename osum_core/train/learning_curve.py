@@ -33,7 +33,7 @@ class LearningCurve(L.Callback):
             "minutes": round((time.monotonic() - self.started) / 60, 2),
             "train_loss": round(sum(self.losses) / len(self.losses), 4) if self.losses else None,
             "val_loss": round(pl_module.eval_loss.get("val", float("nan")), 4),
-            "metrics": pl_module.results.get("val", {}),
+            "metrics": pl_module.evaluations["val"].metrics if "val" in pl_module.evaluations else {},
         }
         self.losses = []
         self.rows.append(row)

@@ -18,8 +18,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from osum_core.inference.scoring import Evaluation, Scorer
 from osum_core.model.speech_llm import GenerationSettings, SpeechLLM
-from osum_core.task import Prediction, Target, Task
+from osum_core.task import Task
 from osum_core.train.schedule import lr_multiplier
 
 
@@ -33,7 +34,8 @@ class SpeechLLMModule(L.LightningModule):
         ctc_weight: float,
         generation: GenerationSettings,
         total_steps: int,
-        ce_start_step: int = 0,
+        ce_start_step: int,
+        eval_prompts: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -44,11 +46,10 @@ class SpeechLLMModule(L.LightningModule):
         self.generation = generation
         self.total_steps = total_steps
         self.ce_start_step = ce_start_step
-        self.metrics: dict[str, dict[str, Any]] = {"val": {}, "test": {}}
-        self.results: dict[str, dict[str, dict[str, float]]] = {}  # stage -> task -> metric -> value
-        self.confusions: dict[str, dict[str, Any]] = {}  # stage -> task -> confusion matrices (label tasks)
+        self.scorers: dict[str, Scorer] = {}  # stage (val, test) -> the evaluation under way
+        self.evaluations: dict[str, Evaluation] = {}  # stage -> the last finished evaluation
+        self.eval_prompts = dict(eval_prompts or {})  # task -> the prompt evaluation uses (for reports)
         self.eval_loss: dict[str, float] = {}
-        self.examples: dict[str, list[dict[str, Any]]] = {}
         self._loss_sums: dict[str, list[float]] = {}
         self._started = time.monotonic()
 
@@ -103,52 +104,26 @@ class SpeechLLMModule(L.LightningModule):
         sums[0] += float(loss) * len(batch["keys"])
         sums[1] += len(batch["keys"])
         texts = self.decode(batch)
-        targets = batch["targets"]
-        by_task: dict[str, tuple[list[Prediction], list[Target]]] = {}
-        for key, task_name, text, target in zip(batch["keys"], batch["tasks"], texts, targets, strict=True):
-            prediction = self.tasks[task_name].parse_output(text)
-            predictions, references = by_task.setdefault(task_name, ([], []))
-            predictions.append(prediction)
-            references.append(target)
-            self.examples.setdefault(stage, []).append(
-                {"key": key, "task": task_name, "text": text, "reference": target.text}
-            )
-        for task_name, (predictions, references) in by_task.items():
-            metric = self.metrics[stage].get(task_name)
-            if metric is None:
-                metric = self.metrics[stage][task_name] = self.tasks[task_name].make_metric()
-            metric.update(predictions, references)
+        scorer = self.scorers.setdefault(stage, Scorer(self.tasks))
+        for key, task_name, text, target in zip(batch["keys"], batch["tasks"], texts, batch["targets"], strict=True):
+            scorer.add(task_name, key, text, target)
 
     def finish_evaluation(self, stage: str) -> None:
-        results = {name: metric.compute() for name, metric in sorted(self.metrics[stage].items())}
-        # Metrics may offer confusion matrices (an optional method of the TaskMetric protocol).
-        self.confusions[stage] = {
-            name: metric.confusion_matrices()
-            for name, metric in sorted(self.metrics[stage].items())
-            if callable(getattr(metric, "confusion_matrices", None))
-        }
+        evaluation = self.scorers.pop(stage, Scorer(self.tasks)).evaluation(prompts=self.eval_prompts)
         loss_sum, count = self._loss_sums.pop(stage, [0.0, 0])
         if count:
             self.log(f"{stage}/loss", loss_sum / count, sync_dist=True)
-        for task_name, scores in results.items():
+            self.eval_loss[stage] = loss_sum / count
+        for task_name, scores in evaluation.metrics.items():
             for metric_name, value in scores.items():
                 self.log(f"{stage}/{task_name}/{metric_name}", float(value), sync_dist=True)
-        self.results[stage] = results
-        if count:
-            self.eval_loss[stage] = loss_sum / count
-        self.metrics[stage] = {}
-
-    def on_validation_epoch_start(self) -> None:
-        self.examples["val"] = []
+        self.evaluations[stage] = evaluation
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.evaluate_batch("val", batch)
 
     def on_validation_epoch_end(self) -> None:
         self.finish_evaluation("val")
-
-    def on_test_epoch_start(self) -> None:
-        self.examples["test"] = []
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.evaluate_batch("test", batch)

@@ -9,15 +9,17 @@ import re
 import numpy as np
 import pytest
 from osum_core.cli.main import main
-from osum_core.data.demo_corpus import synthesize_corpus
-from osum_core.data.speech_synth import list_variants, synthesize
+from osum_core.demo.corpus import synthesize_corpus
+from osum_core.demo.speech_synth import list_variants, synthesize
+from osum_core.config import load_config
 from osum_core.plugins import CorpusSpec, Utterance, Voice, load_tasks
 from osum_core.task import Target
 
 from osum_langid.langid import LABELS, TASK, VOICES, draw
 
-HELDOUT = CorpusSpec().heldout_voices
-SPEC = CorpusSpec(tags=(TASK.tag,), train_per_task=10, eval_per_task=3, seed=1)
+DEMO = load_config()["data"]["demo"]  # osum's configured demo-corpus settings
+HELDOUT = tuple(DEMO["heldout_voices"])
+SPEC = CorpusSpec.from_config({**DEMO, "train_per_task": 10, "eval_per_task": 3}, 1, (TASK.tag,))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,7 @@ def test_draw_writes_numerals_and_picks_every_language():
     planned = Utterance("k", "test", TASK.tag, ("three", "oh", "seven", "zero"), Voice("en-us", "f4", 160, 50), 0)
     drawn = {}
     for seed in range(50):
-        utt = draw(planned, random.Random(seed), CorpusSpec())
+        utt = draw(planned, random.Random(seed), SPEC)
         drawn[utt.labels["language"]] = utt
     assert set(drawn) == set(LABELS)
     for language, utt in drawn.items():

@@ -9,8 +9,8 @@
     DIR/llm/                 the LLM (save_pretrained, safetensors) when its weights are not simply those of
                              ``model.llm.path``: trained, randomly initialised, imported or with LoRA merged
 
-`load_backbone` also takes a training run directory (``config.yaml`` + ``checkpoints/last.ckpt``) or a
-Lightning ``.ckpt`` inside one, so a run can be tested before it is exported.
+`load_checkpoint` also takes a training run directory (`osum_core.checkpoints.run_dir`) or a Lightning
+``.ckpt`` inside one, so a run can be tested before it is exported.
 """
 
 from __future__ import annotations
@@ -19,28 +19,36 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from osum_core.checkpoints.state_keys import canonical_key, canonical_state_dict, load_canonical_state
+from osum_core.config import load_config, to_yaml
 from osum_core.model.build import build_for_tokenizer
 from osum_core.model.speech_llm import SpeechLLM
-from osum_core.train.state_keys import canonical_key, canonical_state_dict, load_canonical_state
 
 CONFIG_FILE = "osum.yaml"
+# The WhisperConfig fields that shape the encoder (the decoder's are irrelevant to osum).
+WHISPER_ENCODER_KEYS = (
+    "d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins",
+    "max_source_positions", "dropout", "attention_dropout", "activation_dropout", "activation_function",
+    "encoder_layerdrop", "scale_embedding",
+)
 INFO_FILE = "export.json"
 SPEECH_FILE = "speech.safetensors"
 
 
 @dataclass
-class Backbone:
-    """A loaded model with everything needed to run it."""
+class LoadedCheckpoint:
+    """A model loaded from disk (checkpoint directory, run directory or .ckpt) with what it needs to run."""
 
     model: SpeechLLM
     tokenizer: Any
-    config: Any  # the run's config (a DictConfig: `osum test` merges overrides into it)
+    config: dict[str, Any]  # the run's resolved config, with the caller's overrides merged in
     tasks: list[str]  # the tasks it was trained on
     source: str  # what was loaded
     checksum: str  # sha256 over the weight files, for reports
@@ -110,11 +118,13 @@ def save_checkpoint_dir(
 
     # The encoder is rebuilt from its full config and speech.safetensors, never from its source again.
     model_cfg["encoder"]["path"] = None
-    model_cfg["encoder"]["config"] = model.encoder.whisper.config.to_diff_dict()
+    # Every size (to_dict, not to_diff_dict): a value equal to transformers' default must not be taken from
+    # whatever the defaults of a later osum say.
+    model_cfg["encoder"]["config"] = {
+        k: v for k, v in model.encoder.whisper.config.to_dict().items() if k in WHISPER_ENCODER_KEYS
+    }
     model_cfg["llm"]["tokenizer"] = None
-    from omegaconf import OmegaConf
-
-    (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    (out / CONFIG_FILE).write_text(to_yaml(cfg))
     weights = [out / SPEECH_FILE, *sorted((out / "lora").glob("*.safetensors")), *sorted((out / "llm").glob("*.safetensors"))]
     info = {
         "format": "osum-checkpoint-1",
@@ -145,9 +155,7 @@ def checkpoint_state(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_checkpoint_dir(directory: Path, overrides: list[str] = (), device: str = "cpu") -> Backbone:
-    from osum_core.cli.config import load_config, to_plain
-
+def load_checkpoint_dir(directory: Path, overrides: Sequence[str] = (), device: str = "cpu") -> LoadedCheckpoint:
     directory = Path(directory)
     for required in (CONFIG_FILE, SPEECH_FILE, "tokenizer"):
         if not (directory / required).exists():
@@ -157,12 +165,12 @@ def load_checkpoint_dir(directory: Path, overrides: list[str] = (), device: str 
     cfg = load_config("fit", [directory / CONFIG_FILE], [*pinned, *overrides])
     info = json.loads((directory / INFO_FILE).read_text()) if (directory / INFO_FILE).is_file() else {}
     tokenizer = load_tokenizer(directory / "tokenizer")
-    model = build_for_tokenizer(to_plain(cfg)["model"], tokenizer)
+    model = build_for_tokenizer(cfg["model"], tokenizer)
     missing, _ = load_canonical_state(model, checkpoint_state(directory), str(directory))
     not_loaded = [key for key in missing if not key.startswith("llm.") or ".lora_" in key]
     if not_loaded:
         raise ValueError(f"{directory}: the checkpoint lacks {len(not_loaded)} tensors, e.g. {not_loaded[:3]}")
-    return Backbone(
+    return LoadedCheckpoint(
         model.to(device).eval(), tokenizer, cfg, list(info.get("tasks", [])), str(directory), info.get("sha256", "")
     )
 
@@ -173,39 +181,10 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def find_run_checkpoint(path: Path) -> tuple[Path, Path]:
-    """(run directory, .ckpt file) for a run directory or a .ckpt inside one."""
-    if path.is_file():
-        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return run, path
-    ckpt = path / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        candidates = sorted((path / "checkpoints").glob("*.ckpt"))
-        if not candidates:
-            raise FileNotFoundError(f"{path}: no {CONFIG_FILE} (export) and no checkpoints/*.ckpt (run)")
-        ckpt = candidates[-1]
-    return path, ckpt
-
-
-def load_run_checkpoint(path: Path, overrides: list[str] = (), device: str = "cpu") -> Backbone:
-    """A Lightning checkpoint of an ``osum fit`` run, with the run's config.yaml and tokenizer/."""
-    from osum_core.cli.config import load_config, to_plain
-
-    run, ckpt = find_run_checkpoint(Path(path))
-    if not (run / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run}: no config.yaml next to {ckpt} (is it an osum fit run directory?)")
-    cfg = load_config("fit", [run / "config.yaml"], list(overrides))
-    tokenizer = load_tokenizer(run / "tokenizer")
-    model = build_for_tokenizer(to_plain(cfg)["model"], tokenizer)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
-    tasks_file = run / "tasks.json"
-    tasks = json.loads(tasks_file.read_text()) if tasks_file.is_file() else []
-    return Backbone(model.to(device).eval(), tokenizer, cfg, tasks, str(ckpt), file_sha256([ckpt]))
-
-
-def load_backbone(path: str | Path, overrides: list[str] = (), device: str = "cpu") -> Backbone:
+def load_checkpoint(path: str | Path, overrides: Sequence[str] = (), device: str = "cpu") -> LoadedCheckpoint:
     """An osum checkpoint directory, a run directory or a run's .ckpt file."""
+    from osum_core.checkpoints.run_dir import load_run_checkpoint
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--ckpt {path}: no such file or directory")

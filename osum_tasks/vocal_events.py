@@ -1,4 +1,4 @@
-"""Procedural audio for the eight OSUM vocal-event classes.
+"""Procedural audio for the eight OSUM vocal-event classes: the VED task's demo data (not a plugin itself).
 
 These are not meant to sound real; they are meant to be acoustically distinct per
 class (so a small model can learn them from log-mel features) while varying within
@@ -21,18 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["EVENT_LABELS", "make_event"]
-
-EVENT_LABELS: tuple[str, ...] = (
-    "laugh",
-    "cough",
-    "cry",
-    "screaming",
-    "sigh",
-    "throat clearing",
-    "sneeze",
-    "other",
-)
+__all__ = ["EVENT_SOUNDS", "make_event"]
 
 MIN_DURATION_S = 0.3
 MAX_DURATION_S = 1.2
@@ -199,7 +188,8 @@ def _other(rng: np.random.Generator, sr: int) -> np.ndarray:
     return np.concatenate(pieces)
 
 
-_RECIPES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
+# One sound maker per VED label (the label set itself is the VED task's, osum_tasks/ved.py).
+EVENT_SOUNDS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "laugh": _laugh,
     "cough": _cough,
     "cry": _cry,
@@ -213,9 +203,9 @@ _RECIPES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
 
 def make_event(label: str, rng: np.random.Generator, sample_rate: int = 16000) -> np.ndarray:
     """One random instance of ``label``: float32 mono, 0.3-1.2 s, peak 0.5-0.9."""
-    recipe = _RECIPES.get(label)
+    recipe = EVENT_SOUNDS.get(label)
     if recipe is None:
-        raise ValueError(f"unknown vocal event {label!r}; expected one of {EVENT_LABELS}")
+        raise ValueError(f"unknown vocal event {label!r}; expected one of {tuple(EVENT_SOUNDS)}")
     audio = recipe(rng, sample_rate)
     # Pad/cut into the documented duration range rather than trusting each recipe.
     lo, hi = _samples(MIN_DURATION_S, sample_rate), _samples(MAX_DURATION_S, sample_rate)

@@ -25,9 +25,8 @@ import multiprocessing
 import random
 import re
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,100 +36,12 @@ import torch
 import torchaudio.functional
 
 from osum_core.data.manifest import write_manifest
-from osum_core.data.speech_synth import Voice, synthesize
+from osum_core.demo.recipe import CorpusSpec, DemoRecipe, Utterance
+from osum_core.demo.speech_synth import Voice, synthesize
 
 SAMPLE_RATE = 16000
 DIGITS = ("zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLITS = ("train", "dev", "test")
-
-
-@dataclass(frozen=True)
-class CorpusSpec:
-    """What `synthesize_corpus` generates. The counts are per task tag."""
-
-    tags: tuple[str, ...] = ("<TRANSCRIBE>", "<TRANSCRIBE> <CAPTION>")
-    train_per_task: int = 1500
-    eval_per_task: int = 100  # each of dev and test
-    seed: int = 0
-    train_voices: tuple[str, ...] = ("m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3")
-    heldout_voices: tuple[str, ...] = ("m6", "m7", "f4", "f5")
-    rate: tuple[int, int] = (140, 200)  # words per minute
-    pitch: tuple[int, int] = (35, 65)
-    min_words: int = 3
-    max_words: int = 6
-    # Where vocal events go: "before" or "after" the speech (with a gap), or "over" it (mixed in).
-    event_positions: tuple[str, ...] = ("after",)
-    # Share of emotion/style utterances that also say their class's cue word (0 = prosody alone).
-    content_cues: float = 1.0
-
-
-@dataclass(frozen=True)
-class Utterance:
-    """Everything needed to render one utterance; drawn up front so rendering is a pure function.
-
-    A recipe's `draw` may change the words (the transcript), the voice (prosody) and add labels."""
-
-    key: str
-    split: str
-    tag: str
-    words: tuple[str, ...]
-    voice: Voice
-    seed: int
-    labels: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def gender(self) -> str:
-        return "female" if self.voice.variant.startswith("f") else "male"
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """A recipe's audio. Word timestamps from the synthesiser become ``start * stretch + offset``."""
-
-    audio: np.ndarray
-    offset: float = 0.0  # seconds of sound placed before the speech
-    stretch: float = 1.0  # how much the speech was slowed down (< 1: sped up)
-    fields: dict[str, Any] = field(default_factory=dict)  # extra manifest fields
-
-
-def with_prosody(voice: Voice, rng: random.Random, rate: int, pitch: int, pitch_range: int) -> Voice:
-    """`voice` speaking at about `rate` wpm, `pitch` and `pitch_range` (0-100), jittered a little so a
-    class's prosody is a region, not a point."""
-    clamp = lambda value: min(max(value, 0), 100)  # noqa: E731
-    return dataclasses.replace(
-        voice,
-        rate=rate + rng.randint(-10, 10),
-        pitch=clamp(pitch + rng.randint(-5, 5)),
-        pitch_range=clamp(pitch_range + rng.randint(-5, 5)),
-    )
-
-
-def keep(utt: Utterance, rng: random.Random, spec: CorpusSpec) -> Utterance:
-    """The default draw: the digit string and voice as planned, no label."""
-    return utt
-
-
-def plain(utt: Utterance, speech: np.ndarray, rng: np.random.Generator) -> Rendered:
-    """The default render: the speech as it is."""
-    return Rendered(speech)
-
-
-def no_suffix(utt: Utterance) -> str:
-    return ""
-
-
-@dataclass(frozen=True)
-class DemoRecipe:
-    """How the demo corpus realises one task tag, contributed by the task's plugin (hook
-    ``osum_demo_recipes``). Use module-level functions: synthesis workers receive recipes by pickling.
-
-    draw: changes a planned utterance (words, voice, labels); gets the plan's random generator.
-    render: turns the synthesised speech (16 kHz float32) into the final audio.
-    label_text: the suffix written after the transcript in ``txt`` (``<laugh>``), OSUM's ASR+X form."""
-
-    draw: Callable[[Utterance, random.Random, CorpusSpec], Utterance] = keep
-    render: Callable[[Utterance, np.ndarray, np.random.Generator], Rendered] = plain
-    label_text: Callable[[Utterance], str] = no_suffix
 
 
 def string_split(words: tuple[str, ...]) -> str:
@@ -159,6 +70,8 @@ def plan_corpus(spec: CorpusSpec, recipes: Mapping[str, DemoRecipe]) -> list[Utt
     utterances = []
     for tag in spec.tags:
         rng = random.Random(f"{spec.seed}:{tag}")  # one stream per tag: a task's corpus ignores the others
+        # The recipe sees its own options: its defaults, with the values the config gives for them.
+        tag_spec = dataclasses.replace(spec, options=recipes[tag].resolve_options(spec.options))
         slug = "_".join(re.findall(r"[a-z0-9]+", tag.lower()))
         for split in SPLITS:
             voices = spec.train_voices if split == "train" else spec.heldout_voices
@@ -171,7 +84,7 @@ def plan_corpus(spec: CorpusSpec, recipes: Mapping[str, DemoRecipe]) -> list[Utt
                     voice=Voice("en-us", rng.choice(voices), rng.randint(*spec.rate), rng.randint(*spec.pitch)),
                     seed=rng.randrange(2**31),
                 )
-                utterances.append(recipes[tag].draw(planned, rng, spec))
+                utterances.append(recipes[tag].draw(planned, rng, tag_spec))
     return utterances
 
 
@@ -211,12 +124,13 @@ def render(utt: Utterance, recipe: DemoRecipe, out_dir: Path) -> dict[str, Any]:
 
 
 def synthesize_corpus(
-    out_dir: str | Path, spec: CorpusSpec, recipes: Mapping[str, DemoRecipe], workers: int = 2
+    out_dir: str | Path, spec: CorpusSpec, recipes: Mapping[str, DemoRecipe], workers: int, progress: str | None = None
 ) -> dict[str, int]:
     """Write ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` and the audio under `out_dir`.
 
     The manifests are written last (atomically), so a directory that has them is complete; an interrupted
-    run leaves no manifest and is simply run again. Returns the number of lines per split."""
+    run leaves no manifest and is simply run again. `progress`: the description of a progress bar on
+    stderr (None: no bar). Returns the number of lines per split."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     utterances = plan_corpus(spec, recipes)
@@ -226,9 +140,11 @@ def synthesize_corpus(
         # threads were several times slower here.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            lines = list(pool.map(render, utterances, chosen, [out_dir] * len(utterances), chunksize=32))
+            rendered = pool.map(render, utterances, chosen, [out_dir] * len(utterances), chunksize=32)
+            lines = list(progress_bar(rendered, progress, len(utterances)))
     else:
-        lines = [render(u, r, out_dir) for u, r in zip(utterances, chosen, strict=True)]
+        rendered = (render(u, r, out_dir) for u, r in zip(utterances, chosen, strict=True))
+        lines = list(progress_bar(rendered, progress, len(utterances)))
     counts = {}
     for split in SPLITS:
         split_lines = [line for utt, line in zip(utterances, lines) if utt.split == split]
@@ -236,6 +152,15 @@ def synthesize_corpus(
         counts[split] = len(split_lines)
     (out_dir / "corpus.json").write_text(json.dumps({"spec": dataclasses.asdict(spec), "counts": counts}, indent=1))
     return counts
+
+
+def progress_bar(items, description: str | None, total: int):
+    """`items`, with a tqdm bar on stderr (rate and time left) when `description` is given."""
+    if description is None:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=f"synthesising {description}", total=total, unit="utt", dynamic_ncols=True)
 
 
 def corpus_is_complete(out_dir: str | Path, spec: CorpusSpec | None = None) -> bool:

@@ -1,0 +1,75 @@
+"""The run directory ``osum fit --out DIR`` writes, and loading a model from it.
+
+    DIR/config.yaml             the resolved config of the run
+    DIR/tasks.json              the names of the tasks trained
+    DIR/tokenizer/              the tokenizer (save_pretrained)
+    DIR/checkpoints/last.ckpt   Lightning's checkpoint (weights, optimiser, schedule, step): --resume reads it
+    DIR/metrics.csv             Lightning's CSV log; DIR/tensorboard/ when tensorboard is installed
+    DIR/learning_curve.jsonl    each validation's metrics by step
+    DIR/metrics.json            each task's metrics on data.test after training
+    DIR/confusion.json          the classification tasks' confusion matrices on the test set
+    DIR/test_predictions.jsonl  one line per test example
+    DIR/report.md, report.json  the test report (as ``osum test`` writes it)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from osum_core.checkpoints.directory import CONFIG_FILE, LoadedCheckpoint, file_sha256, load_tokenizer
+from osum_core.config import load_config
+from osum_core.model.build import build_for_tokenizer
+
+RUN_CONFIG = "config.yaml"
+TASKS_FILE = "tasks.json"
+TOKENIZER_DIR = "tokenizer"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+LEARNING_CURVE = "learning_curve.jsonl"
+METRICS = "metrics.json"
+TEST_PREDICTIONS = "test_predictions.jsonl"
+
+
+def find_run_checkpoint(path: Path) -> tuple[Path, Path]:
+    """(run directory, .ckpt file) for a run directory or a .ckpt inside one."""
+    if path.is_file():
+        run = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
+        return run, path
+    ckpt = path / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if not ckpt.is_file():
+        candidates = sorted((path / CHECKPOINT_DIR).glob("*.ckpt"))
+        if not candidates:
+            raise FileNotFoundError(f"{path}: no {CONFIG_FILE} (export) and no {CHECKPOINT_DIR}/*.ckpt (run)")
+        ckpt = candidates[-1]
+    return path, ckpt
+
+
+def resume_checkpoint(resume: str | None) -> str | None:
+    """The Lightning checkpoint to continue from: a .ckpt file, or a run directory's checkpoints/last.ckpt."""
+    if not resume:
+        return None
+    path = Path(resume)
+    if path.is_dir():
+        path = path / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={resume}: no {path}")
+    return str(path)
+
+
+def load_run_checkpoint(path: Path, overrides: Sequence[str] = (), device: str = "cpu") -> LoadedCheckpoint:
+    """A Lightning checkpoint of an ``osum fit`` run, with the run's config.yaml and tokenizer/."""
+    run, ckpt = find_run_checkpoint(Path(path))
+    if not (run / RUN_CONFIG).is_file():
+        raise FileNotFoundError(f"{run}: no {RUN_CONFIG} next to {ckpt} (is it an osum fit run directory?)")
+    cfg = load_config("fit", [run / RUN_CONFIG], list(overrides))
+    tokenizer = load_tokenizer(run / TOKENIZER_DIR)
+    model = build_for_tokenizer(cfg["model"], tokenizer)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
+    tasks_file = run / TASKS_FILE
+    tasks = json.loads(tasks_file.read_text()) if tasks_file.is_file() else []
+    return LoadedCheckpoint(model.to(device).eval(), tokenizer, cfg, tasks, str(ckpt), file_sha256([ckpt]))

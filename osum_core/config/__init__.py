@@ -1,0 +1,26 @@
+"""The config: defaults from ``configs/``, presets, stages, ``extends:``, ``key=value`` overrides, and the
+checks of the sections whose keys come from elsewhere (tasks, lightning.Trainer)."""
+
+from osum_core.config.load import (
+    CONFIG_DIR,
+    DEFAULT_PRESET,
+    ConfigError,
+    fit_config,
+    load_config,
+    preset_files,
+    to_yaml,
+)
+from osum_core.config.tasks import configured_tasks
+from osum_core.config.trainer import trainer_arguments
+
+__all__ = [
+    "CONFIG_DIR",
+    "DEFAULT_PRESET",
+    "ConfigError",
+    "configured_tasks",
+    "fit_config",
+    "load_config",
+    "preset_files",
+    "to_yaml",
+    "trainer_arguments",
+]

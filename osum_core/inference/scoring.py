@@ -1,0 +1,77 @@
+"""Scoring generated text: each task's parser and metric, plus one row per example. The one scoring path of
+``osum fit``'s validation and test and of ``osum test`` (and later ``osum serve``'s evaluation)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchmetrics.functional.text import word_error_rate
+
+from osum_core.inference.predict import DecodeStats
+from osum_core.task import Prediction, Target, Task, TaskMetric, normalize_transcript
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, dict[str, float]]  # task -> metric -> value (metrics.json)
+    confusions: dict[str, Any]  # task -> confusion matrices (classification tasks)
+    rows: list[dict[str, Any]]  # one per example: key, task, [file], text, reference, wer, correct
+    prompts: dict[str, str]  # task -> the prompt used
+    stats: DecodeStats = field(default_factory=DecodeStats)
+    unselected: int = 0  # manifest lines no selected task takes
+
+
+def example_scores(task: Task, prediction: Prediction, target: Target) -> dict[str, Any]:
+    """The example's transcript WER (after the scoring normaliser) and whether its parsed answer (label and
+    fields) equals the reference's parsed the same way."""
+    scores: dict[str, Any] = {}
+    reference = normalize_transcript(target.transcript)
+    if reference:
+        scores["wer"] = round(float(word_error_rate(normalize_transcript(prediction.transcript), reference)), 4)
+    expected = task.parse_output(target.text)
+    if expected.label is not None or expected.fields:
+        scores["correct"] = expected.label == prediction.label and all(
+            normalize_transcript(str(prediction.fields.get(k, ""))) == normalize_transcript(str(v))
+            for k, v in expected.fields.items()
+            if isinstance(v, str)
+        )
+    return scores
+
+
+class Scorer:
+    """Accumulates answers of the given tasks: `add` one example at a time, then `evaluation`."""
+
+    def __init__(self, tasks: Mapping[str, Task]) -> None:
+        self.tasks = dict(tasks)
+        self.metrics: dict[str, TaskMetric] = {}
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, task_name: str, key: str, text: str, target: Target, file: str | None = None,
+            prediction: Prediction | None = None) -> Prediction:
+        """Score `text` (generated for `key`) against `target`; returns the parsed prediction."""
+        task = self.tasks[task_name]
+        prediction = prediction if prediction is not None else task.parse_output(text)
+        metric = self.metrics.get(task_name)
+        if metric is None:
+            metric = self.metrics[task_name] = task.make_metric()
+        metric.update([prediction], [target])
+        row: dict[str, Any] = {"key": key, "task": task_name}
+        if file is not None:
+            row["file"] = file
+        row.update(text=text, reference=target.text, **example_scores(task, prediction, target))
+        self.rows.append(row)
+        return prediction
+
+    def evaluation(self, prompts: Mapping[str, str] | None = None, stats: DecodeStats | None = None,
+                   unselected: int = 0) -> Evaluation:
+        """Each task's metrics (tasks that had examples), confusion matrices where the metric offers them
+        (an optional method of the `TaskMetric` protocol), and the rows."""
+        metrics = {name: self.metrics[name].compute() for name in sorted(self.metrics)}
+        confusions = {
+            name: self.metrics[name].confusion_matrices()  # type: ignore[attr-defined]
+            for name in sorted(self.metrics)
+            if callable(getattr(self.metrics[name], "confusion_matrices", None))
+        }
+        return Evaluation(metrics, confusions, list(self.rows), dict(prompts or {}), stats or DecodeStats(), unselected)
