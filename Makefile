@@ -26,8 +26,13 @@ demo: $(INSTALLED)
 demo-all: $(INSTALLED)
 	$(BIN)/osum fit --tasks asr,srwt,ved,ser,ssr,sgc,sap,sttc --config configs/demo_all.yaml
 
-# The whole suite, slow end-to-end tests included (CI runs exactly this).
+# The public plugin API that PLUGINS.md promises to keep stable: type-checked.
+PLUGIN_API := osum_core/task osum_core/plugins osum_core/demo/recipe.py
+
+# Lint, the plugin API's types, then the whole suite, slow end-to-end tests included (CI runs exactly this).
 test: $(INSTALLED)
+	$(BIN)/ruff check osum_core osum_tasks plugins tests bench configs
+	$(BIN)/mypy $(PLUGIN_API)
 	$(BIN)/python -m pytest -q $(TESTS)
 
 # Everything but the tests marked slow.

@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from osum_core.config import load_config  # noqa: E402
 from osum_core.model.speech_llm import GenerationSettings  # noqa: E402
 
 
 def checkpoint_rows(args) -> list[dict]:
-    from osum_core.config import load_config
     from osum_core.data.manifest import read_manifest
     from osum_core.inference.predict import DecodeStats, Request, predict
     from osum_core.checkpoints.directory import load_checkpoint

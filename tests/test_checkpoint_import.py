@@ -9,7 +9,7 @@ import torch
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from osum_core.config.load import load_config
+from osum_core.config import fit_config, load_config
 from osum_core.model.build import build_speech_llm
 from osum_core.model.encoder import SpeechEncoder
 from osum_core.checkpoints.osum_import import convert_osum_state_dict, read_osum_checkpoint
@@ -149,7 +149,7 @@ SPEECH_TOKENS = 5  # OSUM: 4097 rows, then speech BOS and EOS
 
 def osum_model(seed):
     torch.manual_seed(seed)
-    model = build_speech_llm(load_config("fit", overrides=OSUM_SHAPED)["model"], 100, 1, 0)
+    model = build_speech_llm(fit_config(overrides=OSUM_SHAPED)["model"], 100, 1, 0)
     randomise(model)
     return model.eval()
 

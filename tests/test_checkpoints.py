@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from osum_core.config.load import load_config
+from osum_core.config import fit_config, load_config
 from osum_core.cli.main import main
 from osum_core.inference.predict import Request, predict
 from osum_core.model.build import build_speech_llm
@@ -279,7 +279,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        cfg = load_config("fit", overrides=[
+        cfg = fit_config(overrides=[
             f"model.gradient_checkpointing={str(checkpointing).lower()}", "model.encoder.config.dropout=0.0",
         ])["model"]
         model = build_speech_llm(cfg, 50, 1, 0).train()
@@ -299,7 +299,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_frozen_bf16_encoder_and_llm_around_an_fp32_adapter_run_on_cpu():
-    cfg = load_config("fit", overrides=["model.encoder.dtype=bfloat16", "model.llm.dtype=bfloat16"])["model"]
+    cfg = fit_config(overrides=["model.encoder.dtype=bfloat16", "model.llm.dtype=bfloat16"])["model"]
     model = build_speech_llm(cfg, 50, 1, 0).eval()
     assert model.adapter.projection.weight.dtype == torch.float32
     assert model.encoder.whisper.conv1.weight.dtype == torch.bfloat16
@@ -322,7 +322,7 @@ def test_chat_template_puts_prompt_and_speech_in_the_user_turn():
     tokenizer.chat_template = CHAT_TEMPLATE
     before, after = chat_turn_ids(tokenizer)
     assert tokenizer.decode(before).strip().startswith("<|im_start|>") and "assistant" in tokenizer.decode(after)
-    cfg = load_config("fit", overrides=["model.llm.chat_template=true", "model.ctc_compression=false",
+    cfg = fit_config(overrides=["model.llm.chat_template=true", "model.ctc_compression=false",
                                                    "model.ctc_embeddings=false", "model.time_embeddings=false"])["model"]
     torch.manual_seed(0)
     model = build_for_tokenizer(cfg, tokenizer).eval()

@@ -113,10 +113,63 @@ def test_fit_with_only_one_task_trains_only_that_task(tmp_path, tiny_corpus):
 def test_synth_takes_corpus_settings_as_overrides(tmp_path, capsys):
     out = tmp_path / "c"
     assert main(["data", "synth", str(out), "--tasks", "asr,ved", "--workers", "1", "train_per_task=3",
-                 "eval_per_task=1", "event_positions=[over]"]) == 0
+                 "eval_per_task=1", "options.event_positions=[over]"]) == 0
     assert json.loads(capsys.readouterr().out) == {"asr": str(out / "asr"), "ved": str(out / "ved")}
     lines = {split: (out / "ved" / f"{split}.jsonl").read_text().splitlines() for split in ("train", "dev", "test")}
     assert [len(v) for v in lines.values()] == [3, 1, 1]
-    assert json.loads((out / "ved" / "corpus.json").read_text())["spec"]["event_positions"] == ["over"]
+    assert json.loads((out / "ved" / "corpus.json").read_text())["spec"]["options"] == {"event_positions": ["over"]}
+    assert json.loads((out / "asr" / "corpus.json").read_text())["spec"]["options"] == {}
     result = osum("data", "synth", str(tmp_path / "d"), "train_per_tsk=3")
     assert result.returncode == 2 and "unknown config key 'data.demo.train_per_tsk'" in result.stderr
+    result = osum("data", "synth", str(tmp_path / "d"), "options.event_position=[over]")
+    assert result.returncode == 2 and "'data.demo.options.event_position': no installed demo recipe" in result.stderr
+
+
+def test_synth_writes_manifests_over_every_task_that_train_on_the_whole_corpus(tmp_path, capsys):
+    """The interface of `osum data synth DIR`: DIR/train.jsonl, dev.jsonl, test.jsonl, wav relative to DIR."""
+    from osum_core.data.manifest import read_manifest
+
+    out = tmp_path / "c"
+    assert main(["data", "synth", str(out), "--tasks", "asr,ved", "--workers", "1", "train_per_task=2",
+                 "eval_per_task=1"]) == 0
+    for split, count in (("train", 4), ("dev", 2), ("test", 2)):
+        raw = [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+        assert len(raw) == count and {line["task"] for line in raw} == {"<TRANSCRIBE>", "<TRANSCRIBE> <CAPTION>"}
+        assert all(not line["wav"].startswith("/") for line in raw)
+        for line in read_manifest(out / f"{split}.jsonl"):
+            assert Path(line["wav"]).is_file()
+
+
+def test_synth_keeps_the_old_option_spelling(tmp_path, capsys):
+    out = tmp_path / "c"
+    with pytest.warns(FutureWarning, match="data.demo.options.event_positions"):
+        assert main(["data", "synth", str(out), "--tasks", "ved", "--workers", "1", "train_per_task=1",
+                     "eval_per_task=1", "event_positions=[before]"]) == 0
+    assert json.loads((out / "ved" / "corpus.json").read_text())["spec"]["options"] == {"event_positions": ["before"]}
+
+
+def test_a_label_outside_the_set_is_named_by_file_and_line_with_the_demo_tokenizer(tmp_path, tiny_corpus):
+    """The demo tokenizer is trained from the targets; a bad label must still name its manifest line."""
+    lines = [json.loads(line) for line in (tiny_corpus / "train.jsonl").read_text().splitlines()]
+    ved = next(line for line in lines if line["task"] == "<TRANSCRIBE> <CAPTION>")
+    ved["wav"] = str(tiny_corpus / ved["wav"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**ved, "txt": "one two<burp>"}) + "\n")
+    result = osum("fit", "--tasks", "ved", "--out", str(tmp_path / "run"), f"data.train={bad}", f"data.val={bad}",
+                  f"data.test={bad}", *TINY_FIT)
+    assert result.returncode == 2
+    assert f"{bad}:1: task ved: label 'burp'" in result.stderr
+
+
+def test_a_model_id_that_cannot_be_downloaded_names_the_id_and_the_key(tmp_path, tiny_corpus):
+    import os
+
+    data = [f"data.{k}={tiny_corpus / f'{s}.jsonl'}" for k, s in (("train", "train"), ("val", "dev"), ("test", "test"))]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for key in ("model.llm.path", "model.llm.tokenizer"):
+        result = subprocess.run(
+            [sys.executable, "-m", "osum_core.cli.main", "fit", "--tasks", "asr", "--out", str(tmp_path / "run"),
+             f"{key}=no-such-org/no-such-model", *data, *TINY_FIT], capture_output=True, text=True, env=env)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert f"config key '{key}': 'no-such-org/no-such-model' is not a local directory" in result.stderr
+        assert "Give a local directory holding the model instead" in result.stderr

@@ -1,10 +1,11 @@
 """Importing OSUM's released ``infer.pt`` (ASLP-lab/OSUM: the state dict of its whole `LLMASR_Model`) as
 canonical SpeechLLM keys (state_keys.py).
 
-Every key of the checkpoint ends up in one place: converted to a canonical key, dropped with a reason
-(modules OSUM builds but never uses, a position table our adapter computes, duplicate aliases of LLM
-tensors), or listed as unmapped. Checks on dropped tensors that fail (a position table that is not the
-sinusoid table, an alias that differs from the tensor it should alias) become notes of the report.
+Every key of the checkpoint is accounted for once (`ImportResult.sources`): mapped to a canonical key,
+merged into one (q/k/v pieces into one projection, an alias of an LLM tensor checked equal to it), dropped
+with a reason (modules OSUM builds but never uses, a position table our adapter computes), or unmapped.
+Checks that fail (a position table that is not the sinusoid table, an alias that differs from the tensor it
+should alias) become notes of the report; so do dtype casts and where settings the checkpoint lacks came from.
 
     state = read_osum_checkpoint("infer.pt")
     result = convert_osum_state_dict(state, canonical_state_dict(model), source="infer.pt")
@@ -58,26 +59,58 @@ ADAPTER_LAYER = re.compile(r"speech_transformer\.encoders\.(\d+)\.(.+)\.(weight|
 ADAPTER_QKV = re.compile(r"speech_transformer\.encoders\.(\d+)\.self_attn\.linear_([qkv])\.(weight|bias)")
 
 
+# How a checkpoint key was used, in the report's order.
+KINDS = ("mapped", "merged", "dropped", "unmapped")
+
+
 @dataclass
 class ImportResult:
     """What `convert_osum_state_dict` made of a checkpoint.
 
     state: canonical key -> tensor, only keys the target model has.
-    dropped: checkpoint key -> why it is not imported.
-    unmapped: checkpoint keys nothing converts (unknown to this importer).
-    unexpected: canonical key -> the checkpoint key it came from, where the target model has no such tensor.
+    sources: every checkpoint key -> (kind, detail): ("mapped", target key), ("merged", target key and how),
+        ("dropped", why it is not imported) or ("unmapped", "") for keys unknown to this importer.
+    unexpected: canonical key -> the checkpoint key(s) it came from, where the target model has no such tensor
+        (those checkpoint keys are dropped).
     missing: target-model keys the checkpoint does not provide (they keep their initial values).
-    notes: failed checks on dropped tensors (a position table, an alias)."""
+    casts: canonical key -> (checkpoint dtype, model dtype), for tensors converted on loading.
+    origins: where settings that the checkpoint does not store came from (`import_osum_checkpoint`).
+    notes: failed checks (a position table, an alias)."""
 
     state: dict[str, torch.Tensor]
-    dropped: dict[str, str] = field(default_factory=dict)
-    unmapped: list[str] = field(default_factory=list)
+    sources: dict[str, tuple[str, str]] = field(default_factory=dict)
     unexpected: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    casts: dict[str, tuple[torch.dtype, torch.dtype]] = field(default_factory=dict)
+    origins: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def report(self) -> str:
-        lines = [f"{len(self.state)} tensors imported"]
+    @property
+    def dropped(self) -> dict[str, str]:
+        return {key: detail for key, (kind, detail) in self.sources.items() if kind == "dropped"}
+
+    @property
+    def unmapped(self) -> list[str]:
+        return [key for key, (kind, _) in self.sources.items() if kind == "unmapped"]
+
+    def counts(self) -> dict[str, int]:
+        """Checkpoint keys per kind; they add up to the checkpoint's key count."""
+        return {kind: sum(k == kind for k, _ in self.sources.values()) for kind in KINDS}
+
+    def report(self, per_key: bool = True) -> str:
+        """The summary, casts, origins and problems; then, with `per_key`, one line per checkpoint key."""
+        counts = self.counts()
+        lines = [
+            f"{len(self.sources)} source keys = " + " + ".join(f"{n} {kind}" for kind, n in counts.items()),
+            f"{len(self.state)} tensors imported",
+        ]
+        by_cast: dict[tuple[torch.dtype, torch.dtype], list[str]] = {}
+        for name, cast in self.casts.items():
+            by_cast.setdefault(cast, []).append(name)
+        for (before, after), names in by_cast.items():
+            parts = dict.fromkeys(name.partition(".")[0] + (".*" if "." in name else "") for name in names)
+            lines.append(f"cast to {dtype_name(after)} from {dtype_name(before)}: {len(names)} tensors ({', '.join(parts)})")
+        lines.extend(self.origins)
         sections = [
             ("dropped", "", [f"{key}: {reason}" for key, reason in self.dropped.items()]),
             ("unmapped", "checkpoint keys nothing converts", self.unmapped),
@@ -86,11 +119,20 @@ class ImportResult:
             ("missing", "model tensors the checkpoint does not provide (left as initialised)", self.missing),
             ("notes", "", self.notes),
         ]
+        if per_key:
+            sections.append(("source keys", "each checkpoint key and what became of it", [
+                f"{kind:8} {key}" + (f" -> {detail}" if kind in ("mapped", "merged") else f": {detail}" if detail else "")
+                for key, (kind, detail) in self.sources.items()
+            ]))
         for title, meaning, items in sections:
             if items:
                 lines.append(f"{title} ({len(items)}){': ' + meaning if meaning else ''}")
                 lines.extend(f"  {item}" for item in items)
         return "\n".join(lines)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def read_osum_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -143,78 +185,88 @@ def convert_osum_state_dict(
     """OSUM's `state` as canonical keys of the model whose `canonical_state_dict` is `expected`.
 
     A tensor whose shape differs from the model's is an error naming `source` and both keys."""
-    converted: dict[str, tuple[str, torch.Tensor]] = {}  # canonical key -> (checkpoint key, tensor)
+    # canonical key -> (what the report calls its origin, the checkpoint keys it is made of, tensor)
+    converted: dict[str, tuple[str, tuple[str, ...], torch.Tensor]] = {}
     result = ImportResult(state={})
+    sources = result.sources
     qkv: dict[tuple[str, str], dict[str, tuple[str, torch.Tensor]]] = {}  # (layer, param) -> q/k/v pieces
     aliases = {}
 
-    def put(name: str, origin: str, tensor: torch.Tensor) -> None:
+    def put(name: str, origin: str, tensor: torch.Tensor, keys: tuple[str, ...], detail: str = "") -> None:
         if name in converted:
             raise ValueError(f"{source}: {converted[name][0]} and {origin} both map to {name}")
-        converted[name] = (origin, tensor)
+        converted[name] = (origin, keys, tensor)
+        for key in keys:
+            sources[key] = ("merged" if len(keys) > 1 else "mapped", name + detail)
 
     for key, tensor in state.items():
         unused = next((reason for prefix, reason in UNUSED_MODULES.items() if key.startswith(prefix)), None)
         if unused is not None:
-            result.dropped[key] = unused
+            sources[key] = ("dropped", unused)
         elif key in ALIASES:
             aliases[key] = tensor
         elif key.startswith(LLM_PREFIX):
-            put(canonical_key("llm." + key[len(LLM_PREFIX) :]), key, tensor)
+            put(canonical_key("llm." + key[len(LLM_PREFIX) :]), key, tensor, (key,))
         elif key == SPEECH_TOKENS:
             # Rows speech_token_num + 0 and + 1, the table's last two, are the speech BOS and EOS.
-            put("speech_markers", f"{key}[-2:]", tensor[-2:].clone())
-            if len(tensor) > 2:
-                result.dropped[f"{key}[:{len(tensor) - 2}]"] = "speech-token embeddings of an unused experiment"
+            rest = f"; rows [:{len(tensor) - 2}] dropped: speech-token embeddings of an unused experiment"
+            put("speech_markers", f"{key}[-2:]", tensor[-2:].clone(), (key,), " (rows [-2:]" + (rest if len(tensor) > 2 else "") + ")")
         elif key == ADAPTER_POSITIONS:
-            result.dropped[key] = "sinusoid table the adapter computes (adapter.positions)"
+            sources[key] = ("dropped", "sinusoid table the adapter computes (adapter.positions)")
             length, width = tensor.shape[-2:]
             if not is_table(tensor, sinusoid_table(length, width)):
                 result.notes.append(f"{key} is not the sinusoid table the adapter computes; the adapter uses its own")
         elif key.startswith("encoder."):
             hf_key = WENET.hf_key(key)
             if hf_key is None:
-                result.unmapped.append(key)
+                sources[key] = ("unmapped", "")
                 continue
             if hf_key == POSITIONS:
                 tensor = tensor.reshape(-1, tensor.shape[-1])  # WeNet's [1, n, d]
                 if not is_table(tensor, sinusoids(*tensor.shape)):
                     result.notes.append(f"{key} is not Whisper's sinusoid table; imported as it is")
-            put(ENCODER + hf_key, key, tensor)
+            put(ENCODER + hf_key, key, tensor, (key,))
         elif match := ADAPTER_QKV.fullmatch(key):
             qkv.setdefault((match[1], match[3]), {})[match[2]] = (key, tensor)
+            sources[key] = ("unmapped", "")  # until its layer's q, k and v are all seen
         elif (name := adapter_key(key)) is not None:
-            put(name, key, tensor)
+            put(name, key, tensor, (key,))
         else:
-            result.unmapped.append(key)
+            sources[key] = ("unmapped", "")
 
     # torch's attention keeps q, k and v as one [3d, d] projection, in that order.
     for (layer, param), pieces in qkv.items():
         if len(pieces) == 3:
-            origins = [pieces[part][0] for part in "qkv"]
+            origins = tuple(pieces[part][0] for part in "qkv")
             put(
                 f"adapter.transformer.layers.{layer}.self_attn.in_proj_{param}",
                 " + ".join(origins),
                 torch.cat([pieces[part][1] for part in "qkv"]),
+                origins,
+                " (q, k, v concatenated)",
             )
         else:
             absent = ", ".join(f"linear_{part}.{param}" for part in "qkv" if part not in pieces)
             for origin, _ in pieces.values():
-                result.dropped[origin] = f"layer {layer} lacks {absent}; in_proj_{param} needs q, k and v"
+                sources[origin] = ("dropped", f"layer {layer} lacks {absent}; in_proj_{param} needs q, k and v")
 
     for key, tensor in aliases.items():
         name = ALIASES[key]
         if name not in converted:  # only the alias was saved: it is the tensor itself
-            put(name, key, tensor)
+            put(name, key, tensor, (key,))
             continue
-        origin, own = converted[name]
-        result.dropped[key] = f"alias of {origin}"
-        if own.shape != tensor.shape or not torch.equal(own, tensor):
+        origin, _, own = converted[name]
+        if own.shape == tensor.shape and torch.equal(own, tensor):
+            sources[key] = ("merged", f"{name} (alias of {origin}, checked equal)")
+        else:
+            sources[key] = ("dropped", f"alias of {origin}, but it differs from it; {origin} is imported")
             result.notes.append(f"{key} differs from {origin}, which it should alias; {origin} is imported")
 
-    for name, (origin, tensor) in converted.items():
+    for name, (origin, keys, tensor) in converted.items():
         if name not in expected:
             result.unexpected[name] = origin
+            for key in keys:
+                sources[key] = ("dropped", f"converted to {name}, which the model does not have")
             continue
         if tensor.shape != expected[name].shape:
             raise ValueError(
@@ -222,6 +274,8 @@ def convert_osum_state_dict(
                 f" {tuple(expected[name].shape)}"
             )
         result.state[name] = tensor
+        if tensor.dtype != expected[name].dtype:  # loading copies into the model's tensors, in their dtype
+            result.casts[name] = (tensor.dtype, expected[name].dtype)
     result.missing = sorted(name for name in expected if name not in result.state)
     return result
 

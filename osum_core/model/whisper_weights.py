@@ -134,20 +134,25 @@ def to_hf_encoder_state(
     return converted, others
 
 
-def default_attention_heads(width: int, source: str) -> int:
+def default_attention_heads(width: int, source: str, option: str = "attention_heads=...") -> int:
+    """Whisper's head count for `width`; else an error telling to pass it as `option` (the caller's name for it)."""
     if width not in WHISPER_HEADS:
         raise ValueError(
             f"{source}: the attention-head count of a {width}-wide encoder is not known (Whisper's widths are"
-            f" {sorted(WHISPER_HEADS)}); pass it (attention_heads=...)"
+            f" {sorted(WHISPER_HEADS)}); pass it ({option})"
         )
     return WHISPER_HEADS[width]
 
 
 def whisper_config(
-    hf_state: Mapping[str, torch.Tensor], layout: EncoderLayout, source: str, attention_heads: int | None = None
+    hf_state: Mapping[str, torch.Tensor],
+    layout: EncoderLayout,
+    source: str,
+    attention_heads: int | None = None,
+    heads_option: str = "attention_heads=...",
 ) -> WhisperConfig:
     """A `WhisperConfig` whose encoder matches the shapes of `hf_state` (Hugging Face keys); the head count
-    is `attention_heads` or Whisper's for that width."""
+    is `attention_heads` or Whisper's for that width (an unknown width: an error naming `heads_option`)."""
     for key in ("conv1.weight", POSITIONS, "layers.0.fc1.weight"):
         if key not in hf_state:
             raise ValueError(f"{source}: no {layout.source_key(key)} (a {layout.name}-layout Whisper encoder tensor)")
@@ -156,7 +161,7 @@ def whisper_config(
     return WhisperConfig(
         d_model=width,
         encoder_layers=layers,
-        encoder_attention_heads=attention_heads or default_attention_heads(width, source),
+        encoder_attention_heads=attention_heads or default_attention_heads(width, source, heads_option),
         encoder_ffn_dim=hf_state["layers.0.fc1.weight"].shape[0],
         num_mel_bins=mels,
         max_source_positions=hf_state[POSITIONS].shape[0],

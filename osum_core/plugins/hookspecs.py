@@ -23,6 +23,7 @@ def osum_tasks() -> list[Task]:
     Called once when osum starts. Names must be unique across all installed plugins; a duplicate, or a task
     that breaks the contract, is reported with the plugin's package name and left out.
     """
+    raise NotImplementedError  # a specification: plugins implement it
 
 
 @hookspec
@@ -33,3 +34,4 @@ def osum_demo_recipes() -> dict[str, DemoRecipe]:
     A task without a recipe still trains on your own manifests; it just has no synthetic demo data.
     A tag claimed by two plugins is reported like a duplicate task name.
     """
+    raise NotImplementedError  # a specification: plugins implement it

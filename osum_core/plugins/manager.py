@@ -15,6 +15,7 @@ from osum_core.task import Task
 from osum_core.task.contract import contract_problems, normalize_task_tag
 
 ENTRY_POINT_GROUP = "osum"
+HOOKIMPL_IMPORT = "from osum_core.plugins import hookimpl"
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ def load_tasks(blocked: Iterable[str] = (), extra_plugins: Iterable[object] = ()
         plugins.append((getattr(plugin, "__package__", None) or name, name, plugin))
 
     for package, name, plugin in plugins:
+        for hook in unmarked_hooks(manager, plugin):
+            reason = f"defines {hook}() without @hookimpl ({HOOKIMPL_IMPORT})"
+            registry.problems.append(PluginProblem(package, name, reason))
         try:
             manager.register(plugin, name=name)
             manager.check_pending()  # a misspelled hook implementation is an error, not a silent no-op
@@ -102,6 +106,16 @@ def load_tasks(blocked: Iterable[str] = (), extra_plugins: Iterable[object] = ()
             else:
                 registry.recipes[tag] = recipe
     return registry
+
+
+def unmarked_hooks(manager: pluggy.PluginManager, plugin: object) -> list[str]:
+    """The hooks `plugin` defines as plain functions, without `hookimpl`: pluggy ignores those silently."""
+    hooks = [name for name in vars(hookspecs) if manager.parse_hookspec_opts(hookspecs, name) is not None]
+    return [
+        hook
+        for hook in hooks
+        if inspect.isroutine(getattr(plugin, hook, None)) and manager.parse_hookimpl_opts(plugin, hook) is None
+    ]
 
 
 def plugin_hook_result(manager: pluggy.PluginManager, plugin: object, hook: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -114,12 +115,17 @@ class Task:
         return normalize_task_tag(str(example.get("task", "<TRANSCRIBE>"))) == self.tag
 
     def prompt_bank(self, language: str) -> tuple[str, ...]:
-        """Prompts for ``zh``, ``en`` or ``both``; falls back to whichever bank exists."""
+        """Prompts for ``zh``, ``en`` or ``both``. A task without prompts in `language` uses the banks it has,
+        with a UserWarning naming the task and both languages (once per task and language)."""
         if language == "both":
             bank = tuple(p for lang in PROMPT_LANGUAGES for p in self.prompts.get(lang, ()))
         else:
             bank = tuple(self.prompts.get(language, ()))
-        return bank or tuple(p for prompts in self.prompts.values() for p in prompts)
+        if bank:
+            return bank
+        used = [lang for lang, prompts in self.prompts.items() if prompts]
+        warn_prompt_fallback(self.name, language, used)
+        return tuple(p for lang in used for p in self.prompts[lang])
 
     def with_weights(self, **weights: float) -> Task:
         """A copy with loss/sampling weights replaced (config overrides)."""
@@ -135,6 +141,24 @@ class Task:
             return self
         configured = self.configure(**options)  # type: ignore[misc]  (contract: set when options exist)
         return dataclasses.replace(configured, options={**self.options, **options})
+
+
+_WARNED_FALLBACKS: set[tuple[str, str]] = set()  # (task, language) pairs already warned about
+
+
+def warn_prompt_fallback(task: str, language: str, used: Sequence[str]) -> None:
+    """Say, once per task and language, that a task prompts in another language than the one asked for: the
+    model would otherwise silently learn (and be evaluated on) prompts the user did not choose."""
+    if (task, language) in _WARNED_FALLBACKS:
+        return
+    _WARNED_FALLBACKS.add((task, language))
+    asked = "zh or en" if language == "both" else repr(language)
+    warnings.warn(
+        f"task {task!r} has no {asked} prompts (data.prompt_language={language}); "
+        f"using its {' and '.join(repr(lang) for lang in used)} prompts instead",
+        UserWarning,
+        stacklevel=3,  # the caller of Task.prompt_bank
+    )
 
 
 def contract_problems(task: Task) -> list[str]:

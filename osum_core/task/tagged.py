@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from osum_core.task.contract import Prediction, Target, Task
+from osum_core.task.contract import Prediction, Target, Task, TaskMetric
 from osum_core.task.metrics import FieldsMetric, LabelMetric
 from osum_core.task.normalize import normalize_target
 from osum_core.task.tags import split_suffix_tags
@@ -54,7 +54,8 @@ def tagged_task(
         transcript, tags = split_suffix_tags(str(example.get("txt", "")))
         if tags and len(tags) != len(fields):
             raise ValueError(f"'txt' ends in {len(tags)} tag(s) but the task has {len(fields)} label(s)")
-        extra = example.get("extra") if isinstance(example.get("extra"), Mapping) else {}
+        given = example.get("extra")
+        extra: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
         suffix = ""
         for index, label_field in enumerate(fields):
             raw = tags[index] if tags else example.get(label_field.name, extra.get(label_field.name))
@@ -79,11 +80,13 @@ def tagged_task(
         )
 
     labels = tuple(label for f in fields for label in f.labels)
-    if len(fields) == 1:
-        make_metric = lambda: LabelMetric(fields[0].labels)  # noqa: E731
-    else:
-        make_metric = lambda: FieldsMetric({f.name: f.labels for f in fields})  # noqa: E731
-    return Task(
+
+    def make_metric() -> TaskMetric:
+        if len(fields) == 1:
+            return LabelMetric(fields[0].labels)
+        return FieldsMetric({f.name: f.labels for f in fields})
+
+    task = Task(
         name=name,
         tag=tag,
         prompts=prompts,
@@ -92,5 +95,5 @@ def tagged_task(
         parse_output=parse_output,
         make_metric=make_metric,
         metric="accuracy",
-        **weights,
     )
+    return task.with_weights(**weights) if weights else task
