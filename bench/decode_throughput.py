@@ -28,14 +28,14 @@ from osum_core.model.speech_llm import GenerationSettings  # noqa: E402
 
 
 def checkpoint_rows(args) -> list[dict]:
+    from osum_core.checkpoints.directory import load_checkpoint
     from osum_core.data.manifest import read_manifest
     from osum_core.inference.predict import DecodeStats, Request, predict
-    from osum_core.checkpoints.directory import load_checkpoint
 
     loaded = load_checkpoint(args.ckpt, device=args.device)
     cfg = loaded.config
     lines = read_manifest(args.manifest)[: args.utterances]
-    requests = [Request(str(l["key"]), str(l["wav"]), None, args.prompt) for l in lines]
+    requests = [Request(str(x["key"]), str(x["wav"]), None, args.prompt) for x in lines]
     settings = GenerationSettings(**{**cfg["eval"]["generation"], "max_new_tokens": args.max_new_tokens})
     rows, reference = [], None
     for size in args.batch_sizes:

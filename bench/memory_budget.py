@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from osum_core.config import fit_config, load_config, preset_files  # noqa: E402
+from osum_core.config import load_config, preset_files  # noqa: E402
 from osum_core.model.build import build_speech_llm  # noqa: E402
 from osum_core.model.freezing import set_trainable  # noqa: E402
 from osum_core.model.speech_llm import GenerationSettings  # noqa: E402

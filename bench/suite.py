@@ -43,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from osum_core.config import fit_config, load_config, preset_files  # noqa: E402
+from osum_core.config import fit_config, load_config  # noqa: E402
 from osum_core.data.collate import pad  # noqa: E402
 from osum_core.data.features import SAMPLE_RATE, LogMel  # noqa: E402
 from osum_core.model.build import build_speech_llm  # noqa: E402
@@ -310,8 +310,8 @@ def bench_loader(train_short: dict, args) -> dict:
 
     from osum_core.data.collate import collate_examples
     from osum_core.data.dataset import SpeechDataset, prepare_examples
-    from osum_core.demo.tokenizer import train_demo_tokenizer
     from osum_core.data.manifest import read_manifest
+    from osum_core.demo.tokenizer import train_demo_tokenizer
     from osum_core.plugins import load_tasks
 
     count = args.loader_utterances

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 
+from osum_core.cli.main import main
 from osum_core.config import load_config
 from osum_core.demo.corpus import synthesize_corpus
 from osum_core.plugins import CorpusSpec, load_tasks
@@ -43,6 +46,52 @@ def all_tasks_corpus(tmp_path_factory, registry) -> Path:
     tags = tuple(dict.fromkeys(t.tag for t in registry.tasks.values() if t.tag in registry.recipes))
     synthesize_corpus(out, corpus_spec(tags, 5, train_per_task=6, eval_per_task=2), registry.recipes, workers=2)
     return out
+
+
+# A tiny `osum fit` (a few steps of a one-layer model), shared by the checkpoint and inference tests.
+TINY = [
+    "trainer.max_steps=8",
+    "trainer.val_check_interval=8",
+    "trainer.enable_progress_bar=false",
+    "trainer.max_time=null",
+    "data.num_workers=0",
+    "eval.generation.max_new_tokens=6",
+    "model.encoder.config.encoder_layers=1",
+    "model.llm.config.num_hidden_layers=1",
+    "loss.ce_start_step=0",
+    "optim.lr=3e-3",
+]
+
+
+def data_args(corpus: Path) -> list[str]:
+    return [f"data.{k}={corpus / f'{s}.jsonl'}" for k, s in (("train", "train"), ("val", "dev"), ("test", "test"))]
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, tiny_corpus) -> Path:
+    """A run directory of `osum fit --tasks asr,ved` on the tiny corpus."""
+    run = tmp_path_factory.mktemp("run") / "asr_ved"
+    assert main(["fit", "--tasks", "asr,ved", "--out", str(run), *data_args(tiny_corpus), *TINY]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def exported(run_dir, tmp_path_factory) -> Path:
+    """`osum export` of that run."""
+    out = tmp_path_factory.mktemp("export") / "demo"
+    assert main(["export", "--ckpt", str(run_dir), "--out", str(out)]) == 0
+    return out
+
+
+def stereo_44k(source: Path, out: Path) -> Path:
+    import torchaudio
+
+    wave, rate = soundfile.read(source, dtype="float32")
+    resampled = torchaudio.functional.resample(torch.from_numpy(wave), rate, 44100).numpy()
+    soundfile.write(out, np.stack([resampled, resampled], axis=1), 44100, format="FLAC")
+    return out
+
+
 
 
 @pytest.fixture(autouse=True)

@@ -4,12 +4,12 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig, WhisperModel
 
+from osum_core.config import load_config
 from osum_core.model.adapter import SpeechAdapter
 from osum_core.model.build import build_speech_llm
 from osum_core.model.encoder import SpeechEncoder
 from osum_core.model.freezing import set_trainable
 from osum_core.model.speech_llm import GenerationSettings
-from osum_core.config import load_config
 
 
 def generation(**changes) -> GenerationSettings:

@@ -3,6 +3,7 @@ modules, written in each format's own key names with torch.save, read back and c
 and output by output. The key names below are spelled out independently of the converters."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -229,7 +230,8 @@ def original():
 @pytest.mark.parametrize("base_layer", [True, False], ids=["peft-base_layer", "old-peft"])
 def test_osum_checkpoint_imports_every_tensor(original, tmp_path, base_layer):
     path = tmp_path / "infer.pt"
-    torch.save(osum_state(original, base_layer), path)
+    state = osum_state(original, base_layer)
+    torch.save(state, path)
     fresh = osum_model(seed=1)
     expected = canonical_state_dict(fresh)
 
@@ -237,9 +239,18 @@ def test_osum_checkpoint_imports_every_tensor(original, tmp_path, base_layer):
     assert (result.unmapped, result.missing, result.unexpected, result.notes) == ([], [], {}, []), result.report()
     assert set(result.dropped) == {
         "ln_speech.weight", "ln_speech.bias", "speaker_head.weight", "speaker_head.bias",
-        f"speech_token_emded.weight[:{SPEECH_TOKENS}]", "speech_transformer.embed.pos_enc.pe",
-        "embed_tokens.weight", "lm_head.weight",
+        "speech_transformer.embed.pos_enc.pe",
     }
+    # q/k/v pieces become one projection; the LLM aliases are checked equal to the tensors they alias.
+    qkv = {f"speech_transformer.encoders.{i}.self_attn.linear_{part}.{param}"
+           for i in range(2) for part in "qkv" for param in ("weight", "bias")}
+    assert {key for key, (kind, _) in result.sources.items() if kind == "merged"} == {
+        "embed_tokens.weight", "lm_head.weight", *qkv}
+    assert result.sources["speech_token_emded.weight"] == (
+        "mapped", f"speech_markers (rows [-2:]; rows [:{SPEECH_TOKENS}], speech-token embeddings of an unused"
+        " experiment, dropped)")
+    assert list(result.sources) == list(state)  # every checkpoint key, once, in its order
+    assert result.counts() == {"mapped": len(state) - 5 - 14, "merged": 14, "dropped": 5, "unmapped": 0}
     assert load_canonical_state(fresh, result.state, str(path)) == ([], [])
 
     loaded = canonical_state_dict(fresh)
@@ -266,9 +277,27 @@ def test_osum_import_reports_what_it_did_not_map(original, tmp_path):
     assert "in_proj_weight needs q, k and v" in reason
     assert any(note.startswith("lm_head.weight differs") for note in result.notes)
     assert any(note.startswith("speech_transformer.embed.pos_enc.pe is not") for note in result.notes)
+    assert result.dropped["lm_head.weight"].startswith("alias of llama_model.base_model.model.lm_head.weight, but it")
     report = result.report()
     for key in [*result.unmapped, *result.missing, *result.dropped]:
         assert key in report
+    # dropped: ln_speech, speaker_head (2 each), the position table, layer 1's linear_q/v.weight, lm_head;
+    # merged: embed_tokens, q/k/v of layer 0's weight and bias and of layer 1's bias.
+    merged, dropped = 1 + 3 * 3, 2 + 2 + 1 + 2 + 1
+    assert report_counts(report) == {"source keys": len(state), "mapped": len(state) - merged - dropped - 1,
+                                     "merged": merged, "dropped": dropped, "unmapped": 1}
+    for key, (kind, _) in result.sources.items():
+        assert re.search(rf"^  {kind} +{re.escape(key)}( ->|:|$)", report, re.M), key
+
+
+def report_counts(report: str) -> dict[str, int]:
+    """The summary line `N source keys = a mapped + b merged + c dropped + d unmapped`, which must add up."""
+    match = re.match(r"(\d+) source keys = (\d+) mapped \+ (\d+) merged \+ (\d+) dropped \+ (\d+) unmapped$",
+                     report.splitlines()[0])
+    assert match, report.splitlines()[0]
+    total, *parts = map(int, match.groups())
+    assert total == sum(parts)
+    return dict(zip(("source keys", "mapped", "merged", "dropped", "unmapped"), (total, *parts)))
 
 
 def test_osum_import_errors_name_the_file_and_key(original, tmp_path):
@@ -282,22 +311,36 @@ def test_osum_import_errors_name_the_file_and_key(original, tmp_path):
         read_osum_checkpoint(tmp_path / "list.pt")
 
 
-def test_import_osum_cli_writes_a_checkpoint_that_predict_and_test_load(original, tmp_path):
+def import_osum(tmp_path, original, *overrides, state=None, heads="4"):
+    """``osum import-osum`` of `state` (default: `original` as OSUM saves it) into tmp_path/imported, with
+    model.llm.path a directory holding `original`'s LLM config and a tokenizer (no weights), as for OSUM."""
     from osum_core.cli.main import main
     from osum_core.demo.tokenizer import train_demo_tokenizer
-    from osum_core.checkpoints.directory import load_checkpoint
 
-    llm_dir = tmp_path / "qwen2"  # what model.llm.path names: the LLM's config and tokenizer, no weights
+    llm_dir = tmp_path / "qwen2"
     original.causal_lm.config.save_pretrained(llm_dir)
     train_demo_tokenizer(["four two one", "转写这段音频"], ["<laugh>"], 60).save_pretrained(llm_dir)
-    torch.save(osum_state(original), tmp_path / "infer.pt")
-    out = tmp_path / "imported"
-    args = ["import-osum", str(tmp_path / "infer.pt"), "--out", str(out), "--encoder-heads", "4",
+    torch.save(osum_state(original) if state is None else state, tmp_path / "infer.pt")
+    args = ["import-osum", str(tmp_path / "infer.pt"), "--out", str(tmp_path / "imported"),
+            *(["--encoder-heads", heads] if heads else []),
             f"model.llm.path={llm_dir}", "model.encoder.dtype=float32", "model.llm.dtype=float32",
             *[o for o in OSUM_SHAPED if not o.startswith(("model.encoder.config", "model.llm.config"))],
-            "model.adapter.ffn_size=512"]
-    assert main(args) == 0
-    assert "speaker_head.weight" in (out / "import_report.txt").read_text()
+            "model.adapter.ffn_size=512", *overrides]
+    return main(args)
+
+
+def test_import_osum_cli_writes_a_checkpoint_that_predict_and_test_load(original, tmp_path):
+    from osum_core.checkpoints.directory import load_checkpoint
+
+    out = tmp_path / "imported"
+    assert import_osum(tmp_path, original) == 0
+    report = (out / "import_report.txt").read_text()
+    assert "speaker_head.weight" in report
+    assert report_counts(report)["source keys"] == len(torch.load(tmp_path / "infer.pt", weights_only=True))
+    assert "cast to" not in report  # float32 checkpoint, float32 model
+    assert "lora alpha 32: from the preset (model.llm.lora.alpha), the checkpoint does not store it" in report
+    assert "lora dropout 0.1: from the preset (model.llm.lora.dropout)" in report
+    assert "encoder attention heads 4: from --encoder-heads" in report
     imported = load_checkpoint(out).model
     loaded = canonical_state_dict(imported)
     for key, tensor in canonical_state_dict(original).items():
@@ -307,20 +350,37 @@ def test_import_osum_cli_writes_a_checkpoint_that_predict_and_test_load(original
         torch.testing.assert_close(imported(**batch)["token_loss"], original(**batch)["token_loss"])
 
 
-def test_import_osum_cli_refuses_a_checkpoint_that_lacks_tensors(original, tmp_path, capsys):
-    from osum_core.cli.main import main
-    from osum_core.demo.tokenizer import train_demo_tokenizer
+def test_import_osum_report_names_the_dtype_it_casts_to(original, tmp_path):
+    state = osum_state(original)  # float32, as the tiny model is
+    assert import_osum(tmp_path, original, "model.encoder.dtype=bfloat16", state=state) == 0
+    report = (tmp_path / "imported" / "import_report.txt").read_text()
+    encoder_keys = [key for key in state if key.startswith("encoder.")]
+    assert f"cast to bfloat16 from float32: {len(encoder_keys)} tensors (encoder.*)" in report.splitlines()
+    assert "encoder dtype bfloat16: from the preset (model.encoder.dtype)" in report
 
-    llm_dir = tmp_path / "qwen2"
-    original.causal_lm.config.save_pretrained(llm_dir)
-    train_demo_tokenizer(["four two one"], [], 60).save_pretrained(llm_dir)
+
+def test_import_osum_cli_refuses_a_checkpoint_that_lacks_tensors(original, tmp_path, capsys):
     state = osum_state(original)
     del state["speech_llama_proj.bias"]
-    torch.save(state, tmp_path / "infer.pt")
-    out = tmp_path / "imported"
-    args = ["import-osum", str(tmp_path / "infer.pt"), "--out", str(out), "--encoder-heads", "4",
-            f"model.llm.path={llm_dir}", "model.encoder.dtype=float32", "model.llm.dtype=float32",
-            *[o for o in OSUM_SHAPED if not o.startswith(("model.encoder.config", "model.llm.config"))],
-            "model.adapter.ffn_size=512"]
-    assert main(args) == 2
-    assert "adapter.projection.bias" in capsys.readouterr().err and not (out / "osum.yaml").exists()
+    assert import_osum(tmp_path, original, state=state) == 2
+    assert "adapter.projection.bias" in capsys.readouterr().err and not (tmp_path / "imported" / "osum.yaml").exists()
+
+
+def test_import_osum_cli_asks_for_encoder_heads_of_an_unknown_width(original, tmp_path, capsys):
+    width = original.encoder.output_size
+    assert width not in (384, 512, 768, 1024, 1280)  # no Whisper size: its head count is not known
+    assert import_osum(tmp_path, original, heads=None) == 2
+    err = capsys.readouterr().err
+    assert f"{width}-wide encoder" in err and "--encoder-heads N" in err and "attention_heads=" not in err
+
+
+@pytest.mark.parametrize("key", ["model.llm.path", "model.llm.tokenizer"])
+def test_import_osum_cli_names_an_id_it_cannot_download(original, tmp_path, capsys, monkeypatch, key):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable when imported (already done): set what it read, or it retries for 25 s.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert import_osum(tmp_path, original, f"{key}=no-such-org/no-such-model") == 2
+    err = capsys.readouterr().err
+    assert "no-such-org/no-such-model" in err and f"config key '{key}'" in err and "local directory" in err

@@ -1,11 +1,10 @@
 import json
 
 import soundfile
-
 from conftest import TINY_SPEC, corpus_spec
 
-from osum_core.demo.corpus import DIGITS, plan_corpus, string_split, synthesize_corpus
 from osum_core.data.manifest import read_manifest
+from osum_core.demo.corpus import DIGITS, plan_corpus, string_split, synthesize_corpus
 from osum_tasks.ved import LABELS as EVENT_LABELS
 
 

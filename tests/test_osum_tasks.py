@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from osum_core.config.load import ConfigError
 from osum_core.cli.fit import configured_tasks
+from osum_core.config.load import ConfigError
 from osum_core.data.manifest import read_manifest
 from osum_core.task import Target
 

@@ -87,24 +87,49 @@ def test_unknown_task_names_list_the_installed_ones():
     assert [t.name for t in registry.select(["all"])] == list(registry.tasks)
 
 
-def test_the_example_in_plugins_md_works_as_written(tmp_path):
-    """PLUGINS.md's complete minimal plugin, run as a module: its task loads, targets build, demo data plans."""
-    import re
-    from pathlib import Path
+def unmarked_plugin(name: str, **functions):
+    """A plugin module whose hook functions lack @hookimpl."""
+    module = types.ModuleType(name)
+    for hook, function in functions.items():
+        setattr(module, hook, function)
+    return module
 
-    from osum_core.demo.corpus import plan_corpus
-    from osum_core.config import load_config
-    from osum_core.plugins import CorpusSpec
 
-    text = (Path(__file__).parents[1] / "PLUGINS.md").read_text()
-    source = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "def osum_tasks" in block)
-    module = types.ModuleType("osum_kws_example")
-    exec(compile(source, "PLUGINS.md", "exec"), module.__dict__)
+def test_a_hook_function_without_hookimpl_is_reported():
+    tasks_only = unmarked_plugin("no_marker_plugin", osum_tasks=lambda: [simple_task("kws")])
+    recipes_only = unmarked_plugin("no_marker_recipes", osum_demo_recipes=lambda: {})
+    registry = load_tasks(extra_plugins=[tasks_only, recipes_only])
+    reasons = {p.plugin: p.reason for p in registry.problems}
+    assert reasons == {
+        "no_marker_plugin": "defines osum_tasks() without @hookimpl (from osum_core.plugins import hookimpl)",
+        "no_marker_recipes": "defines osum_demo_recipes() without @hookimpl (from osum_core.plugins import hookimpl)",
+    }
+    assert "kws" not in registry.tasks  # pluggy did ignore it: the report is all the user gets
+
+
+def test_marked_hooks_beside_an_unmarked_one_still_load():
+    module = plugin_module("half_marked_plugin", lambda: [simple_task("kws")])
+    module.osum_demo_recipes = lambda: {}
     registry = load_tasks(extra_plugins=[module])
-    assert registry.problems == [] and "kws" in registry.tasks
-    kws = registry.tasks["kws"]
-    assert kws.build_target({"txt": "one seven<yes>"}) == Target("one seven", "<yes>")
-    spec = CorpusSpec.from_config({**load_config()["data"]["demo"], "train_per_task": 30, "eval_per_task": 5}, 0, (kws.tag,))
-    utterances = plan_corpus(spec, registry.recipes)
-    assert {u.labels["keyword"] for u in utterances} == {"yes", "no"}
-    assert all((u.labels["keyword"] == "yes") == ("seven" in u.words) for u in utterances)
+    assert "kws" in registry.tasks
+    assert [str(p) for p in registry.problems] == [
+        "plugin 'half_marked_plugin' from package 'half_marked_plugin': defines osum_demo_recipes() without "
+        "@hookimpl (from osum_core.plugins import hookimpl)"
+    ]
+
+
+def test_a_missing_prompt_language_warns_once_naming_task_and_languages():
+    import dataclasses
+    import warnings
+
+    task = dataclasses.replace(simple_task("prompt_fallback_probe"), prompts={"en": ("Spot the keyword.",)})
+    with pytest.warns(UserWarning, match=r"task 'prompt_fallback_probe' has no 'zh' prompts .*using its 'en' prompts"):
+        assert task.prompt_bank("zh") == ("Spot the keyword.",)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert task.prompt_bank("zh") == ("Spot the keyword.",)  # once per task and language
+        assert task.prompt_bank("en") == ("Spot the keyword.",)  # the language it has: no warning
+        assert task.prompt_bank("both") == ("Spot the keyword.",)  # zh or en: it has en
+    only_de = dataclasses.replace(task, name="prompt_fallback_probe_de", prompts={"de": ("Finde das Wort.",)})
+    with pytest.warns(UserWarning, match=r"'prompt_fallback_probe_de' has no zh or en prompts .*using its 'de'"):
+        assert only_de.prompt_bank("both") == ("Finde das Wort.",)

@@ -1,6 +1,7 @@
 import pytest
 
 from osum_core.task import (
+    LabelField,
     Prediction,
     Target,
     Task,
@@ -8,7 +9,6 @@ from osum_core.task import (
     normalize_target,
     normalize_transcript,
     split_suffix_tags,
-    LabelField,
     tagged_task,
 )
 from osum_core.task.contract import contract_problems, normalize_task_tag

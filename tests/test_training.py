@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
+from osum_core.config import load_config
 from osum_core.model.speech_llm import GenerationSettings
 from osum_core.train.module import SpeechLLMModule
 from osum_core.train.schedule import lr_multiplier
-from osum_core.config import load_config
 
 
 def generation(**changes) -> GenerationSettings:

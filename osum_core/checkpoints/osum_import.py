@@ -108,8 +108,8 @@ class ImportResult:
         for name, cast in self.casts.items():
             by_cast.setdefault(cast, []).append(name)
         for (before, after), names in by_cast.items():
-            parts = dict.fromkeys(name.partition(".")[0] + (".*" if "." in name else "") for name in names)
-            lines.append(f"cast to {dtype_name(after)} from {dtype_name(before)}: {len(names)} tensors ({', '.join(parts)})")
+            parts = ", ".join(dict.fromkeys(name.partition(".")[0] + (".*" if "." in name else "") for name in names))
+            lines.append(f"cast to {dtype_name(after)} from {dtype_name(before)}: {len(names)} tensors ({parts})")
         lines.extend(self.origins)
         sections = [
             ("dropped", "", [f"{key}: {reason}" for key, reason in self.dropped.items()]),
@@ -120,10 +120,8 @@ class ImportResult:
             ("notes", "", self.notes),
         ]
         if per_key:
-            sections.append(("source keys", "each checkpoint key and what became of it", [
-                f"{kind:8} {key}" + (f" -> {detail}" if kind in ("mapped", "merged") else f": {detail}" if detail else "")
-                for key, (kind, detail) in self.sources.items()
-            ]))
+            sections.append(("source keys", "each checkpoint key and what became of it",
+                             [source_line(key, kind, detail) for key, (kind, detail) in self.sources.items()]))
         for title, meaning, items in sections:
             if items:
                 lines.append(f"{title} ({len(items)}){': ' + meaning if meaning else ''}")
@@ -133,6 +131,12 @@ class ImportResult:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def source_line(key: str, kind: str, detail: str) -> str:
+    if kind in ("mapped", "merged"):
+        return f"{kind:8} {key} -> {detail}"
+    return f"{kind:8} {key}: {detail}" if detail else f"{kind:8} {key}"
 
 
 def read_osum_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -205,12 +209,14 @@ def convert_osum_state_dict(
             sources[key] = ("dropped", unused)
         elif key in ALIASES:
             aliases[key] = tensor
+            sources[key] = ("unmapped", "")  # until the tensor it aliases is seen (keeps the checkpoint's order)
         elif key.startswith(LLM_PREFIX):
             put(canonical_key("llm." + key[len(LLM_PREFIX) :]), key, tensor, (key,))
         elif key == SPEECH_TOKENS:
             # Rows speech_token_num + 0 and + 1, the table's last two, are the speech BOS and EOS.
-            rest = f"; rows [:{len(tensor) - 2}] dropped: speech-token embeddings of an unused experiment"
-            put("speech_markers", f"{key}[-2:]", tensor[-2:].clone(), (key,), " (rows [-2:]" + (rest if len(tensor) > 2 else "") + ")")
+            rest = f"; rows [:{len(tensor) - 2}], speech-token embeddings of an unused experiment, dropped"
+            detail = f" (rows [-2:]{rest if len(tensor) > 2 else ''})"
+            put("speech_markers", f"{key}[-2:]", tensor[-2:].clone(), (key,), detail)
         elif key == ADAPTER_POSITIONS:
             sources[key] = ("dropped", "sinusoid table the adapter computes (adapter.positions)")
             length, width = tensor.shape[-2:]
@@ -285,7 +291,35 @@ def encoder_config_of(state: Mapping[str, torch.Tensor], source: str, attention_
     from osum_core.model.whisper_weights import to_hf_encoder_state, whisper_config
 
     hf_state, _ = to_hf_encoder_state({k: v for k, v in state.items() if k.startswith("encoder.")}, WENET)
-    return whisper_config(hf_state, WENET, source, attention_heads)
+    # The head count is `osum import-osum --encoder-heads`: name that option, not this function's argument.
+    return whisper_config(hf_state, WENET, source, attention_heads, heads_option="--encoder-heads N")
+
+
+def settings_origins(
+    model_cfg: dict, llm_source: str, tokenizer_key: str, encoder_config, encoder_heads: int | None
+) -> list[str]:
+    """Where the settings of the imported model that infer.pt does not store came from (report lines)."""
+    llm, lora, encoder = model_cfg["llm"], model_cfg["llm"]["lora"], model_cfg["encoder"]
+    width, heads = encoder_config.d_model, encoder_config.encoder_attention_heads
+    lines = [
+        "encoder sizes: from the checkpoint's tensor shapes"
+        f" ({width} wide, {encoder_config.encoder_layers} layers, {encoder_config.num_mel_bins} mel bins)",
+        f"encoder attention heads {heads}: "
+        + ("from --encoder-heads" if encoder_heads else f"Whisper's for a {width}-wide encoder, the checkpoint does not"
+           " store it (--encoder-heads sets it)"),
+        f"encoder dtype {encoder['dtype']}: from the preset (model.encoder.dtype)",
+        f"llm config: from {llm_source} (model.llm.path); every LLM weight comes from the checkpoint",
+        f"llm dtype {llm['dtype']}: from the preset (model.llm.dtype)",
+        f"tokenizer: from {llm['tokenizer'] or llm_source} ({tokenizer_key})",
+    ]
+    if lora["enabled"]:
+        lines.append(f"lora rank {lora['rank']}: from the preset (model.llm.lora.rank), which the checkpoint's"
+                     " lora_A/lora_B shapes are checked against")
+        lines.extend(f"lora {name} {lora[name]}: from the preset (model.llm.lora.{name}), the checkpoint does not"
+                     " store it" for name in ("alpha", "dropout"))
+        lines.append(f"lora target modules {', '.join(lora['target_modules'])}: from the preset"
+                     " (model.llm.lora.target_modules), checked against the checkpoint's LoRA tensors")
+    return lines
 
 
 def import_osum_checkpoint(
@@ -295,11 +329,13 @@ def import_osum_checkpoint(
 
     `cfg` is the resolved config of the preset it was trained with (osum-7b); its ``model.llm.path`` gives
     the LLM's config and tokenizer only (infer.pt holds all LLM weights), the encoder's sizes come from the
-    checkpoint (attention heads: `encoder_heads`, else Whisper's for that width). Writes the report to ``out/import_report.txt`` too."""
+    checkpoint (attention heads: `encoder_heads`, else Whisper's for that width). Writes the report to
+    ``out/import_report.txt`` too."""
     from transformers import AutoConfig, AutoTokenizer
     from transformers.initialization import no_init_weights
 
     from osum_core.model.build import build_speech_llm
+    from osum_core.model.pretrained import pretrained
     from osum_core.checkpoints.directory import save_checkpoint_dir
     from osum_core.checkpoints.state_keys import canonical_state_dict, load_canonical_state
 
@@ -309,23 +345,27 @@ def import_osum_checkpoint(
     llm_source = model_cfg["llm"]["path"]
     if not llm_source:
         raise ValueError("model.llm.path must name the LLM OSUM was trained on (its config and tokenizer), e.g. Qwen/Qwen2-7B")
-    llm_config = AutoConfig.from_pretrained(llm_source).to_diff_dict()
+    # An id that cannot be downloaded (offline): a message naming it, its config key and the local-directory way.
+    llm_config = pretrained(AutoConfig.from_pretrained, llm_source, "model.llm.path").to_diff_dict()
     model_cfg["llm"].update(
         path=None,  # built from its config: every weight comes from the checkpoint
         model_type=llm_config.pop("model_type"),
         config={k: v for k, v in llm_config.items() if k not in ("architectures", "transformers_version", "vocab_size")},
     )
-    model_cfg["encoder"].update(path=None, config=encoder_config_of(state, source, encoder_heads).to_diff_dict())
-    tokenizer = AutoTokenizer.from_pretrained(model_cfg["llm"]["tokenizer"] or llm_source)
+    encoder_config = encoder_config_of(state, source, encoder_heads)
+    model_cfg["encoder"].update(path=None, config=encoder_config.to_diff_dict())
+    tokenizer_key = "model.llm.tokenizer" if model_cfg["llm"]["tokenizer"] else "model.llm.path"
+    tokenizer = pretrained(AutoTokenizer.from_pretrained, model_cfg["llm"]["tokenizer"] or llm_source, tokenizer_key)
     if tokenizer.pad_token_id is None:
         tokenizer.add_special_tokens({"pad_token": "[PAD]"})  # as OSUM does
     # Every weight comes from the checkpoint: skip the random initialisation (minutes for a 7B LLM on CPU).
     with no_init_weights():
         model = build_speech_llm(model_cfg, llm_config["vocab_size"], tokenizer.eos_token_id, tokenizer.pad_token_id)
     result = convert_osum_state_dict(state, canonical_state_dict(model), source)
+    result.origins = settings_origins(model_cfg, llm_source, tokenizer_key, encoder_config, encoder_heads)
     if result.missing:
         raise ValueError(f"{source}: the checkpoint lacks {len(result.missing)} tensors the model needs, "
-                         f"e.g. {result.missing[:3]}\n{result.report()}")
+                         f"e.g. {result.missing[:3]}\n{result.report(per_key=False)}")
     load_canonical_state(model, result.state, source)
     out.mkdir(parents=True, exist_ok=True)
     (out / "import_report.txt").write_text(result.report() + "\n")

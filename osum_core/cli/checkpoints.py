@@ -27,6 +27,6 @@ def cmd_import_osum(args) -> int:
 
     cfg = load_config("fit", preset_files(args.preset.split(",")), list(args.overrides))
     result = import_osum_checkpoint(Path(args.file), cfg, Path(args.out), OSUM_TASKS, args.encoder_heads)
-    print(result.report(), file=sys.stderr)
+    print(result.report(per_key=False), file=sys.stderr)  # the line for each key: in the report file only
     print(f"imported {args.file} -> {args.out} (report: {args.out}/import_report.txt)")
     return 0

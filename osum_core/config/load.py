@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
-
 from osum_configs import CONFIG_DIR
 
 # Sections whose keys are not known in advance: per-task overrides (task names come from plugins), the

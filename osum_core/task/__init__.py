@@ -7,8 +7,8 @@ data loading or Lightning.
 from osum_core.task.contract import Prediction, Target, Task, TaskMetric
 from osum_core.task.metrics import FieldsMetric, LabelMetric, TranscriptMetric
 from osum_core.task.normalize import normalize_target, normalize_transcript
-from osum_core.task.tags import suffix_label, split_suffix_tags
 from osum_core.task.tagged import LabelField, tagged_task
+from osum_core.task.tags import split_suffix_tags, suffix_label
 
 __all__ = [
     "FieldsMetric",

@@ -8,10 +8,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from osum_core.model.pretrained import pretrained
 from osum_core.data.dataset import assign_tasks, task_target
 from osum_core.data.manifest import read_manifests
 from osum_core.demo.tokenizer import train_demo_tokenizer
+from osum_core.model.pretrained import pretrained
 from osum_core.task import Target, Task
 
 

@@ -46,9 +46,8 @@ def build_trainer(section: Mapping[str, Any], run_dir: Path) -> tuple[L.Trainer,
     arguments = trainer_arguments(section)
     loggers: list[Any] = [CSVLogger(run_dir, name="", version="")]
     try:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         import tensorboard  # noqa: F401  (optional)
+        from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
     except ImportError:

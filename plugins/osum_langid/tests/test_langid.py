@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 from osum_core.cli.main import main
+from osum_core.config import load_config
 from osum_core.demo.corpus import synthesize_corpus
 from osum_core.demo.speech_synth import list_variants, synthesize
-from osum_core.config import load_config
 from osum_core.plugins import CorpusSpec, Utterance, Voice, load_tasks
 from osum_core.task import Target
 
