@@ -10,11 +10,11 @@ import torch
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from osum_core.config import fit_config, load_config
-from osum_core.model.build import build_speech_llm
-from osum_core.model.encoder import SpeechEncoder
 from osum_core.checkpoints.osum_import import convert_osum_state_dict, read_osum_checkpoint
 from osum_core.checkpoints.state_keys import canonical_state_dict, load_canonical_state
+from osum_core.config import fit_config
+from osum_core.model.build import build_speech_llm
+from osum_core.model.encoder import SpeechEncoder
 
 TINY_WHISPER = dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64, num_mel_bins=80,
                     max_source_positions=100)

@@ -173,3 +173,12 @@ def test_a_model_id_that_cannot_be_downloaded_names_the_id_and_the_key(tmp_path,
         assert result.returncode == 2, result.stderr[-2000:]
         assert f"config key '{key}': 'no-such-org/no-such-model' is not a local directory" in result.stderr
         assert "Give a local directory holding the model instead" in result.stderr
+
+
+def test_tasks_lists_the_demo_recipes_options(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "data.demo.options.<option>=value" in out and "ved: event_positions=['after']" in out
+    assert main(["tasks", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["ser"]["demo_options"] == {"content_cues": 1.0} and rows["asr"]["demo_options"] == {}

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from transformers.models.whisper.modeling_whisper import sinusoids
 
+from osum_core.checkpoints.state_keys import canonical_key
 from osum_core.model.adapter import sinusoid_table
 from osum_core.model.whisper_weights import POSITIONS, WENET
-from osum_core.checkpoints.state_keys import canonical_key
 
 ENCODER = "encoder.whisper."
 LLM_PREFIX = "llama_model."
@@ -334,10 +334,10 @@ def import_osum_checkpoint(
     from transformers import AutoConfig, AutoTokenizer
     from transformers.initialization import no_init_weights
 
-    from osum_core.model.build import build_speech_llm
-    from osum_core.model.pretrained import pretrained
     from osum_core.checkpoints.directory import save_checkpoint_dir
     from osum_core.checkpoints.state_keys import canonical_state_dict, load_canonical_state
+    from osum_core.model.build import build_speech_llm
+    from osum_core.model.pretrained import pretrained
 
     source = str(file)
     state = read_osum_checkpoint(file)

@@ -23,6 +23,7 @@ def task_rows(registry: TaskRegistry) -> list[dict]:
             "options": dict(task.options),
             "prompts": {language: len(bank) for language, bank in task.prompts.items()},
             "demo_data": task.tag in registry.recipes,
+            "demo_options": dict(registry.recipes[task.tag].options) if task.tag in registry.recipes else {},
             "package": registry.packages[task.name],
             "defined_at": registry.origins.get(task.name, "?"),
         }
@@ -58,6 +59,11 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         print("\noptions (set as tasks.<name>.<option>=value):")
         for row in with_options:
             print(f"  {row['name']}: " + ", ".join(f"{k}={v!r}" for k, v in row["options"].items()))
+    with_demo_options = [row for row in rows if row["demo_options"]]
+    if with_demo_options:
+        print("\ndemo-corpus options (set as data.demo.options.<option>=value):")
+        for row in with_demo_options:
+            print(f"  {row['name']}: " + ", ".join(f"{k}={v!r}" for k, v in row["demo_options"].items()))
     print("\ndefined at:")
     for row in rows:
         print(f"  {row['name']}: {row['defined_at']}")

@@ -147,6 +147,8 @@ def plugin_recipes(manager: pluggy.PluginManager, plugin: object) -> dict[str, D
 def origin(plugin: object) -> str:
     """Where a plugin's tasks are defined, as ``file:line`` of its ``osum_tasks`` hook."""
     function = getattr(plugin, "osum_tasks", None)
+    if function is None:
+        return "?"
     try:
         return f"{inspect.getsourcefile(function)}:{inspect.getsourcelines(function)[1]}"
     except (TypeError, OSError):

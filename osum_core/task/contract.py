@@ -129,7 +129,8 @@ class Task:
 
     def with_weights(self, **weights: float) -> Task:
         """A copy with loss/sampling weights replaced (config overrides)."""
-        return dataclasses.replace(self, **weights)
+        changes: dict[str, Any] = dict(weights)  # replace() is typed per field; these are the float ones
+        return dataclasses.replace(self, **changes)
 
     def with_options(self, **options: Any) -> Task:
         """The task configured with `options` (``tasks.<name>.<option>`` in the config); unknown names raise."""
@@ -139,7 +140,7 @@ class Task:
             raise ValueError(f"task {self.name!r} has no option {unknown[0]!r} (its options: {known})")
         if not options:
             return self
-        configured = self.configure(**options)  # type: ignore[misc]  (contract: set when options exist)
+        configured = self.configure(**options)  # type: ignore[misc]  # the contract: set when options exist
         return dataclasses.replace(configured, options={**self.options, **options})
 
 
