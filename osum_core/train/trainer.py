@@ -23,13 +23,14 @@ class StepProgressBar(TQDMProgressBar):
     rate and time left) instead of restarting each epoch against an epoch count of -1."""
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        super().on_train_epoch_start(trainer, *args)
-        if trainer.max_steps > 0:
-            bar = self.train_progress_bar
+        if trainer.max_steps <= 0:
+            return super().on_train_epoch_start(trainer, *args)
+        bar = self.train_progress_bar
+        if bar.total != trainer.max_steps:  # once: a reset each epoch would restart the rate and time left
             bar.reset(total=trainer.max_steps)
-            bar.n = trainer.global_step
             bar.unit = "step"
-            bar.set_description(f"train (epoch {trainer.current_epoch})")
+        bar.n = trainer.global_step
+        bar.set_description(f"train (epoch {trainer.current_epoch})")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if trainer.max_steps <= 0:
