@@ -123,7 +123,7 @@ def test_mixing_follows_sampling_weights_not_corpus_sizes():
 
 
 def test_dataset_items_carry_weights_and_the_chosen_ctc_target(tiny_corpus):
-    from osum_core.data.dataset import SpeechDataset
+    from osum_core.data.dataset import PlanItem, SpeechDataset
 
     tasks = {t.name: t.with_weights(label_loss_weight=2.0) if t.name == "ved" else t
              for t in load_tasks().select(["asr", "ved"])}
@@ -131,13 +131,13 @@ def test_dataset_items_carry_weights_and_the_chosen_ctc_target(tiny_corpus):
     ved_index = next(i for i, e in enumerate(examples) if e.task == "ved")
     example = examples[ved_index]
     common = dict(n_mels=80, prompt_language="en", train=True, seed=1, spec_augment=None)
-    item = SpeechDataset(examples, tasks, WordTokenizer(), ctc_target="transcript", **common)[ved_index]
+    item = SpeechDataset(tasks, WordTokenizer(), ctc_target="transcript", **common)[PlanItem(example, 0, "0")]
     n = len(example.transcript_ids)
     assert item["target_ids"].tolist() == [*example.transcript_ids, *example.suffix_ids, 1]
     assert item["target_weights"].tolist() == [1.0] * n + [2.0] * (len(example.suffix_ids) + 1)
     assert item["ctc_ids"].tolist() == list(example.transcript_ids)
     assert item["features"].shape == (example.frames, 80)
-    with_tags = SpeechDataset(examples, tasks, WordTokenizer(), ctc_target="target", **common)[ved_index]
+    with_tags = SpeechDataset(tasks, WordTokenizer(), ctc_target="target", **common)[PlanItem(example, 0, "0")]
     assert with_tags["ctc_ids"].tolist() == [*example.transcript_ids, *example.suffix_ids]
     with pytest.raises(ValueError, match="loss.ctc_target"):
-        SpeechDataset(examples, tasks, WordTokenizer(), ctc_target="labels", **common)
+        SpeechDataset(tasks, WordTokenizer(), ctc_target="labels", **common)

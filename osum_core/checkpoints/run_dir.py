@@ -10,6 +10,7 @@
     DIR/confusion.json          the classification tasks' confusion matrices on the test set
     DIR/test_predictions.jsonl  one line per test example
     DIR/report.md, report.json  the test report (as ``osum test`` writes it)
+    DIR/train_keys.jsonl        with data.log_keys: the keys of each training step and rank
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ LAST_CHECKPOINT = "last.ckpt"
 LEARNING_CURVE = "learning_curve.jsonl"
 METRICS = "metrics.json"
 TEST_PREDICTIONS = "test_predictions.jsonl"
+TRAIN_KEYS = "train_keys.jsonl"
 
 
 def find_run_checkpoint(path: Path) -> tuple[Path, Path]:

@@ -1,4 +1,5 @@
-"""``osum`` command line: ``fit``, ``test``, ``predict``, ``export``, ``import-osum``, ``tasks``, ``data synth``."""
+"""``osum`` command line: ``fit``, ``test``, ``predict``, ``export``, ``import-osum``, ``tasks``, ``data synth``,
+``data shard``, ``data check``."""
 
 from __future__ import annotations
 
@@ -149,6 +150,12 @@ def cmd_import_osum_lazy(args: argparse.Namespace) -> int:
     return cmd_import_osum(args)
 
 
+def data_commands(data: argparse._SubParsersAction, with_registry) -> None:
+    from osum_core.cli.data import add_commands
+
+    add_commands(data, with_registry)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="osum", description="Train OSUM-style speech LLMs, one plugin per task.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -224,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="settings of data.demo in configs/fit.yaml, e.g. train_per_task=200 'options.event_positions=[over]'",
     )
     synth.set_defaults(run=cmd_synth)
+    data_commands(data, with_registry)
     return parser
 
 

@@ -1,7 +1,13 @@
-"""From manifest lines to model-ready examples: task assignment, targets and token ids, features."""
+"""From manifest lines and shard entries to model-ready examples: task assignment, targets and token ids,
+features.
+
+A *record* is one utterance's label fields as a manifest line holds them (``key``, ``wav``, ``txt``,
+``task``, ...), plus ``_source`` (``file:line`` or ``shard: key``) and, for an utterance inside a tar
+shard, ``_member`` (byte offset and size of its audio in the tar named by ``wav``) and ``_frames``."""
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +19,7 @@ from torch.utils.data import Dataset
 
 from osum_core.data.audio import AudioError, load_audio
 from osum_core.data.features import HOP_LENGTH, SAMPLE_RATE, LogMel, SpecAugment
+from osum_core.data.shards import read_wav_member
 from osum_core.task import Target, Task
 
 
@@ -33,15 +40,22 @@ class PreparedExample:
     suffix_ids: tuple[int, ...]
     frames: int
     source: str
+    member: tuple[int, int] | None = None  # (offset, size) of the audio inside the tar `wav`, for shards
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """What a batch sampler hands the dataset: an example, the epoch, and its draw number in the epoch
+    (which seeds its prompt choice and SpecAugment, so a resumed or re-split run draws the same)."""
+
+    example: PreparedExample
+    epoch: int
+    draw: str
 
 
 def assign_tasks(examples: Sequence[Mapping[str, Any]], tasks: Sequence[Task]) -> tuple[list[tuple[Mapping, Task]], int]:
     """Pair each example with the first task that selects it; also return how many no task selected."""
-    pairs = []
-    for example in examples:
-        task = next((t for t in tasks if t.selects(example)), None)
-        if task is not None:
-            pairs.append((example, task))
+    pairs = [(example, task) for example in examples if (task := assign_task(example, tasks)) is not None]
     return pairs, len(examples) - len(pairs)
 
 
@@ -67,6 +81,32 @@ def task_target(example: Mapping[str, Any], task: Task) -> Target:
         raise ExampleError(f"{example_source(example)}: task {task.name}: {error}") from None
 
 
+def assign_task(record: Mapping[str, Any], tasks: Sequence[Task]) -> Task | None:
+    """The first of `tasks` that selects `record`, or None."""
+    return next((t for t in tasks if t.selects(record)), None)
+
+
+def prepare_example(record: Mapping[str, Any], task: Task, tokenizer: Any) -> PreparedExample:
+    """`task`'s target and its token ids for one record, and its length in frames (from the shard's
+    index, or the audio file's header)."""
+    source = example_source(record)
+    target = task_target(record, task)
+    frames = record.get("_frames")
+    member = record.get("_member")
+    return PreparedExample(
+        key=str(record["key"]),
+        wav=str(record["wav"]),
+        task=task.name,
+        target=target,
+        transcript_ids=tuple(tokenizer.encode(target.transcript, add_special_tokens=False)),
+        body_ids=tuple(tokenizer.encode(target.body or target.transcript, add_special_tokens=False)),
+        suffix_ids=tuple(tokenizer.encode(target.suffix, add_special_tokens=False)) if target.suffix else (),
+        frames=int(frames) if frames is not None else audio_frames(str(record["wav"]), source),
+        source=source,
+        member=tuple(member) if member is not None else None,  # type: ignore[arg-type]
+    )
+
+
 def prepare_examples(
     examples: Sequence[Mapping[str, Any]], tasks: Sequence[Task], tokenizer: Any
 ) -> tuple[list[PreparedExample], int]:
@@ -74,35 +114,26 @@ def prepare_examples(
     so a bad line fails before training rather than hours into it). Returns the examples and the number
     of lines no task selected."""
     pairs, unselected = assign_tasks(examples, tasks)
-    prepared = []
-    for example, task in pairs:
-        source = example_source(example)
-        target = task_target(example, task)
-        prepared.append(
-            PreparedExample(
-                key=str(example["key"]),
-                wav=str(example["wav"]),
-                task=task.name,
-                target=target,
-                transcript_ids=tuple(tokenizer.encode(target.transcript, add_special_tokens=False)),
-                body_ids=tuple(tokenizer.encode(target.body or target.transcript, add_special_tokens=False)),
-                suffix_ids=tuple(tokenizer.encode(target.suffix, add_special_tokens=False)) if target.suffix else (),
-                frames=audio_frames(str(example["wav"]), source),
-                source=source,
-            )
-        )
-    return prepared, unselected
+    return [prepare_example(example, task, tokenizer) for example, task in pairs], unselected
+
+
+def load_example_audio(example: PreparedExample) -> torch.Tensor:
+    """The example's waveform: from its file, or from its byte range inside a tar shard."""
+    if example.member is None:
+        return load_audio(example.wav)
+    offset, size = example.member
+    return load_audio(io.BytesIO(read_wav_member(example.wav, offset, size)), name=f"{example.wav}: key {example.key}")
 
 
 class SpeechDataset(Dataset):
-    """Map-style dataset of prepared examples: loads audio, computes features, picks a prompt.
+    """Turns the items of an epoch's plan (`PlanItem`) into tensors: loads audio, computes features, picks
+    a prompt.
 
     Training draws one prompt per example and epoch at random (seeded by seed, epoch and index, so a run
     is reproducible) and applies SpecAugment; evaluation always uses each task's first prompt."""
 
     def __init__(
         self,
-        examples: Sequence[PreparedExample],
         tasks: Mapping[str, Task],
         tokenizer: Any,
         *,
@@ -113,7 +144,6 @@ class SpeechDataset(Dataset):
         seed: int,
         ctc_target: str,
     ) -> None:
-        self.examples = list(examples)
         self.tasks = dict(tasks)
         self.eos_id = tokenizer.eos_token_id
         self.log_mel = LogMel(n_mels)
@@ -128,18 +158,14 @@ class SpeechDataset(Dataset):
             for name, task in self.tasks.items()
         }
 
-    def __len__(self) -> int:
-        return len(self.examples)
-
     def max_prompt_tokens(self, task: str) -> int:
         return max(len(p) for p in self.prompt_ids[task])
 
-    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
-        """`item` is an index, or (index, epoch) as the training batch sampler yields."""
-        index, epoch = item if isinstance(item, tuple) else (item, 0)
-        example = self.examples[index]
-        rng = random.Random(f"{self.seed}:{epoch}:{index}")
-        wave = load_audio(example.wav)
+    def __getitem__(self, item: PlanItem) -> dict[str, Any]:
+        """Features, prompt and target tensors of one item of an epoch's plan."""
+        example = item.example
+        rng = random.Random(f"{self.seed}:{item.epoch}:{item.draw}")
+        wave = load_example_audio(example)
         features = self.log_mel(wave)
         if self.spec_augment is not None:
             generator = torch.Generator().manual_seed(rng.randrange(2**31))

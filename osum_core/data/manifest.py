@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,32 +15,39 @@ class ManifestError(ValueError):
     """A manifest line that cannot be used; the message starts with ``file:line``."""
 
 
-def read_manifest(path: str | Path) -> list[dict[str, Any]]:
-    """All examples of one jsonl manifest. ``wav`` is resolved relative to the manifest's folder, and each
-    example records where it came from (``_source``: ``file:line``) so later errors can name it."""
+def parse_manifest_line(path: Path, number: int, line: str) -> dict[str, Any]:
+    """One manifest line as an example: ``wav`` resolved against the manifest's folder, ``_source`` set."""
+    where = f"{path}:{number}"
+    try:
+        example = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ManifestError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(example, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(example).__name__}")
+    missing = [f for f in REQUIRED_FIELDS if f not in example]
+    if missing:
+        raise ManifestError(f"{where}: missing field(s) {', '.join(missing)}")
+    wav = Path(str(example["wav"]))
+    example["wav"] = str(wav if wav.is_absolute() else path.parent / wav)
+    example["_source"] = where
+    return example
+
+
+def manifest_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of the manifest's non-empty lines."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
-    examples = []
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                example = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ManifestError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(example, dict):
-                raise ManifestError(f"{where}: expected a JSON object, got {type(example).__name__}")
-            missing = [f for f in REQUIRED_FIELDS if f not in example]
-            if missing:
-                raise ManifestError(f"{where}: missing field(s) {', '.join(missing)}")
-            wav = Path(str(example["wav"]))
-            example["wav"] = str(wav if wav.is_absolute() else path.parent / wav)
-            example["_source"] = where
-            examples.append(example)
-    return examples
+            if line.strip():
+                yield number, line
+
+
+def read_manifest(path: str | Path) -> list[dict[str, Any]]:
+    """All examples of one jsonl manifest. ``wav`` is resolved relative to the manifest's folder, and each
+    example records where it came from (``_source``: ``file:line``) so later errors can name it."""
+    return [parse_manifest_line(Path(path), number, line) for number, line in manifest_lines(path)]
 
 
 def read_manifests(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:

@@ -11,17 +11,25 @@ token after it; T_i is the number of target tokens and U_i the transcript length
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy
 import torch
 
 from osum_core.inference.scoring import Evaluation, Scorer
 from osum_core.model.speech_llm import GenerationSettings, SpeechLLM
 from osum_core.task import Task
 from osum_core.train.schedule import lr_multiplier
+
+
+def numpy_state_as_tensors() -> dict[str, Any]:
+    """numpy's generator state in types a ``weights_only`` load accepts (no numpy arrays)."""
+    kind, keys, *rest = numpy.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(numpy.int64)), "rest": list(rest)}
 
 
 class SpeechLLMModule(L.LightningModule):
@@ -52,6 +60,34 @@ class SpeechLLMModule(L.LightningModule):
         self.eval_loss: dict[str, float] = {}
         self._loss_sums: dict[str, list[float]] = {}
         self._started = time.monotonic()
+
+    # -- exact resume ---------------------------------------------------------------------------------
+    # Lightning's checkpoint holds weights, optimiser, schedule, loop and loader positions, but not the
+    # random generators: without them, dropout after a resume would differ from an uninterrupted run.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": numpy_state_as_tensors(),
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Applied at the first training batch, not now: restoring the loop and the loader still draws
+        # from the generators (the loader's base seed), which an uninterrupted run did before the save.
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        states, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        random.setstate(states["python"])
+        numpy_state = states["numpy"]
+        numpy.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(numpy.uint32),
+                                *numpy_state["rest"]))
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
 
     def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict:
         # Only tensors move; task names, keys and targets stay Python objects.

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from osum_core.data.dataset import assign_tasks, task_target
-from osum_core.data.manifest import read_manifests
+from osum_core.data.dataset import assign_task, task_target
+from osum_core.data.sources import split_records
 from osum_core.demo.tokenizer import train_demo_tokenizer
 from osum_core.model.pretrained import pretrained
 from osum_core.task import Target, Task
@@ -22,8 +22,9 @@ def target_tags(targets: Iterable[Target]) -> set[str]:
 
 def demo_tokenizer_for(cfg: Mapping[str, Any], tasks: Mapping[str, Task]):
     """A BPE over the training targets (each built by `task_target`, so a bad line is named) and prompts."""
-    examples, _ = assign_tasks(read_manifests(cfg["data"]["train"]), list(tasks.values()))
-    targets = [task_target(example, task) for example, task in examples]
+    selected = list(tasks.values())
+    records = split_records(cfg["data"]["train"], "data.train")
+    targets = [task_target(record, task) for record in records if (task := assign_task(record, selected)) is not None]
     prompts = [p for task in tasks.values() for p in task.prompt_bank(cfg["data"]["prompt_language"])]
     tags = target_tags(targets) | {f"<{label}>" for t in tasks.values() for label in t.labels}
     texts = [re.sub(r"<[^<>]+>", " ", t.text) for t in targets] + prompts

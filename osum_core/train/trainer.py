@@ -13,8 +13,9 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from osum_core.checkpoints.run_dir import CHECKPOINT_DIR, LEARNING_CURVE
+from osum_core.checkpoints.run_dir import CHECKPOINT_DIR, LEARNING_CURVE, TRAIN_KEYS
 from osum_core.config import trainer_arguments
+from osum_core.train.key_log import KeyLog
 from osum_core.train.learning_curve import LearningCurve
 
 
@@ -42,8 +43,11 @@ class StepProgressBar(TQDMProgressBar):
             bar.refresh()
 
 
-def build_trainer(section: Mapping[str, Any], run_dir: Path) -> tuple[L.Trainer, LearningCurve]:
-    """The Trainer for `section` (the ``trainer:`` config) writing into `run_dir`, and its learning curve."""
+def build_trainer(section: Mapping[str, Any], run_dir: Path, checkpoint_every: int | None = None,
+                  log_keys: bool = False) -> tuple[L.Trainer, LearningCurve]:
+    """The Trainer for `section` (the ``trainer:`` config) writing into `run_dir`, and its learning curve.
+    `checkpoint_every` (``checkpoint.every_n_steps``) also writes last.ckpt every that many steps;
+    `log_keys` (``data.log_keys``) writes the keys of every step (`KeyLog`)."""
     arguments = trainer_arguments(section)
     loggers: list[Any] = [CSVLogger(run_dir, name="", version="")]
     try:
@@ -56,11 +60,16 @@ def build_trainer(section: Mapping[str, Any], run_dir: Path) -> tuple[L.Trainer,
     # The CSV log lives in the run directory itself, which osum has already written config.yaml into.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     # One last.ckpt per run directory, also when a copied or resumed run writes it again.
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / CHECKPOINT_DIR, save_last=True, save_top_k=0, enable_version_counter=False
-    )
+    # At each epoch's end and the run's (Lightning's default), and every N steps by a second callback
+    # (one ModelCheckpoint takes steps or epochs, not both); both write the same last.ckpt.
+    where = dict(dirpath=run_dir / CHECKPOINT_DIR, save_last=True, save_top_k=0, enable_version_counter=False)
+    callbacks: list[L.Callback] = [ModelCheckpoint(**where)]
+    if checkpoint_every:
+        callbacks.append(ModelCheckpoint(**where, every_n_train_steps=checkpoint_every))
     curve = LearningCurve(run_dir / LEARNING_CURVE)
-    callbacks: list[L.Callback] = [checkpoints, curve]
+    callbacks.append(curve)
+    if log_keys:
+        callbacks.append(KeyLog(run_dir / TRAIN_KEYS))
     if arguments.get("enable_progress_bar", True):
         callbacks.append(StepProgressBar())
     trainer = L.Trainer(**arguments, default_root_dir=run_dir, logger=loggers, callbacks=callbacks)

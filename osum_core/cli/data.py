@@ -1,0 +1,59 @@
+"""``osum data shard`` and ``osum data check``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tqdm import tqdm
+
+from osum_core.data.check import check_data
+from osum_core.data.manifest import manifest_lines
+from osum_core.data.sharding import shard_manifests
+from osum_core.plugins import TaskRegistry
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    total = sum(1 for manifest in args.manifests for _ in manifest_lines(manifest))
+    with tqdm(total=total, unit="utt", desc="sharding", disable=args.quiet) as bar:
+        list_file = shard_manifests(args.manifests, args.out_dir, args.per_shard, progress=bar.update)
+    shards = list_file.read_text(encoding="utf-8").split()
+    print(json.dumps({"list": str(list_file), "shards": len(shards), "utterances": total}))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, registry: TaskRegistry) -> int:
+    tasks = registry.select(args.tasks.split(","))
+    with tqdm(unit="utt", desc="checking", disable=args.quiet) as bar:
+        report = check_data(args.path, tasks, progress=bar.update)
+    summary = report.to_json()
+    if args.json:
+        print(json.dumps({**summary, "error_list": report.errors}, indent=2, ensure_ascii=False))
+    else:
+        print(f"{args.path}: {summary['items']} items, {summary['hours']} h, "
+              f"{summary['unselected']} not taken by any selected task, {summary['errors']} errors")
+        for name, count in summary["tasks"].items():
+            labels = summary["labels"].get(name)
+            detail = ", ".join(f"{label or '-'} {n}" for label, n in labels.items()) if labels else ""
+            print(f"  {name}: {count}" + (f"  ({detail})" if detail else ""))
+        print("  durations: " + ", ".join(f"{b} {n}" for b, n in summary["durations"].items()))
+        for error in report.errors:
+            print(f"error: {error}", file=sys.stderr)
+    return 1 if report.errors else 0
+
+
+def add_commands(data: argparse._SubParsersAction, with_registry) -> None:
+    shard = data.add_parser("shard", help="jsonl manifests -> OSUM/WeNet tar shards, OUT_DIR/shards.list and the index")
+    shard.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    shard.add_argument("out_dir", metavar="OUT_DIR")
+    shard.add_argument("--per-shard", type=int, default=1000, help="utterances per shard (default 1000, as OSUM)")
+    shard.add_argument("--quiet", action="store_true", help="no progress bar")
+    shard.set_defaults(run=cmd_shard)
+
+    check = data.add_parser("check", help="read every item of a manifest, shard list or mixture; exit 1 on errors")
+    check.add_argument("path", help="a manifest (.jsonl), shard list (.list) or mixture (.yaml)")
+    check.add_argument("--tasks", default="all", help="tasks that form the targets (default: all installed)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON (errors included)")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.set_defaults(run=with_registry(cmd_check))

@@ -1,0 +1,87 @@
+"""Exact resume: an `osum fit` killed with SIGKILL in the middle of an epoch and continued with --resume
+trains the same keys at every step and ends with the same weights as a run never interrupted, for
+manifests and for shards, with two dataloader workers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, data_args
+
+from osum_core.cli.main import main
+
+pytestmark = pytest.mark.slow
+
+STEPS = 10
+RESUMABLE = [
+    *[a for a in TINY if not a.startswith(("trainer.max_steps", "data.num_workers", "trainer.val_check_interval"))],
+    f"trainer.max_steps={STEPS}", "trainer.val_check_interval=1000", "trainer.limit_val_batches=0",
+    "data.num_workers=2", "data.max_frames=900", "checkpoint.every_n_steps=4", "data.log_keys=true",
+    "threads=1",
+]
+
+
+def fit_command(out: Path, train: str, corpus: Path, *extra: str) -> list[str]:
+    args = [a if not a.startswith("data.train=") else f"data.train={train}" for a in data_args(corpus)]
+    return [sys.executable, "-m", "osum_core.cli.main", "fit", "--tasks", "asr,ved", "--out", str(out),
+            *args, *RESUMABLE, *extra]
+
+
+def key_log(run: Path) -> dict[int, list[str]]:
+    lines = [json.loads(x) for x in (run / "train_keys.jsonl").read_text().splitlines()]
+    steps = [x["step"] for x in lines]
+    assert steps == sorted(set(steps)), "each step is logged once, in order"
+    return {x["step"]: x["keys"] for x in lines}
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def kill_after_step(command: list[str], run: Path, step: int) -> None:
+    """Start `command` and SIGKILL it once the key log holds `step` (past the step-4 checkpoint)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    log = run / "train_keys.jsonl"
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and any(json.loads(x)["step"] >= step for x in log.read_text().splitlines() if x.strip()):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, f"the run ended before step {step}: {process.stderr.read().decode()[-2000:]}"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.parametrize("kind", ["manifest", "shards"])
+def test_a_killed_run_resumes_exactly(kind, tiny_corpus, tmp_path):
+    train = str(tiny_corpus / "train.jsonl")
+    if kind == "shards":
+        assert main(["data", "shard", train, str(tmp_path / "shards"), "--per-shard", "6", "--quiet"]) == 0
+        train = str(tmp_path / "shards" / "shards.list")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(fit_command(whole, train, tiny_corpus), check=True, capture_output=True)
+
+    kill_after_step(fit_command(killed, train, tiny_corpus), killed, step=6)
+    checkpoint = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 4
+    fit_loop = checkpoint["loops"]["fit_loop"]
+    assert not fit_loop["epoch_loop.batch_progress"]["is_last_batch"]  # killed in the middle of the epoch
+    loader = fit_loop["state_dict"]["combined_loader"][0]["_snapshot"]["_main_snapshot"]
+    assert loader["_num_workers"] == 2 and loader["_sampler_iter_yielded"] == 4  # the data position is saved
+    resumed = subprocess.run(fit_command(killed, train, tiny_corpus, "--resume", str(killed)), capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+
+    expected, got = key_log(whole), key_log(killed)
+    assert sorted(expected) == list(range(1, STEPS + 1))
+    assert got == expected  # no item skipped or repeated at any step
+    a, b = weights(whole), weights(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert json.loads((killed / "metrics.json").read_text()) == json.loads((whole / "metrics.json").read_text())
