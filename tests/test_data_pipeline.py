@@ -1,5 +1,4 @@
 import json
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ from osum_core.data.audio import AudioError, load_audio
 from osum_core.data.batching import duration_batches
 from osum_core.data.dataset import ExampleError, prepare_examples
 from osum_core.data.manifest import ManifestError, read_manifest
-from osum_core.data.task_mixing import mix_tasks
 from osum_core.plugins import load_tasks
 
 
@@ -109,19 +107,6 @@ def test_an_oversized_example_gets_a_batch_of_its_own():
     assert duration_batches([10, 5000, 10], [1, 1, 1], max_frames=100, max_tokens=100) == [[0, 2], [1]]
 
 
-def test_mixing_follows_sampling_weights_not_corpus_sizes():
-    tasks = ["asr"] * 900 + ["ved"] * 100
-    order = mix_tasks(tasks, {"asr": 1.0, "ved": 1.0}, seed=0)
-    counts = Counter(tasks[i] for i in order)
-    assert counts == {"asr": 500, "ved": 500}
-    order = mix_tasks(tasks, {"asr": 3.0, "ved": 1.0}, seed=0)
-    assert Counter(tasks[i] for i in order) == {"asr": 750, "ved": 250}
-    order = mix_tasks(tasks, {"asr": 1.0, "ved": 0.0}, seed=0)
-    assert Counter(tasks[i] for i in order) == {"asr": 1000}
-    with pytest.raises(ValueError, match="weight 0"):
-        mix_tasks(tasks, {"asr": 0.0, "ved": 0.0}, seed=0)
-
-
 def test_dataset_items_carry_weights_and_the_chosen_ctc_target(tiny_corpus):
     from osum_core.data.dataset import PlanItem, SpeechDataset
 
@@ -141,3 +126,29 @@ def test_dataset_items_carry_weights_and_the_chosen_ctc_target(tiny_corpus):
     assert with_tags["ctc_ids"].tolist() == [*example.transcript_ids, *example.suffix_ids]
     with pytest.raises(ValueError, match="loss.ctc_target"):
         SpeechDataset(tasks, WordTokenizer(), ctc_target="labels", **common)
+
+
+def test_buckets_group_by_duration_each_with_its_own_batch_size():
+    from osum_core.data.batching import bucketed_batches, check_buckets
+
+    frames = [150, 480, 520, 1400, 2900, 100, 300, 1200] * 5  # 1.5 s ... 29 s
+    buckets = [{"max_seconds": 5, "batch_size": 3}, {"max_seconds": 15, "batch_size": 2}, {"max_seconds": 30, "batch_size": 1}]
+    budget = {"max_frames": 10**6, "max_tokens": 10**6, "buckets": buckets}
+    batches = bucketed_batches(frames, [10] * len(frames), budget, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(frames)))
+    for batch in batches:
+        longest = max(frames[i] for i in batch)
+        size = 3 if longest <= 500 else 2 if longest <= 1500 else 1
+        assert len(batch) <= size and all((frames[i] <= 500) == (longest <= 500) for i in batch)
+    assert bucketed_batches(frames, [10] * len(frames), budget, seed=3) == batches
+    with pytest.raises(ValueError, match=r"data.buckets\[1\]: max_seconds must rise"):
+        check_buckets([{"max_seconds": 5}, {"max_seconds": 5}])
+    with pytest.raises(ValueError, match=r"data.buckets\[0\]: unknown key\(s\) size"):
+        check_buckets([{"max_seconds": 5, "size": 2}])
+
+
+def test_buckets_are_a_config_key(tiny_corpus):
+    from osum_core.config import fit_config
+
+    cfg = fit_config(overrides=["data.buckets=[{max_seconds: 2, batch_size: 2}, {max_seconds: 30, batch_size: 4}]"])
+    assert cfg["data"]["buckets"][1] == {"max_seconds": 30, "batch_size": 4}

@@ -82,6 +82,12 @@ def test_task_weights_share_a_source_and_plain_lists_are_one_source(tiny_corpus)
     plan = plan_for(str(tiny_corpus / "train.jsonl"), weights={"asr": 0.5})
     shares = Counter(item.example.task for item in epoch_items(plan))
     assert shares == {"asr": 16, "ved": 32}  # 48 items, asr : ved = 0.5 : 1
+    equal = Counter(item.example.task for item in epoch_items(plan_for(str(tiny_corpus / "train.jsonl"))))
+    assert equal == {"asr": 24, "ved": 24}
+    assert set(Counter(i.example.task for i in epoch_items(plan_for(str(tiny_corpus / "train.jsonl"),
+                                                                     weights={"ved": 0.0})))) == {"asr"}
+    with pytest.raises(ValueError, match="weight 0"):
+        epoch_items(plan_for(str(tiny_corpus / "train.jsonl"), weights={"asr": 0.0, "ved": 0.0}))
     both = plan_for([str(tiny_corpus / "train.jsonl"), str(tiny_corpus / "dev.jsonl")])
     assert len(both.sources) == 1 and sum(1 for _ in epoch_items(both)) == 48 + 12
 

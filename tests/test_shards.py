@@ -145,3 +145,12 @@ def test_osum_data_check_reports_counts_and_every_broken_item(sharded, tiny_corp
     assert f"{broken}:2: not valid JSON" in err
     assert f"{broken}:3: task ved" in err
     assert f"{broken}:4" in err and "empty.wav" in err
+
+
+def test_osum_test_scores_shards_as_it_scores_their_manifest(run_dir, tiny_corpus, tmp_path):
+    assert main(["data", "shard", str(tiny_corpus / "test.jsonl"), str(tmp_path / "s"), "--per-shard", "5", "--quiet"]) == 0
+    common = ["test", "--ckpt", str(run_dir), "--tasks", "asr,ved", "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "from_manifest"), f"data.test={tiny_corpus / 'test.jsonl'}"]) == 0
+    assert main([*common, "--out", str(tmp_path / "from_shards"), f"data.test={tmp_path / 's' / 'shards.list'}"]) == 0
+    read = lambda name: json.loads((tmp_path / name / "metrics.json").read_text())  # noqa: E731
+    assert read("from_shards") == read("from_manifest")

@@ -43,6 +43,31 @@ def cmd_check(args: argparse.Namespace, registry: TaskRegistry) -> int:
     return 1 if report.errors else 0
 
 
+def cmd_batch_sizes(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from osum_core.config import fit_config, to_yaml
+    from osum_core.train.batch_sizes import find_batch_sizes, parse_bytes
+
+    cfg = fit_config(args.preset, args.stage, args.config, list(args.overrides))
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    seconds = [float(x) for x in args.buckets.split(",")]
+    cap = parse_bytes(args.memory_cap) if args.memory_cap else None
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731  (stdout carries the YAML)
+    buckets = find_batch_sizes(cfg, seconds, device, cap, args.prompt_tokens, args.target_tokens, args.safety,
+                               args.limit, log)
+    text = to_yaml({"data": {"buckets": buckets}})
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        log(f"wrote {args.out}: train with --config {args.out}")
+    print(text, end="")
+    return 0
+
+
 def add_commands(data: argparse._SubParsersAction, with_registry) -> None:
     shard = data.add_parser("shard", help="jsonl manifests -> OSUM/WeNet tar shards, OUT_DIR/shards.list and the index")
     shard.add_argument("manifests", nargs="+", metavar="MANIFEST")
@@ -57,3 +82,18 @@ def add_commands(data: argparse._SubParsersAction, with_registry) -> None:
     check.add_argument("--json", action="store_true", help="print the report as JSON (errors included)")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     check.set_defaults(run=with_registry(cmd_check))
+
+    sizes = data.add_parser("batch-sizes", help="the largest batch per duration bucket that trains on this device")
+    sizes.add_argument("--preset", action="append", default=[], help="model preset, as for osum fit")
+    sizes.add_argument("--stage", action="append", default=[], help="stage, as for osum fit")
+    sizes.add_argument("--config", action="append", default=[], help="YAML merged over the defaults, as for osum fit")
+    sizes.add_argument("--buckets", default="5,10,20,30", help="bucket edges in seconds (default 5,10,20,30)")
+    sizes.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default auto)")
+    sizes.add_argument("--memory-cap", help="e.g. 8GB: the most a step may use (needed on CPU; optional on GPU)")
+    sizes.add_argument("--prompt-tokens", type=int, default=40, help="prompt length of the trial batch (default 40)")
+    sizes.add_argument("--target-tokens", type=int, default=64, help="target length of the trial batch (default 64)")
+    sizes.add_argument("--safety", type=float, default=0.9, help="configured size = largest x this (default 0.9)")
+    sizes.add_argument("--limit", type=int, default=4096, help="largest batch size tried (default 4096)")
+    sizes.add_argument("--out", help="also write the data.buckets keys to this YAML (use it as --config FILE)")
+    sizes.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for osum fit")
+    sizes.set_defaults(run=cmd_batch_sizes)

@@ -11,7 +11,8 @@ import torch
 
 from osum_core.checkpoints.directory import load_checkpoint
 from osum_core.config import ConfigError, configured_tasks
-from osum_core.data.manifest import read_manifest, read_manifests
+from osum_core.data.manifest import read_manifest
+from osum_core.data.sources import split_records
 from osum_core.demo.prepare import resolve_demo_data
 from osum_core.inference.evaluate import evaluate
 from osum_core.inference.predict import DecodeStats, Request, predict
@@ -96,7 +97,7 @@ def cmd_test(args, registry: TaskRegistry) -> int:
     settings = GenerationSettings(**cfg["eval"]["generation"])
     with transcript_normalizer(cfg["eval"]["normalizer"]):
         evaluation = evaluate(
-            loaded.model, loaded.tokenizer, tasks, read_manifests(manifests), settings,
+            loaded.model, loaded.tokenizer, tasks, list(split_records(manifests, "data.test")), settings,
             prompt_language=data["prompt_language"], n_mels=data["n_mels"], batch_size=batch_size, device=device,
             progress=True,
         )

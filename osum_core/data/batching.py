@@ -1,10 +1,18 @@
 """Dynamic batching by duration: each batch holds as many utterances as fit a budget of padded frames and
-padded tokens (OSUM: 3900 frames / 1900 tokens), instead of a fixed count."""
+padded tokens (OSUM: 3900 frames / 1900 tokens), instead of a fixed count.
+
+With buckets (``data.buckets``), utterances are first grouped by duration, and each bucket has its own
+budget or a fixed batch size (what ``osum data batch-sizes`` measures on the device): a list of
+``{max_seconds: s, batch_size: n}`` or ``{max_seconds: s, max_frames: f, max_tokens: t}``, in rising
+``max_seconds``; an utterance goes to the first bucket it fits, and a longer one to the last."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+FRAMES_PER_SECOND = 100  # log-mel frames (10 ms hop)
 
 
 def duration_batches(
@@ -15,6 +23,7 @@ def duration_batches(
     order: Sequence[int] | None = None,
     sort_window: int = 500,
     seed: int | None = None,
+    max_items: int | None = None,
 ) -> list[list[int]]:
     """Group example indices into batches whose padded size stays within both budgets.
 
@@ -22,7 +31,8 @@ def duration_batches(
     the sequence of example indices to batch (default: all, in order; repeats allowed). Within windows of
     `sort_window` consecutive indices, examples are sorted by length so that batches waste little padding;
     with a `seed`, the batch order is shuffled (a training epoch), otherwise it is kept (evaluation). An
-    example larger than a budget on its own gets a batch of its own rather than being dropped."""
+    example larger than a budget on its own gets a batch of its own rather than being dropped. `max_items`
+    caps the number of examples in a batch as well."""
     order = list(range(len(frames))) if order is None else list(order)
     batches: list[list[int]] = []
     for start in range(0, len(order), max(sort_window, 1)):
@@ -33,7 +43,8 @@ def duration_batches(
             grown_frames = max(longest_frames, frames[index])
             grown_tokens = max(longest_tokens, tokens[index])
             size = len(batch) + 1
-            if batch and (grown_frames * size > max_frames or grown_tokens * size > max_tokens):
+            full = max_items is not None and size > max_items
+            if batch and (full or grown_frames * size > max_frames or grown_tokens * size > max_tokens):
                 batches.append(batch)
                 batch, grown_frames, grown_tokens = [], frames[index], tokens[index]
             batch.append(index)
@@ -43,3 +54,61 @@ def duration_batches(
     if seed is not None:
         random.Random(seed).shuffle(batches)
     return batches
+
+
+def bucket_of(frames: int, buckets: Sequence[Mapping[str, Any]]) -> int:
+    """The index of the first bucket whose ``max_seconds`` holds `frames` (10 ms each); the last otherwise."""
+    for index, bucket in enumerate(buckets):
+        if frames <= float(bucket["max_seconds"]) * FRAMES_PER_SECOND:
+            return index
+    return len(buckets) - 1
+
+
+def bucketed_batches(
+    frames: Sequence[int],
+    tokens: Sequence[int],
+    budget: Mapping[str, Any],
+    seed: int | None = None,
+) -> list[list[int]]:
+    """`duration_batches` per duration bucket of ``budget["buckets"]`` (or one budget when there are none);
+    with a `seed` the batches of all buckets are shuffled together."""
+    buckets = budget.get("buckets") or []
+    if not buckets:
+        return duration_batches(frames, tokens, budget["max_frames"], budget["max_tokens"], sort_window=len(frames) or 1,
+                                seed=seed)
+    groups: dict[int, list[int]] = {}
+    for index, length in enumerate(frames):
+        groups.setdefault(bucket_of(length, buckets), []).append(index)
+    batches: list[list[int]] = []
+    for number in sorted(groups):
+        bucket = buckets[number]
+        batches += duration_batches(
+            frames, tokens,
+            int(bucket.get("max_frames") or budget["max_frames"]), int(bucket.get("max_tokens") or budget["max_tokens"]),
+            order=groups[number], sort_window=len(groups[number]), max_items=bucket.get("batch_size"),
+        )
+    if seed is not None:
+        random.Random(seed).shuffle(batches)
+    return batches
+
+
+def check_buckets(buckets: Any, key: str = "data.buckets") -> None:
+    """Reject a bucket list that is not in rising ``max_seconds`` or names unknown keys."""
+    if not buckets:
+        return
+    if not isinstance(buckets, list):
+        raise ValueError(f"{key}: a list of {{max_seconds: s, batch_size: n}} or {{max_seconds, max_frames, max_tokens}}")
+    previous = 0.0
+    for number, bucket in enumerate(buckets):
+        where = f"{key}[{number}]"
+        if not isinstance(bucket, Mapping) or "max_seconds" not in bucket:
+            raise ValueError(f"{where}: needs max_seconds")
+        unknown = set(bucket) - {"max_seconds", "batch_size", "max_frames", "max_tokens"}
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: max_seconds, batch_size, "
+                             "max_frames, max_tokens")
+        if float(bucket["max_seconds"]) <= previous:
+            raise ValueError(f"{where}: max_seconds must rise from bucket to bucket")
+        if bucket.get("batch_size") is not None and int(bucket["batch_size"]) < 1:
+            raise ValueError(f"{where}: batch_size must be at least 1")
+        previous = float(bucket["max_seconds"])

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from osum_core.data.batching import duration_batches
+from osum_core.data.batching import bucketed_batches
 from osum_core.data.dataset import PlanItem, PreparedExample, assign_task, prepare_example
 from osum_core.data.length_index import shard_entries
 from osum_core.task import Task
@@ -77,7 +77,7 @@ class EpochPlan:
     tasks: Sequence[Task]
     tokenizer: Any
     length: Callable[[PreparedExample], int]  # LLM sequence length of an example (the token budget)
-    budget: Mapping[str, int]  # max_frames, max_tokens, sort_window
+    budget: Mapping[str, Any]  # max_frames, max_tokens, sort_window, buckets
     shuffle_buffer: int
     task_weights: Mapping[str, float] | None
     seed: int
@@ -216,9 +216,8 @@ class EpochPlan:
         lengths: list[int] = []
 
         def cut() -> Iterator[list[PlanItem]]:
-            batches = duration_batches(
-                [item.example.frames for item in window], lengths,
-                self.budget["max_frames"], self.budget["max_tokens"], sort_window=len(window),
+            batches = bucketed_batches(
+                [item.example.frames for item in window], lengths, self.budget,
                 seed=rng.randrange(1 << 30) if self.training else None,
             )
             for batch in batches:

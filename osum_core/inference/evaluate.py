@@ -1,4 +1,4 @@
-"""Evaluating a checkpoint on manifests (``osum test``): the same batched decoding as ``osum predict``, each
+"""Evaluating a checkpoint on manifests or shards (``osum test``): the same batched decoding as ``osum predict``, each
 task's own parser and metric, and per-example scores for the report's worst examples.
 
 Each example gets its task's first prompt of the configured bank (a fixed prompt, as at validation), so a
@@ -36,7 +36,9 @@ def evaluate(
     requests, targets = [], []
     for example, task in pairs:
         targets.append(task_target(example, task))
-        requests.append(Request(str(example["key"]), str(example["wav"]), task, prompts[task.name]))
+        member = example.get("_member")
+        requests.append(Request(str(example["key"]), str(example["wav"]), task, prompts[task.name],
+                                tuple(member) if member is not None else None))
     stats = DecodeStats()
     scorer = Scorer(tasks)
     answers = decode_batches(
@@ -46,5 +48,5 @@ def evaluate(
     decoded = dict(answers)  # decoding goes longest first; rows follow the manifests
     for index, request in enumerate(requests):
         answer = decoded[index]
-        scorer.add(request.task.name, request.key, answer.text, targets[index], request.file, answer.prediction)
+        scorer.add(request.task.name, request.key, answer.text, targets[index], request.where, answer.prediction)
     return scorer.evaluation(prompts, stats, unselected)

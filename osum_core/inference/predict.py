@@ -7,6 +7,7 @@ back in input order.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 from osum_core.data.audio import AudioError, load_audio
 from osum_core.data.collate import pad
 from osum_core.data.features import SAMPLE_RATE, LogMel
+from osum_core.data.shards import read_wav_member
 from osum_core.model.speech_llm import GenerationSettings, SpeechLLM
 from osum_core.task import Prediction, Task
 
@@ -31,6 +33,15 @@ class Request:
     file: str
     task: Task | None
     prompt: str
+    member: tuple[int, int] | None = None  # (offset, size) of the audio inside the tar `file` (shards)
+
+    def audio(self) -> io.BytesIO | str:
+        """What `load_audio` and `soundfile.info` read: the file, or the shard member's bytes."""
+        return self.file if self.member is None else io.BytesIO(read_wav_member(self.file, *self.member))
+
+    @property
+    def where(self) -> str:
+        return self.file if self.member is None else f"{self.file}: key {self.key}"
 
 
 @dataclass
@@ -71,11 +82,11 @@ class DecodeStats:
         return self.decode_seconds / self.audio_seconds if self.audio_seconds else 0.0
 
 
-def audio_duration(path: str) -> float:
+def audio_duration(request: Request) -> float:
     try:
-        info = soundfile.info(path)
+        info = soundfile.info(request.audio())
     except (OSError, RuntimeError, soundfile.LibsndfileError):
-        raise AudioError(f"{path}: audio file is missing or unreadable") from None
+        raise AudioError(f"{request.where}: audio file is missing or unreadable") from None
     return info.frames / info.samplerate
 
 
@@ -98,7 +109,7 @@ def decode_batches(
     log_mel = LogMel(n_mels)
     prompt_ids = {}
     # Sorted by the length in the file header; audio is read a batch at a time.
-    durations = [audio_duration(r.file) for r in requests]
+    durations = [audio_duration(r) for r in requests]
     order = sorted(range(len(requests)), key=lambda i: -durations[i])
     stats = stats if stats is not None else DecodeStats()
     bar = None
@@ -108,7 +119,7 @@ def decode_batches(
         bar = tqdm(total=len(order), desc="decoding", unit="utt", dynamic_ncols=True)
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
-        waves = {i: load_audio(requests[i].file) for i in chosen}
+        waves = {i: load_audio(requests[i].audio(), name=requests[i].where) for i in chosen}
         features, feature_lengths = pad([log_mel(waves[i]) for i in chosen], 0.0)
         prompts = []
         for i in chosen:

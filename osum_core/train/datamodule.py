@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from osum_core.data.batching import check_buckets
 from osum_core.data.dataset import PreparedExample, SpeechDataset, prepare_examples
 from osum_core.data.epoch_plan import EpochPlan, Piece, PlanSource
 from osum_core.data.features import SpecAugment
@@ -35,6 +36,7 @@ class SpeechDataModule(L.LightningDataModule):
         """`sequence_length(frames, prompt_tokens, target_tokens, frames_per_step)`: the LLM sequence length
         of an example, as the model lays it out (`SpeechLLM.sequence_length`)."""
         super().__init__()
+        check_buckets(cfg["buckets"])
         self.ctc_target = ctc_target
         self.sequence_length = sequence_length
         self.cfg = dict(cfg)
@@ -75,7 +77,7 @@ class SpeechDataModule(L.LightningDataModule):
             training = split == "train"
             self.plans[split] = EpochPlan(
                 sources, tasks, self.tokenizer, self.example_length,
-                {k: self.cfg[k] for k in ("max_frames", "max_tokens", "sort_window")}, self.cfg["shuffle_buffer"],
+                {k: self.cfg[k] for k in ("max_frames", "max_tokens", "sort_window", "buckets")}, self.cfg["shuffle_buffer"],
                 {name: task.sampling_weight for name, task in self.tasks.items()} if training else None, self.seed,
             )
             self.unselected[split] = unselected
