@@ -9,6 +9,7 @@ count), so Lightning does not prefetch a batch whose position would then be lost
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from osum_core.data.collate import collate_examples
 from osum_core.data.dataset import PlanItem
 from osum_core.data.epoch_plan import EpochPlan
+
+# torchdata 0.11 calls a torch API that torch 2.14 deprecates, on every loader; nothing for users to act on.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 
 
 class EpochCounter:
