@@ -40,7 +40,8 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_CONFIG).write_text(to_yaml(cfg))
     (run_dir / TASKS_FILE).write_text(json.dumps(list(tasks)) + "\n")
-    trainer, curve = build_trainer(cfg["trainer"], run_dir, cfg["checkpoint"]["every_n_steps"], cfg["data"]["log_keys"])
+    trainer, curve = build_trainer(cfg["trainer"], run_dir, cfg["checkpoint"]["every_n_steps"], cfg["data"]["log_keys"],
+                                   cfg["deepspeed"])
     curve.path.unlink(missing_ok=True)
 
     L.seed_everything(cfg["seed"], workers=True, verbose=False)

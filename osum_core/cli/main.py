@@ -101,7 +101,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         overrides.append(f"init={args.init}")
     if args.resume:
         overrides.append(f"resume={args.resume}")
-    cfg = fit_config(args.preset, args.stage, args.config, overrides)
+    cfg = fit_config(args.preset, args.stage, args.config, overrides, args.strategy)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", action="append", default=[], help="configs/presets/NAME.yaml (e.g. osum-7b; default: demo)"
     )
     fit.add_argument("--stage", action="append", default=[], help="configs/stages/NAME.yaml, after the preset")
+    fit.add_argument("--strategy", action="append", default=[],
+                     help="configs/strategies/NAME.yaml: ddp, fsdp2, deepspeed_zero2 (or set trainer.strategy=NAME)")
     fit.add_argument("--config", action="append", default=[], help="a YAML file merged over the defaults (repeatable)")
     fit.add_argument("--init", help="osum checkpoint directory to start from (same as init=DIR)")
     fit.add_argument("--resume", help="continue a run: its directory or a .ckpt (same as resume=PATH)")

@@ -91,10 +91,10 @@ def _merge(cfg: DictConfig, other: DictConfig, origin: str) -> DictConfig:
         raise ConfigError(f"bad value in {origin}: {error.msg} (key '{error.full_key}')") from None
 
 
-def preset_files(presets: Sequence[str], stages: Sequence[str] = ()) -> list[Path]:
-    """configs/presets/<name>.yaml and configs/stages/<name>.yaml, in that order."""
+def preset_files(presets: Sequence[str], stages: Sequence[str] = (), strategies: Sequence[str] = ()) -> list[Path]:
+    """configs/presets/<name>.yaml, configs/stages/<name>.yaml and configs/strategies/<name>.yaml, in that order."""
     files = []
-    for folder, names in (("presets", presets), ("stages", stages)):
+    for folder, names in (("presets", presets), ("stages", stages), ("strategies", strategies)):
         for name in names:
             path = CONFIG_DIR / folder / f"{name}.yaml"
             if not path.is_file():
@@ -137,12 +137,13 @@ def load_config(name: str = "fit", files: Sequence[str | Path] = (), overrides: 
 
 
 def fit_config(
-    presets: Sequence[str] = (), stages: Sequence[str] = (), files: Sequence[str | Path] = (), overrides: Sequence[str] = ()
+    presets: Sequence[str] = (), stages: Sequence[str] = (), files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
+    strategies: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The config of an ``osum fit`` run: defaults, the presets (the demo preset when none is named), the
-    stages, the user's files, the overrides."""
+    stages, the strategy presets, the user's files, the overrides."""
     chosen = list(presets) or [DEFAULT_PRESET]
-    return load_config("fit", [*preset_files(chosen, stages), *files], overrides)
+    return load_config("fit", [*preset_files(chosen, stages, strategies), *files], overrides)
 
 
 def to_yaml(cfg: dict[str, Any]) -> str:

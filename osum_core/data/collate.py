@@ -16,7 +16,8 @@ def pad(tensors: Sequence[torch.Tensor], value: float) -> tuple[torch.Tensor, to
 
 def collate_examples(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Right-padded tensors with their lengths. Keys: features [B,T,M], feature_lengths, prompt_ids,
-    prompt_lengths, target_ids, target_lengths, target_weights, ctc_ids, ctc_lengths; tasks, keys, targets (lists)."""
+    prompt_lengths, target_ids, target_lengths, target_weights, ctc_ids, ctc_lengths; tasks, keys, targets (lists);
+    in training also step_tokens and step_items (ints: the loss's normaliser, see `PlanBatchSampler`)."""
     batch: dict[str, Any] = {
         "tasks": [i["task"] for i in items],
         "keys": [i["key"] for i in items],
@@ -26,4 +27,6 @@ def collate_examples(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for name in ("prompt_ids", "target_ids", "ctc_ids"):
         batch[name], batch[name.replace("_ids", "_lengths")] = pad([i[name] for i in items], 0)
     batch["target_weights"], _ = pad([i["target_weights"] for i in items], 0.0)
+    if items and items[0].get("step_tokens"):
+        batch["step_tokens"], batch["step_items"] = items[0]["step_tokens"], items[0]["step_items"]
     return batch

@@ -51,6 +51,10 @@ class PlanItem:
     example: PreparedExample
     epoch: int
     draw: str
+    # Target tokens and examples of the whole optimiser step this item's batch belongs to (this rank's
+    # micro-batches), the loss's normaliser; 0 outside training.
+    step_tokens: int = 0
+    step_items: int = 0
 
 
 def assign_tasks(examples: Sequence[Mapping[str, Any]], tasks: Sequence[Task]) -> tuple[list[tuple[Mapping, Task]], int]:
@@ -178,6 +182,8 @@ class SpeechDataset(Dataset):
         weights = [task.loss_weight] * len(example.body_ids) + [suffix_weight] * len(example.suffix_ids)
         weights.append(suffix_weight if example.suffix_ids else task.loss_weight)  # end-of-text follows the label
         return {
+            "step_tokens": item.step_tokens,
+            "step_items": item.step_items,
             "key": example.key,
             "task": example.task,
             "target": example.target,

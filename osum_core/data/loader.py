@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
+from itertools import islice
 from typing import Any
 
 from torch.utils.data import Sampler
@@ -36,13 +38,44 @@ class EpochCounter:
         self.epoch = epoch
 
 
-class PlanBatchSampler(Sampler[list[PlanItem]]):
-    """This rank's batches of each epoch, from an `EpochPlan`."""
+def target_tokens(item: PlanItem) -> int:
+    return len(item.example.body_ids) + len(item.example.suffix_ids) + 1  # + end-of-text
 
-    def __init__(self, plan: EpochPlan, rank: int = 0, world_size: int = 1, workers: int = 1) -> None:
+
+def agreed_length(batches: int, items: int) -> int:
+    """The batch count every rank yields this epoch (all ranks call this together): the largest rank's
+    count, unless some rank has fewer items than that, then the smallest item count. A single process
+    keeps its own count."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return batches
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    counts = torch.tensor([batches, -items], dtype=torch.long, device=device)
+    dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+    return min(int(counts[0]), -int(counts[1]))
+
+
+class PlanBatchSampler(Sampler[list[PlanItem]]):
+    """This rank's batches of each epoch, from an `EpochPlan`.
+
+    Under data parallelism every rank yields the same number of training batches, or a rank would wait forever at
+    an epoch's end for a collective the others never join. The ranks agree on the largest rank's count
+    (`agreed_length`), and a rank with fewer batches splits its last batches of two or more items in two
+    until it has as many: every item is still trained once per epoch, and no batch grows. (Only a rank
+    with fewer items than that count drops its last batches instead.)
+
+    For training, each item also carries the target-token and example counts of the optimiser step its
+    batch belongs to (`accumulate` consecutive batches from the epoch's start, as Lightning accumulates
+    them), so that the loss is normalised by the step's global token count (`SpeechLLMModule.batch_loss`)."""
+
+    def __init__(self, plan: EpochPlan, rank: int = 0, world_size: int = 1, workers: int = 1,
+                 accumulate: int = 1) -> None:
         self.plan, self.rank, self.world_size, self.workers = plan, rank, world_size, max(workers, 1)
+        self.accumulate = max(accumulate, 1)
         self.sampler = EpochCounter()
-        self._lengths: dict[int, int] = {}
+        self._lengths: dict[int, tuple[int, set[int]]] = {}  # epoch -> (batches, indices of batches to split)
 
     @property
     def epoch(self) -> int:
@@ -51,13 +84,45 @@ class PlanBatchSampler(Sampler[list[PlanItem]]):
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[list[PlanItem]]:
+    def planned(self) -> Iterator[list[PlanItem]]:
         return self.plan.batches(self.epoch, self.rank, self.world_size, self.workers)
 
-    def __len__(self) -> int:
+    def layout(self) -> tuple[int, set[int]]:
+        """(batches this epoch, which of the plan's batches to split in two): one pass over the plan."""
         if self.epoch not in self._lengths:
-            self._lengths[self.epoch] = sum(1 for _ in self.plan.batches(self.epoch, self.rank, self.world_size, self.workers))
+            sizes = [len(batch) for batch in self.planned()]
+            # Evaluation has no collective per batch: each rank evaluates all of its items, however many.
+            training = self.plan.training and self.world_size > 1
+            length = agreed_length(len(sizes), sum(sizes)) if training else len(sizes)
+            splittable = [i for i, size in enumerate(sizes) if size > 1]
+            deficit = max(length - len(sizes), 0)
+            self._lengths[self.epoch] = (length, set(splittable[len(splittable) - deficit :] if deficit else ()))
         return self._lengths[self.epoch]
+
+    def rank_batches(self) -> Iterator[list[PlanItem]]:
+        length, split = self.layout()
+        produced = 0
+        for index, batch in enumerate(self.planned()):
+            parts = [batch[: len(batch) // 2], batch[len(batch) // 2 :]] if index in split else [batch]
+            for part in parts:
+                if produced >= length:
+                    return
+                produced += 1
+                yield part
+
+    def __iter__(self) -> Iterator[list[PlanItem]]:
+        batches = self.rank_batches()
+        if not self.plan.training:
+            yield from batches
+            return
+        while group := list(islice(batches, self.accumulate)):
+            tokens = sum(target_tokens(item) for batch in group for item in batch)
+            items = sum(len(batch) for batch in group)
+            for batch in group:
+                yield [replace(item, step_tokens=tokens, step_items=items) for item in batch]
+
+    def __len__(self) -> int:
+        return self.layout()[0]
 
 
 def plan_loader(dataset: Any, sampler: PlanBatchSampler, workers: int, persistent: bool) -> StatefulDataLoader:

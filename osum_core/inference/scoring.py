@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchmetrics import Metric
 from torchmetrics.functional.text import word_error_rate
 
 from osum_core.inference.predict import DecodeStats
@@ -40,6 +41,22 @@ def example_scores(task: Task, prediction: Prediction, target: Target) -> dict[s
     return scores
 
 
+def computed_here(metric: Any, depth: int = 0) -> Any:
+    """`metric` with every torchmetrics ``Metric`` inside it set to compute from its own state only. Under
+    data parallelism the answers of all ranks are gathered before scoring (`SpeechLLMModule`), so a
+    torchmetrics sync across processes at ``compute()`` would count every example once per rank."""
+    if isinstance(metric, Metric):
+        metric.sync_on_compute = False
+        metric._to_sync = False  # what compute() reads; set from sync_on_compute at construction
+    if depth < 4:
+        values = metric.values() if isinstance(metric, dict) else metric if isinstance(metric, list | tuple) else (
+            vars(metric).values() if hasattr(metric, "__dict__") and not isinstance(metric, Metric) else ())
+        for value in values:
+            if isinstance(value, Metric | dict | list | tuple) or (hasattr(value, "__dict__") and not callable(value)):
+                computed_here(value, depth + 1)
+    return metric
+
+
 class Scorer:
     """Accumulates answers of the given tasks: `add` one example at a time, then `evaluation`."""
 
@@ -55,7 +72,7 @@ class Scorer:
         prediction = prediction if prediction is not None else task.parse_output(text)
         metric = self.metrics.get(task_name)
         if metric is None:
-            metric = self.metrics[task_name] = task.make_metric()
+            metric = self.metrics[task_name] = computed_here(task.make_metric())
         metric.update([prediction], [target])
         row: dict[str, Any] = {"key": key, "task": task_name}
         if file is not None:

@@ -110,6 +110,7 @@ class SpeechDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
             workers=workers,
+            accumulate=trainer.accumulate_grad_batches if trainer and training else 1,
         )
         return plan_loader(self.dataset(split), sampler, workers, persistent=training)
 

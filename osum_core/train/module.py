@@ -54,7 +54,7 @@ class SpeechLLMModule(L.LightningModule):
         self.generation = generation
         self.total_steps = total_steps
         self.ce_start_step = ce_start_step
-        self.scorers: dict[str, Scorer] = {}  # stage (val, test) -> the evaluation under way
+        self._answers: dict[str, list[tuple]] = {}  # stage (val, test) -> (task, key, text, target) so far
         self.evaluations: dict[str, Evaluation] = {}  # stage -> the last finished evaluation
         self.eval_prompts = dict(eval_prompts or {})  # task -> the prompt evaluation uses (for reports)
         self.eval_loss: dict[str, float] = {}
@@ -89,27 +89,70 @@ class SpeechLLMModule(L.LightningModule):
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
 
+    # -- sharding (trainer.strategy=fsdp2) -----------------------------------------------------------
+    def configure_model(self) -> None:
+        """Under `ModelParallelStrategy` (osum's ``fsdp2``): torch's ``fully_shard`` on each Transformer
+        layer of the encoder and the LLM (every ``layers`` list), then on the whole model, over the
+        data-parallel ranks. Any other strategy leaves the model as it is."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or getattr(self, "_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        data_parallel = mesh["data_parallel"]
+        for name, module in self.model.named_modules():
+            if name.endswith("layers") and isinstance(module, torch.nn.ModuleList):
+                for layer in module:
+                    fully_shard(layer, mesh=data_parallel)
+        fully_shard(self.model, mesh=data_parallel)
+        self._sharded = True
+
     def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict:
         # Only tensors move; task names, keys and targets stay Python objects.
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     # -- training ---------------------------------------------------------------------------------------
+    def step_totals(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target tokens and examples of this optimiser step, over its micro-batches and every rank."""
+        local = torch.tensor([batch["step_tokens"], batch["step_items"]], dtype=torch.float64, device=self.device)
+        total = self.trainer.strategy.reduce(local, reduce_op="sum") if self.trainer.world_size > 1 else local
+        return total[0].float(), total[1].float()
+
     def batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to back-propagate and its parts as this batch alone gives them (for logs).
+
+        In training, the normaliser is the whole optimiser step's target-token count (and example count, for
+        CTC) over its micro-batches and all ranks, multiplied back by the ranks (DDP averages gradients)
+        and the micro-batches (Lightning divides by them): the gradient is then the one of the formula above
+        over the whole step, whatever the split across ranks and micro-batches."""
         out = self.model(**batch)
         ce = out["token_loss"].sum() / out["token_count"].sum().clamp(min=1)
-        parts = {"ce": ce}
+        ctc = out["ctc_loss"] if self.ctc_weight and "ctc_loss" in out else None
+        parts = {"ce": ce.detach()}
+        if ctc is not None:
+            parts["ctc"] = ctc.mean().detach()
+        training = self.training and bool(batch.get("step_tokens"))
+        if training:
+            tokens, items = self.step_totals(batch)
+            factor = self.trainer.world_size * self.trainer.accumulate_grad_batches
+            ce_term = out["token_loss"].sum() * factor / tokens.clamp(min=1)
+            ctc_term = ctc.sum() * factor / items.clamp(min=1) if ctc is not None else None
+        else:
+            ce_term, ctc_term = ce, ctc.mean() if ctc is not None else None
         # Before ce_start_step (training only) the encoder learns from CTC alone, so the LLM first meets
-        # speech embeddings that already carry the words.
-        loss = ce if not self.training or self.global_step >= self.ce_start_step else ce.detach() * 0
-        if self.ctc_weight and "ctc_loss" in out:
-            parts["ctc"] = out["ctc_loss"].mean()
-            loss = loss + self.ctc_weight * parts["ctc"]
+        # speech embeddings that already carry the words. Under DDP the LLM keeps a zero gradient rather
+        # than none (DDP requires every trained parameter to get one).
+        if self.training and self.global_step < self.ce_start_step:
+            ce_term = ce_term * 0 if self.trainer.world_size > 1 else ce_term.detach() * 0
+            parts["ce"] = parts["ce"] * 0
+        loss = ce_term if ctc_term is None else ce_term + self.ctc_weight * ctc_term
         return loss, parts
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, parts = self.batch_loss(batch)
         size = len(batch["keys"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        logged = parts["ce"] + self.ctc_weight * parts["ctc"] if "ctc" in parts else parts["ce"]
+        self.log("train/loss", logged, prog_bar=True, batch_size=size)
         for name, value in parts.items():
             self.log(f"train/{name}", value, batch_size=size)
         return loss
@@ -131,7 +174,15 @@ class SpeechLLMModule(L.LightningModule):
 
     # -- evaluation -------------------------------------------------------------------------------------
     def decode(self, batch: dict[str, Any]) -> list[str]:
-        ids = self.model.generate(settings=self.generation, **batch)
+        if getattr(self, "_sharded", False):
+            # generate() reaches the model's own parameters outside its forward: gather them first.
+            self.model.unshard()  # type: ignore[operator]
+            try:
+                ids = self.model.generate(settings=self.generation, **batch)
+            finally:
+                self.model.reshard()  # type: ignore[operator]
+        else:
+            ids = self.model.generate(settings=self.generation, **batch)
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def evaluate_batch(self, stage: str, batch: dict[str, Any]) -> None:
@@ -140,13 +191,29 @@ class SpeechLLMModule(L.LightningModule):
         sums[0] += float(loss) * len(batch["keys"])
         sums[1] += len(batch["keys"])
         texts = self.decode(batch)
-        scorer = self.scorers.setdefault(stage, Scorer(self.tasks))
-        for key, task_name, text, target in zip(batch["keys"], batch["tasks"], texts, batch["targets"], strict=True):
-            scorer.add(task_name, key, text, target)
+        answers = self._answers.setdefault(stage, [])
+        answers.extend(zip(batch["tasks"], batch["keys"], texts, batch["targets"], strict=True))
+
+    def gathered(self, value: Any) -> list[Any]:
+        """`value` from every rank, in rank order (just `[value]` in one process)."""
+        if self.trainer.world_size == 1:
+            return [value]
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.trainer.world_size
+        dist.all_gather_object(values, value)
+        return values
 
     def finish_evaluation(self, stage: str) -> None:
-        evaluation = self.scorers.pop(stage, Scorer(self.tasks)).evaluation(prompts=self.eval_prompts)
-        loss_sum, count = self._loss_sums.pop(stage, [0.0, 0])
+        """Score every rank's answers together: WER is all errors over all reference words, accuracy all
+        hits over all examples, confusion matrices summed; each rank ends with the same evaluation."""
+        scorer = Scorer(self.tasks)
+        for answers in self.gathered(self._answers.pop(stage, [])):
+            for task_name, key, text, target in answers:
+                scorer.add(task_name, key, text, target)
+        evaluation = scorer.evaluation(prompts=self.eval_prompts)
+        sums = self.gathered(self._loss_sums.pop(stage, [0.0, 0]))
+        loss_sum, count = sum(s[0] for s in sums), sum(s[1] for s in sums)
         if count:
             self.log(f"{stage}/loss", loss_sum / count, sync_dist=True)
             self.eval_loss[stage] = loss_sum / count

@@ -17,6 +17,7 @@ from osum_core.checkpoints.run_dir import CHECKPOINT_DIR, LEARNING_CURVE, TRAIN_
 from osum_core.config import trainer_arguments
 from osum_core.train.key_log import KeyLog
 from osum_core.train.learning_curve import LearningCurve
+from osum_core.train.strategies import build_strategy
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -44,11 +45,12 @@ class StepProgressBar(TQDMProgressBar):
 
 
 def build_trainer(section: Mapping[str, Any], run_dir: Path, checkpoint_every: int | None = None,
-                  log_keys: bool = False) -> tuple[L.Trainer, LearningCurve]:
+                  log_keys: bool = False, deepspeed: Mapping[str, Any] | None = None) -> tuple[L.Trainer, LearningCurve]:
     """The Trainer for `section` (the ``trainer:`` config) writing into `run_dir`, and its learning curve.
     `checkpoint_every` (``checkpoint.every_n_steps``) also writes last.ckpt every that many steps;
     `log_keys` (``data.log_keys``) writes the keys of every step (`KeyLog`)."""
     arguments = trainer_arguments(section)
+    arguments["strategy"] = build_strategy(section, deepspeed or {})
     loggers: list[Any] = [CSVLogger(run_dir, name="", version="")]
     try:
         import tensorboard  # noqa: F401  (optional)

@@ -1,0 +1,132 @@
+"""Two CPU processes (gloo) through `osum fit` subprocesses, as a user starts them (Lightning's ddp relaunches
+sys.argv, so not inside pytest's process): each rank its own data, the same weights as one process with
+the same global batch, metrics reduced over all ranks, and exact resume after a SIGKILL."""
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, data_args
+from test_exact_resume import key_log, kill_after_step, weights
+
+from osum_core.cli.main import main
+
+pytestmark = pytest.mark.slow
+
+NO_DROPOUT = ["model.adapter.dropout=0", "model.encoder.config.dropout=0", "model.llm.config.attention_dropout=0"]
+COMMON = [
+    *[a for a in TINY if not a.startswith(("trainer.max_steps", "data.num_workers", "trainer.val_check_interval"))],
+    "trainer.val_check_interval=1000", "trainer.limit_val_batches=0", "data.max_frames=900", "data.log_keys=true",
+    "threads=1", "trainer.accelerator=cpu", *NO_DROPOUT,
+]
+
+
+def fit(out: Path, corpus: Path, *extra: str, train: str | None = None) -> subprocess.CompletedProcess:
+    args = data_args(corpus)
+    if train:
+        args = [f"data.train={train}" if a.startswith("data.train=") else a for a in args]
+    command = [sys.executable, "-m", "osum_core.cli.main", "fit", "--tasks", "asr,ved", "--out", str(out),
+               *args, *COMMON, *extra]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def two_processes(*extra: str) -> list[str]:
+    return ["trainer.strategy=ddp", "trainer.devices=2", *extra]
+
+
+def test_ddp_ranks_train_disjoint_data_to_the_weights_of_one_process(tiny_corpus, tmp_path):
+    steps = "trainer.max_steps=4"
+    # One process with 2 dataloader workers and 2 micro-batches per step reads the same two streams as
+    # 2 ranks with 1 worker each: step k is the same global batch in both.
+    fit(tmp_path / "one", tiny_corpus, steps, "data.num_workers=2", "trainer.accumulate_grad_batches=2")
+    fit(tmp_path / "two", tiny_corpus, steps, "data.num_workers=1", *two_processes())
+    lines = [json.loads(x) for x in (tmp_path / "two" / "train_keys.jsonl").read_text().splitlines()]
+    by_step: dict[int, dict[int, list[str]]] = {}
+    for line in lines:
+        by_step.setdefault(line["step"], {})[line["rank"]] = line["keys"]
+    assert sorted(by_step) == [1, 2, 3, 4] and all(sorted(ranks) == [0, 1] for ranks in by_step.values())
+    for ranks in by_step.values():
+        assert set(ranks[0]).isdisjoint(ranks[1])  # each rank its own part
+    one = key_log(tmp_path / "one")
+    assert {s: sorted(k) for s, k in one.items()} == {s: sorted(r[0] + r[1]) for s, r in by_step.items()}
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_ddp_epoch_trains_every_item_once_and_ranks_agree_on_its_length(tiny_corpus, tmp_path):
+    # Two whole epochs: no rank waits at an epoch's end, and each epoch trains each item exactly once.
+    fit(tmp_path / "two", tiny_corpus, "trainer.max_steps=-1", "trainer.max_epochs=2", "data.num_workers=1",
+        *two_processes())
+    lines = [json.loads(x) for x in (tmp_path / "two" / "train_keys.jsonl").read_text().splitlines()]
+    steps = Counter(line["rank"] for line in lines)
+    assert steps[0] == steps[1] > 0
+    train = [json.loads(x)["key"] for x in (tiny_corpus / "train.jsonl").read_text().splitlines()]
+    seen = Counter(k for line in lines for k in line["keys"])
+    assert seen == Counter({k: 2 for k in train})  # equal task weights, one source: each item once per epoch
+
+
+def test_ddp_metrics_are_reduced_over_all_ranks(tiny_corpus, tmp_path):
+    # An odd test set, one utterance per batch (data.max_frames=1, so decoding never depends on the batch
+    # an utterance shares): rank 0 holds 4 items, rank 1 holds 3.
+    lines = (tiny_corpus / "test.jsonl").read_text().splitlines()[:7]
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({**json.loads(x), "wav": str(tiny_corpus / json.loads(x)["wav"])}) + "\n"
+                            for x in lines))
+    run = tmp_path / "two"
+    fit(run, tiny_corpus, "trainer.max_steps=4", f"data.test={test}", "data.max_frames=1", *two_processes())
+    predictions = [json.loads(x)["key"] for x in (run / "test_predictions.jsonl").read_text().splitlines()]
+    assert sorted(predictions) == sorted(json.loads(x)["key"] for x in lines)  # every rank's items, once
+    assert main(["test", "--ckpt", str(run), "--tasks", "asr,ved", "--out", str(tmp_path / "one"), "--device", "cpu",
+                 "--batch-size", "1", f"data.test={test}"]) == 0
+    # One process scoring all 7 items gives what the 2 ranks gave together (not a mean of per-rank WERs).
+    assert json.loads((run / "metrics.json").read_text()) == json.loads((tmp_path / "one" / "metrics.json").read_text())
+
+
+def test_a_killed_ddp_run_resumes_exactly(tiny_corpus, tmp_path):
+    extra = ["trainer.max_steps=10", "checkpoint.every_n_steps=4", "data.num_workers=2", *two_processes()]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    fit(whole, tiny_corpus, *extra)
+    command = [sys.executable, "-m", "osum_core.cli.main", "fit", "--tasks", "asr,ved", "--out", str(killed),
+               *data_args(tiny_corpus), *COMMON, *extra]
+    kill_after_step(command, killed, step=6)
+    fit(killed, tiny_corpus, *extra, "--resume", str(killed))
+
+    def per_rank(run):
+        rows = [json.loads(x) for x in (run / "train_keys.jsonl").read_text().splitlines()]
+        return sorted((r["step"], r["rank"], tuple(r["keys"])) for r in rows)
+
+    assert per_rank(killed) == per_rank(whole)
+    a, b = weights(whole), weights(killed)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fsdp2_shards_across_two_processes_to_the_weights_of_one(tiny_corpus, tmp_path):
+    steps = "trainer.max_steps=3"
+    fit(tmp_path / "one", tiny_corpus, steps, "data.num_workers=2", "trainer.accumulate_grad_batches=2")
+    fit(tmp_path / "two", tiny_corpus, steps, "data.num_workers=1", "--strategy", "fsdp2", "trainer.devices=2")
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert a.keys() == b.keys()  # one gathered last.ckpt, as a single process writes it
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fsdp2_with_lora_on_a_frozen_bf16_llm(tiny_corpus, tmp_path):
+    run = tmp_path / "lora"
+    fit(run, tiny_corpus, "trainer.max_steps=2", "--strategy", "fsdp2", "trainer.devices=2", "data.num_workers=1",
+        "model.llm.lora.enabled=true", "model.llm.dtype=bfloat16", "model.train=[adapter,speech_markers,lora]")
+    state = weights(run)
+    lora = [k for k in state if "lora_" in k]
+    frozen = [k for k in state if k.startswith("model.llm.") and "lora_" not in k and k.endswith("weight")]
+    assert lora and frozen
+    assert all(state[k].dtype == torch.bfloat16 for k in frozen)
+    assert all(state[k].dtype == torch.float32 for k in lora)
+    # The LoRA B matrices start at zero; training moved them.
+    assert any(float(state[k].abs().sum()) > 0 for k in lora if "lora_B" in k)
