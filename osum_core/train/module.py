@@ -112,10 +112,15 @@ class SpeechLLMModule(L.LightningModule):
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     # -- training ---------------------------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        """Processes training together (1 when the module is used without a Trainer)."""
+        return self._trainer.world_size if self._trainer is not None else 1
+
     def step_totals(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Target tokens and examples of this optimiser step, over its micro-batches and every rank."""
         local = torch.tensor([batch["step_tokens"], batch["step_items"]], dtype=torch.float64, device=self.device)
-        total = self.trainer.strategy.reduce(local, reduce_op="sum") if self.trainer.world_size > 1 else local
+        total = self.trainer.strategy.reduce(local, reduce_op="sum") if self.world_size > 1 else local
         return total[0].float(), total[1].float()
 
     def batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -134,7 +139,7 @@ class SpeechLLMModule(L.LightningModule):
         training = self.training and bool(batch.get("step_tokens"))
         if training:
             tokens, items = self.step_totals(batch)
-            factor = self.trainer.world_size * self.trainer.accumulate_grad_batches
+            factor = self.world_size * self.trainer.accumulate_grad_batches
             ce_term = out["token_loss"].sum() * factor / tokens.clamp(min=1)
             ctc_term = ctc.sum() * factor / items.clamp(min=1) if ctc is not None else None
         else:
@@ -143,7 +148,7 @@ class SpeechLLMModule(L.LightningModule):
         # speech embeddings that already carry the words. Under DDP the LLM keeps a zero gradient rather
         # than none (DDP requires every trained parameter to get one).
         if self.training and self.global_step < self.ce_start_step:
-            ce_term = ce_term * 0 if self.trainer.world_size > 1 else ce_term.detach() * 0
+            ce_term = ce_term * 0 if self.world_size > 1 else ce_term.detach() * 0
             parts["ce"] = parts["ce"] * 0
         loss = ce_term if ctc_term is None else ce_term + self.ctc_weight * ctc_term
         return loss, parts
@@ -196,7 +201,7 @@ class SpeechLLMModule(L.LightningModule):
 
     def gathered(self, value: Any) -> list[Any]:
         """`value` from every rank, in rank order (just `[value]` in one process)."""
-        if self.trainer.world_size == 1:
+        if self.world_size == 1:
             return [value]
         import torch.distributed as dist
 
