@@ -130,3 +130,17 @@ def test_fsdp2_with_lora_on_a_frozen_bf16_llm(tiny_corpus, tmp_path):
     assert all(state[k].dtype == torch.float32 for k in lora)
     # The LoRA B matrices start at zero; training moved them.
     assert any(float(state[k].abs().sum()) > 0 for k in lora if "lora_B" in k)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_bf16_accumulation_and_clipping_train_under_each_strategy(strategy, tiny_corpus, tmp_path):
+    # Step 1 trains CTC alone (loss.ce_start_step=1): the LLM's gradient is zero, not missing, so DDP needs
+    # no find_unused_parameters (it would stop with "parameters that were not used in producing the loss").
+    run = tmp_path / strategy
+    fit(run, tiny_corpus, "trainer.max_steps=2", "trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=2",
+        "loss.ce_start_step=1", "loss.ctc_weight=0.3",
+        "trainer.gradient_clip_val=0.5", "data.num_workers=1", "--strategy", strategy, "trainer.devices=2")
+    lines = [json.loads(x) for x in (run / "train_keys.jsonl").read_text().splitlines()]
+    assert sorted({(x["step"], x["rank"]) for x in lines}) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    state = weights(run)
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
