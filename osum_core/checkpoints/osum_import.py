@@ -15,7 +15,6 @@ should alias) become notes of the report; so do dtype casts and where settings t
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from transformers.models.whisper.modeling_whisper import sinusoids
 
 from osum_core.checkpoints.state_keys import canonical_key
 from osum_core.model.adapter import sinusoid_table
+from osum_core.model.safe_load import safe_load
 from osum_core.model.whisper_weights import POSITIONS, WENET
 
 ENCODER = "encoder.whisper."
@@ -143,13 +143,10 @@ def read_osum_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in `path`: a plain ``torch.save(state_dict)`` (OSUM's ``infer.pt``), or one under
     ``module`` (DeepSpeed's model states) or ``state_dict`` (Lightning)."""
     try:
-        try:
-            # Memory-mapped: a 7B checkpoint is paged in as it is copied, not read whole first.
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # files written without the zip format cannot be mapped
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(f"{path}: not a plain checkpoint of tensors ({error})") from None
+        # Memory-mapped: a 7B checkpoint is paged in as it is copied, not read whole first.
+        checkpoint = safe_load(path, "OSUM checkpoint", mmap=True)
+    except RuntimeError:  # files written without the zip format cannot be mapped
+        checkpoint = safe_load(path, "OSUM checkpoint")
     if isinstance(checkpoint, dict):
         for container in ("module", "state_dict"):
             if isinstance(checkpoint.get(container), dict):

@@ -19,11 +19,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from osum_core.checkpoints.directory import CONFIG_FILE, LoadedCheckpoint, file_sha256, load_tokenizer
 from osum_core.config import load_config
 from osum_core.model.build import build_for_tokenizer
+from osum_core.model.safe_load import safe_load
 
 RUN_CONFIG = "config.yaml"
 TASKS_FILE = "tasks.json"
@@ -59,6 +58,7 @@ def resume_checkpoint(resume: str | None) -> str | None:
         path = path / CHECKPOINT_DIR / LAST_CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"resume={resume}: no {path}")
+    safe_load(path, "checkpoint to resume", mmap=True)  # refused here, before Lightning unpickles it
     return str(path)
 
 
@@ -70,7 +70,7 @@ def load_run_checkpoint(path: Path, overrides: Sequence[str] = (), device: str =
     cfg = load_config("fit", [run / RUN_CONFIG], list(overrides))
     tokenizer = load_tokenizer(run / TOKENIZER_DIR)
     model = build_for_tokenizer(cfg["model"], tokenizer)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    state = safe_load(ckpt)["state_dict"]
     model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     tasks_file = run / TASKS_FILE
     tasks = json.loads(tasks_file.read_text()) if tasks_file.is_file() else []

@@ -13,7 +13,6 @@ alone; an unknown key inside ``encoder.`` or a missing encoder tensor is an erro
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import torch
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from osum_core.model.safe_load import safe_load
 
 POSITIONS = "embed_positions.weight"  # the Hugging Face key of the position table
 
@@ -194,10 +195,7 @@ def read_encoder_checkpoint(
 
     The head count is `attention_heads`, else the file's ``dims`` (OpenAI), else Whisper's for the width."""
     source = str(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(f"{source}: not a plain checkpoint of tensors ({error})") from None
+    checkpoint = safe_load(path, "Whisper checkpoint")
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{source}: expected a dict of tensors, got {type(checkpoint).__name__}")
     state = checkpoint
