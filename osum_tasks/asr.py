@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from osum_core.plugins import DemoRecipe, hookimpl
-from osum_core.task import Prediction, Target, Task, TranscriptMetric, normalize_target, split_suffix_tags
+from osum_core.task import Prediction, Target, Task, TranscriptMetric, is_garbled, normalize_target, strip_tags
 
 PROMPTS = {
     # OSUM's prompt_config.yaml (the three paraphrases recorded in the reference notes), then two of ours.
@@ -34,9 +34,12 @@ def build_target(example: Mapping[str, Any]) -> Target:
 
 
 def parse_output(text: str) -> Prediction:
-    # A model that wrongly appends a tag still gets its words scored, not the tag.
-    transcript, _ = split_suffix_tags(text)
-    return Prediction(text=text, transcript=transcript)
+    """Valid: words, without any ``<tag>`` or angle bracket (ASR writes none) or undecodable characters. A
+    model that wrongly writes a tag still gets its words scored, not the tag."""
+    if "<" in text or ">" in text:
+        return Prediction(text=text, transcript=strip_tags(text), valid=False)
+    transcript = text.strip()
+    return Prediction(text=text, transcript=transcript, valid=bool(transcript) and not is_garbled(text))
 
 
 TASK = Task(

@@ -27,7 +27,7 @@ from typing import Any
 from torchmetrics.aggregation import MeanMetric
 
 from osum_core.plugins import DemoRecipe, hookimpl
-from osum_core.task import Prediction, Target, Task, TranscriptMetric, normalize_target
+from osum_core.task import Prediction, Target, Task, TranscriptMetric, is_garbled, normalize_target, strip_tags
 
 WORD_FORMAT = "<{start}>{word}<{end}>"
 RESOLUTION = 0.1
@@ -77,26 +77,56 @@ def make_task(word_format: str = WORD_FORMAT, resolution: float = RESOLUTION) ->
     def read(text: str) -> list[tuple[str, float, float]]:
         return [(m["word"].strip(), float(m["start"]), float(m["end"])) for m in pattern.finditer(text)]
 
+    def problem(text: str, timed: list[tuple[str, float, float]]) -> str | None:
+        """Why `text` (read as `timed`) is not in the word format, or None when it is."""
+        if not timed:
+            return f"no word in the word format {word_format!r}"
+        if pattern.sub(" ", text).strip():
+            return f"text outside the word format {word_format!r}"
+        for index, (word, start, end) in enumerate(timed):
+            if not word:
+                return f"word {index + 1} is empty"
+            if not (math.isfinite(start) and math.isfinite(end)) or start > end:
+                return f"word {index + 1} ({word!r}) ends before it starts"
+            if index and start < timed[index - 1][1]:
+                return f"word {index + 1} ({word!r}) starts before the word before it"
+        return "undecodable characters" if is_garbled(text) else None
+
+    def piece(word: Any, start: Any, end: Any) -> str:
+        start, end = float(start), float(end)
+        if not 0 <= start <= end < math.inf:
+            raise ValueError
+        return word_format.format(word=word, start=stamp(start), end=stamp(end))
+
     def build_target(example: Mapping[str, Any]) -> Target:
         extra = example.get("extra") if isinstance(example.get("extra"), Mapping) else {}
         words = extra.get("words")
         if words:
             try:
-                pieces = [word_format.format(word=w, start=stamp(s), end=stamp(e)) for w, s, e in words]
-            except (TypeError, ValueError):
-                raise ValueError("'extra.words' must be a list of [word, start, end]") from None
+                pieces = [piece(w, s, e) for w, s, e in words]
+            except (TypeError, ValueError, OverflowError):
+                raise ValueError("'extra.words' must be a list of [word, start, end], 0 <= start <= end seconds") from None
             body = normalize_target(" ".join(pieces))
+            where = "'extra.words'"
         else:
+            pieces = []
             body = normalize_target(str(example.get("txt", "")))
+            where = "no 'extra.words' and 'txt'"
         timed = read(body)
-        if not timed:
-            raise ValueError(f"no 'extra.words' and 'txt' is not in the word format {word_format!r}")
+        wrong = problem(body, timed)
+        if wrong is None and pieces and len(timed) != len(pieces):
+            wrong = f"{len(pieces)} words read back as {len(timed)}: a word is empty or holds '<' or '>'"
+        if wrong is not None:
+            raise ValueError(f"{where}: {wrong}")
         return Target(" ".join(w for w, _, _ in timed), body=body)
 
     def parse_output(text: str) -> Prediction:
+        """Valid: only words in the word format, each ending after it starts, in order of their starts. An
+        invalid answer's transcript is its words without any tags."""
         timed = read(text)
-        transcript = " ".join(w for w, _, _ in timed) if timed else re.sub(r"<[^<>]*>", " ", text).strip()
-        return Prediction(text=text, transcript=transcript, fields={"timestamps": timed})
+        valid = problem(text, timed) is None
+        transcript = " ".join(w for w, _, _ in timed) if valid else strip_tags(text)
+        return Prediction(text=text, transcript=transcript, fields={"timestamps": timed}, valid=valid)
 
     def make_metric() -> TimestampMetric:
         return TimestampMetric(read)
@@ -128,7 +158,8 @@ class TimestampMetric:
         self.transcript.update(predictions, targets)
         for prediction, target in zip(predictions, targets, strict=True):
             reference = self.read(target.body)
-            hypothesis = list(prediction.fields.get("timestamps", ()))
+            # An invalid answer's times (reversed, out of order, among garbage) match no reference word.
+            hypothesis = list(prediction.fields.get("timestamps", ())) if prediction.valid else []
             self.reference_words += len(reference)
             blocks = difflib.SequenceMatcher(a=[w for w, _, _ in reference], b=[w for w, _, _ in hypothesis])
             for block in blocks.get_matching_blocks():

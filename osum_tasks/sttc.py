@@ -16,7 +16,16 @@ from torchmetrics.aggregation import MeanMetric
 from torchmetrics.text import CHRFScore
 
 from osum_core.plugins import CorpusSpec, DemoRecipe, Utterance, hookimpl
-from osum_core.task import Prediction, Target, Task, TranscriptMetric, normalize_target, normalize_transcript
+from osum_core.task import (
+    Prediction,
+    Target,
+    Task,
+    TranscriptMetric,
+    is_garbled,
+    normalize_target,
+    normalize_transcript,
+    strip_tags,
+)
 
 ANSWER = "<开始回答>"
 
@@ -47,18 +56,29 @@ def build_target(example: Mapping[str, Any]) -> Target:
         transcript, reply = text, str(example["reply"])
     else:
         raise ValueError(f"'txt' has no {ANSWER} and there is no 'reply' field")
-    if not reply.strip():
+    reply = normalize_target(reply)
+    if not reply:
         raise ValueError("the reply is empty")
-    return Target(normalize_target(transcript), ANSWER + normalize_target(reply))
+    if ANSWER in reply:
+        raise ValueError(f"the reply holds another {ANSWER}")
+    return Target(normalize_target(transcript), ANSWER + reply)
 
 
 def parse_output(text: str) -> Prediction:
-    transcript, _, reply = text.partition(ANSWER)
-    return Prediction(text=text, transcript=transcript.strip(), fields={"reply": reply.strip()})
+    """Valid: a transcript without tags, one <开始回答>, a reply, no undecodable characters. An invalid answer's
+    transcript is its words without any tags; its reply counts as wrong."""
+    transcript, marker, reply = text.partition(ANSWER)
+    transcript, reply = transcript.strip(), reply.strip()
+    tagged = "<" in transcript or ">" in transcript
+    valid = bool(marker) and bool(reply) and ANSWER not in reply and not tagged and not is_garbled(text)
+    return Prediction(
+        text=text, transcript=strip_tags(transcript) if tagged else transcript, fields={"reply": reply}, valid=valid
+    )
 
 
 class ReplyMetric:
-    """Transcript WER/CER plus reply exact match and chrF."""
+    """Transcript WER/CER plus reply exact match (an invalid answer's reply is never right) and chrF (of the
+    reply as read)."""
 
     def __init__(self) -> None:
         self.transcript = TranscriptMetric()
@@ -69,8 +89,8 @@ class ReplyMetric:
         self.transcript.update(predictions, targets)
         replies = [normalize_transcript(p.fields.get("reply", "")) for p in predictions]
         references = [normalize_transcript(t.suffix.removeprefix(ANSWER)) for t in targets]
-        for reply, reference in zip(replies, references, strict=True):
-            self.exact.update(float(reply == reference))
+        for prediction, reply, reference in zip(predictions, replies, references, strict=True):
+            self.exact.update(float(prediction.valid and reply == reference))
         self.chrf.update(replies, [[r] for r in references])
 
     def compute(self) -> dict[str, float]:

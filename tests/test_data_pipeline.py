@@ -86,7 +86,7 @@ def test_audio_is_mixed_to_mono_and_resampled(tmp_path):
     assert wave.shape == (16000,)
     assert wave.dtype == torch.float32
     assert 0.4 < float(wave.abs().max()) < 0.6
-    with pytest.raises(AudioError, match="cannot read audio"):
+    with pytest.raises(AudioError, match="nothing.wav: audio file not found"):
         load_audio(tmp_path / "nothing.wav")
 
 

@@ -9,6 +9,12 @@
     DIR/llm/                 the LLM (save_pretrained, safetensors) when its weights are not simply those of
                              ``model.llm.path``: trained, randomly initialised, imported or with LoRA merged
 
+`save_checkpoint_dir` writes the whole directory at once (`osum_core.checkpoints.atomic.atomic_directory`):
+it is built in a hidden sibling and renamed into place, so DIR is the previous export or the new one, never a
+part of one, also when the save is killed or the disk fills (`DiskFullError`). An existing DIR is replaced
+as a whole (no file of the previous export stays behind) when it is an osum checkpoint directory or empty;
+any other existing path is refused.
+
 `load_checkpoint` also takes a training run directory (`osum_core.checkpoints.run_dir`) or a Lightning
 ``.ckpt`` inside one, so a run can be tested before it is exported.
 """
@@ -18,7 +24,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from osum_core.checkpoints.atomic import atomic_directory
 from osum_core.checkpoints.state_keys import canonical_key, canonical_state_dict, load_canonical_state
 from osum_core.config import load_config, to_yaml
 from osum_core.model.build import build_for_tokenizer
@@ -83,6 +90,13 @@ def save_llm_without_lora(model: SpeechLLM, out: Path) -> None:
     causal_lm.save_pretrained(out, state_dict=state)
 
 
+def replaceable(out: Path) -> bool:
+    """Whether `out` may be replaced by an export: it is absent, an empty folder or an osum checkpoint directory."""
+    if not (out.exists() or out.is_symlink()):
+        return True
+    return out.is_dir() and ((out / CONFIG_FILE).is_file() or (out / INFO_FILE).is_file() or not any(out.iterdir()))
+
+
 def save_checkpoint_dir(
     model: SpeechLLM,
     tokenizer: Any,
@@ -93,11 +107,14 @@ def save_checkpoint_dir(
     source: str,
     merge_lora: bool = False,
     copy_llm: bool | None = None,
+    extra_files: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write `model` as an osum checkpoint directory. `cfg` is the resolved run config (plain dict).
-    `copy_llm` None decides by `llm_needs_copy`. Returns what export.json records."""
+    """Write `model` as an osum checkpoint directory, all at once (module docstring). `cfg` is the resolved
+    run config (plain dict). `copy_llm` None decides by `llm_needs_copy`. `extra_files`: more text files
+    for the directory, name to content (``osum import-osum``'s report). Returns what export.json records."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not replaceable(out):
+        raise ValueError(f"--out {out}: exists and is not an osum checkpoint directory; choose a new path or remove it")
     cfg = copy.deepcopy(cfg)
     model_cfg = cfg["model"]
     lora = model_cfg["llm"]["lora"]["enabled"]
@@ -108,33 +125,38 @@ def save_checkpoint_dir(
         lora, copy_llm = False, True
         model_cfg["train"] = [part for part in model_cfg["train"] if part != "lora"]
 
-    speech = {k: v.contiguous() for k, v in canonical_state_dict(model).items() if not k.startswith("llm.")}
-    save_file(speech, str(out / SPEECH_FILE), metadata={"format": "osum-canonical"})
-    if lora:
-        model.llm.save_pretrained(out / "lora")
-    if copy_llm:
-        save_llm_without_lora(model, out / "llm")
-    tokenizer.save_pretrained(out / "tokenizer")
+    # The files are written plainly inside the staging folder: the folder, not each file, appears at once.
+    with atomic_directory(out, replace=True) as staging:
+        speech = {k: v.contiguous() for k, v in canonical_state_dict(model).items() if not k.startswith("llm.")}
+        save_file(speech, str(staging / SPEECH_FILE), metadata={"format": "osum-canonical"})
+        if lora:
+            model.llm.save_pretrained(staging / "lora")
+        if copy_llm:
+            save_llm_without_lora(model, staging / "llm")
+        tokenizer.save_pretrained(staging / "tokenizer")
 
-    # The encoder is rebuilt from its full config and speech.safetensors, never from its source again.
-    model_cfg["encoder"]["path"] = None
-    # Every size (to_dict, not to_diff_dict): a value equal to transformers' default must not be taken from
-    # whatever the defaults of a later osum say.
-    model_cfg["encoder"]["config"] = {
-        k: v for k, v in model.encoder.whisper.config.to_dict().items() if k in WHISPER_ENCODER_KEYS
-    }
-    model_cfg["llm"]["tokenizer"] = None
-    (out / CONFIG_FILE).write_text(to_yaml(cfg))
-    weights = [out / SPEECH_FILE, *sorted((out / "lora").glob("*.safetensors")), *sorted((out / "llm").glob("*.safetensors"))]
-    info = {
-        "format": "osum-checkpoint-1",
-        "tasks": list(tasks),
-        "source": source,
-        "llm": "llm/" if copy_llm else f"model.llm.path ({model_cfg['llm']['path']})",
-        "lora": "lora/" if lora else ("merged into llm/" if merge_lora else "none"),
-        "sha256": file_sha256([w for w in weights if w.is_file()]),
-    }
-    (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        # The encoder is rebuilt from its full config and speech.safetensors, never from its source again.
+        model_cfg["encoder"]["path"] = None
+        # Every size (to_dict, not to_diff_dict): a value equal to transformers' default must not be taken from
+        # whatever the defaults of a later osum say.
+        model_cfg["encoder"]["config"] = {
+            k: v for k, v in model.encoder.whisper.config.to_dict().items() if k in WHISPER_ENCODER_KEYS
+        }
+        model_cfg["llm"]["tokenizer"] = None
+        (staging / CONFIG_FILE).write_text(to_yaml(cfg))
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
+        weights = [staging / SPEECH_FILE, *sorted((staging / "lora").glob("*.safetensors")),
+                   *sorted((staging / "llm").glob("*.safetensors"))]
+        info = {
+            "format": "osum-checkpoint-1",
+            "tasks": list(tasks),
+            "source": source,
+            "llm": "llm/" if copy_llm else f"model.llm.path ({model_cfg['llm']['path']})",
+            "lora": "lora/" if lora else ("merged into llm/" if merge_lora else "none"),
+            "sha256": file_sha256([w for w in weights if w.is_file()]),
+        }
+        (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 

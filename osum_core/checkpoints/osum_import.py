@@ -364,7 +364,7 @@ def import_osum_checkpoint(
         raise ValueError(f"{source}: the checkpoint lacks {len(result.missing)} tensors the model needs, "
                          f"e.g. {result.missing[:3]}\n{result.report(per_key=False)}")
     load_canonical_state(model, result.state, source)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "import_report.txt").write_text(result.report() + "\n")
-    save_checkpoint_dir(model, tokenizer, cfg, tasks, out, source=source, copy_llm=True)
+    # The report goes into the directory that save_checkpoint_dir writes all at once.
+    save_checkpoint_dir(model, tokenizer, cfg, tasks, out, source=source, copy_llm=True,
+                        extra_files={"import_report.txt": result.report() + "\n"})
     return result

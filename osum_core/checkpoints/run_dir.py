@@ -33,6 +33,34 @@ LEARNING_CURVE = "learning_curve.jsonl"
 METRICS = "metrics.json"
 TEST_PREDICTIONS = "test_predictions.jsonl"
 TRAIN_KEYS = "train_keys.jsonl"
+SKIPPED = "skipped.jsonl"
+# What `--overwrite` removes: the files and folders a run writes (never anything else in the folder).
+RUN_FILES = (RUN_CONFIG, TASKS_FILE, TOKENIZER_DIR, CHECKPOINT_DIR, LEARNING_CURVE, METRICS, TEST_PREDICTIONS,
+             TRAIN_KEYS, SKIPPED, "metrics.csv", "hparams.yaml", "tensorboard", "confusion.json", "confusion",
+             "report.md", "report.json")
+
+
+def existing_run(run_dir: Path) -> list[str]:
+    """The run files `run_dir` holds (a run lives there when config.yaml or checkpoints/ does)."""
+    if not ((run_dir / RUN_CONFIG).exists() or (run_dir / CHECKPOINT_DIR).exists()):
+        return []
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
+def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> None:
+    """Make sure starting a run in `run_dir` loses nothing: refuse a folder that holds a run unless the run
+    is resumed (`resume`) or `overwrite` is set, which removes the old run's files first."""
+    import shutil
+
+    found = existing_run(run_dir)
+    if not found or resume:
+        return
+    if not overwrite:
+        raise ValueError(f"out={run_dir} holds a run ({', '.join(found)}); give --resume {run_dir} to continue it, "
+                         "--overwrite to start again there (its run files are removed), or another --out")
+    for name in found:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def find_run_checkpoint(path: Path) -> tuple[Path, Path]:

@@ -14,8 +14,20 @@ import lightning as L
 import torch
 
 from osum_core.checkpoints.directory import init_from_checkpoint
-from osum_core.checkpoints.run_dir import RUN_CONFIG, TASKS_FILE, TEST_PREDICTIONS, TOKENIZER_DIR, resume_checkpoint
+from osum_core.checkpoints.run_dir import (
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    METRICS,
+    RUN_CONFIG,
+    SKIPPED,
+    TASKS_FILE,
+    TEST_PREDICTIONS,
+    TOKENIZER_DIR,
+    claim_run_dir,
+    resume_checkpoint,
+)
 from osum_core.config import configured_tasks, to_yaml
+from osum_core.data.bad_items import SkipLog
 from osum_core.demo.prepare import resolve_demo_data
 from osum_core.inference.report import write_report
 from osum_core.model.build import build_for_tokenizer
@@ -26,23 +38,32 @@ from osum_core.task.normalize import transcript_normalizer
 from osum_core.train.datamodule import SpeechDataModule
 from osum_core.train.learning_curve import curve_table
 from osum_core.train.module import SpeechLLMModule
+from osum_core.train.preemption import PreemptionCheckpoint
+from osum_core.train.skipped_items import SkippedItems
 from osum_core.train.tokenizer import run_tokenizer
 from osum_core.train.trainer import build_trainer
 
 
 def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
         log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train and test; returns the test metrics (also in the run's metrics.json)."""
+    """Train and test; returns the test metrics (also in the run's metrics.json, with the bad items
+    skipped by reason under ``"skipped"``)."""
     tasks = configured_tasks(registry, task_names, cfg["tasks"])
     resume = resume_checkpoint(cfg["resume"])
-    resolve_demo_data(cfg, tasks, registry.recipes, log)
     run_dir = Path(cfg["out"])
+    claim_run_dir(run_dir, resume, cfg["overwrite"])
+    resolve_demo_data(cfg, tasks, registry.recipes, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_CONFIG).write_text(to_yaml(cfg))
     (run_dir / TASKS_FILE).write_text(json.dumps(list(tasks)) + "\n")
+    checkpoint = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     trainer, curve = build_trainer(cfg["trainer"], run_dir, cfg["checkpoint"]["every_n_steps"], cfg["data"]["log_keys"],
-                                   cfg["deepspeed"])
+                                   cfg["deepspeed"], extra_callbacks=[PreemptionCheckpoint(checkpoint)])
     curve.path.unlink(missing_ok=True)
+    if not resume:
+        (run_dir / SKIPPED).unlink(missing_ok=True)
+    skips = SkipLog(run_dir / SKIPPED, write=trainer.is_global_zero)
+    trainer.callbacks.insert(0, SkippedItems(skips))
 
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
     if cfg["threads"]:
@@ -58,7 +79,9 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     log(f"parameters: {total / 1e6:.2f}M, training {sum(trainable.values()) / 1e6:.2f}M {trainable}")
 
     data = cfg["data"]
-    datamodule = SpeechDataModule(data, tasks, tokenizer, cfg["seed"], cfg["loss"]["ctc_target"], model.sequence_length)
+    datamodule = SpeechDataModule(data, tasks, tokenizer, cfg["seed"], cfg["loss"]["ctc_target"], model.sequence_length,
+                                  known_tasks=list(registry.tasks.values()),
+                                  max_input_frames=model.encoder.max_input_frames, skips=skips)
     prompts = {name: task.prompt_bank(data["prompt_language"])[0] for name, task in tasks.items()}
     module = SpeechLLMModule(
         model, tasks, tokenizer, cfg["optim"], ctc_weight=cfg["loss"]["ctc_weight"],
@@ -80,5 +103,11 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     }
     if trainer.is_global_zero:
         write_report(run_dir, evaluation, settings, predictions=TEST_PREDICTIONS)
+        metrics = json.loads((run_dir / METRICS).read_text())
+        (run_dir / METRICS).write_text(json.dumps({**metrics, "skipped": skips.summary()}, indent=2) + "\n")
     log("learning curve (validation on data.val):\n" + curve_table(curve.rows))
-    return evaluation.metrics
+    if skips.counts:
+        log(f"bad items skipped: {skips.summary()} (each listed in {run_dir / SKIPPED})")
+    if module.skipped_steps:
+        log(f"optimiser steps skipped for a NaN or infinite loss or gradient: {module.skipped_steps}")
+    return {**evaluation.metrics, "skipped": skips.summary()}

@@ -101,6 +101,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         overrides.append(f"init={args.init}")
     if args.resume:
         overrides.append(f"resume={args.resume}")
+    if args.overwrite:
+        overrides.append("overwrite=true")
     cfg = fit_config(args.preset, args.stage, args.config, overrides, args.strategy)
     if args.print_config:
         print(to_yaml(cfg), end="")
@@ -172,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--init", help="osum checkpoint directory to start from (same as init=DIR)")
     fit.add_argument("--resume", help="continue a run: its directory or a .ckpt (same as resume=PATH)")
     fit.add_argument("--out", help="run directory (same as out=DIR)")
+    fit.add_argument("--overwrite", action="store_true",
+                     help="start again in an --out that holds a run (same as overwrite=true)")
     fit.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     fit.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_steps=20")
     fit.set_defaults(run=cmd_fit)
@@ -247,7 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except Exception as error:
+        preemption = sys.modules.get("osum_core.train.preemption")  # imported by training only
+        if preemption is not None and isinstance(error, preemption.Preempted):
+            print(f"osum: {error}; continue with --resume", file=sys.stderr)
+            return 0
+        if not isinstance(error, ValueError | FileNotFoundError):
+            raise
         # Our errors name the file, line or key; a traceback would only bury that.
         print(f"osum: error: {error}", file=sys.stderr)
         return 2

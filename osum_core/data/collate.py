@@ -17,16 +17,24 @@ def pad(tensors: Sequence[torch.Tensor], value: float) -> tuple[torch.Tensor, to
 def collate_examples(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Right-padded tensors with their lengths. Keys: features [B,T,M], feature_lengths, prompt_ids,
     prompt_lengths, target_ids, target_lengths, target_weights, ctc_ids, ctc_lengths; tasks, keys, targets (lists);
-    in training also step_tokens and step_items (ints: the loss's normaliser, see `PlanBatchSampler`)."""
+    in training also step_tokens and step_items (ints: the loss's normaliser, see `PlanBatchSampler`);
+    skipped: the items the dataset could not load (`BadItem.to_json` rows), left out of the tensors. A
+    batch whose every item was skipped has only tasks, keys, targets (empty) and skipped."""
+    skipped = [i["skipped"] for i in items if "skipped" in i]
+    step = next((i for i in items if i.get("step_tokens")), None)
+    items = [i for i in items if "skipped" not in i]
     batch: dict[str, Any] = {
+        "skipped": skipped,
         "tasks": [i["task"] for i in items],
         "keys": [i["key"] for i in items],
         "targets": [i["target"] for i in items],
     }
+    if step is not None:
+        batch["step_tokens"], batch["step_items"] = step["step_tokens"], step["step_items"]
+    if not items:
+        return batch
     batch["features"], batch["feature_lengths"] = pad([i["features"] for i in items], 0.0)
     for name in ("prompt_ids", "target_ids", "ctc_ids"):
         batch[name], batch[name.replace("_ids", "_lengths")] = pad([i[name] for i in items], 0)
     batch["target_weights"], _ = pad([i["target_weights"] for i in items], 0.0)
-    if items and items[0].get("step_tokens"):
-        batch["step_tokens"], batch["step_items"] = items[0]["step_tokens"], items[0]["step_items"]
     return batch

@@ -8,6 +8,7 @@ shard, ``_member`` (byte offset and size of its audio in the tar named by ``wav`
 from __future__ import annotations
 
 import io
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,13 +19,16 @@ import torch
 from torch.utils.data import Dataset
 
 from osum_core.data.audio import AudioError, load_audio
+from osum_core.data.bad_items import BadItem
 from osum_core.data.features import HOP_LENGTH, SAMPLE_RATE, LogMel, SpecAugment
 from osum_core.data.shards import read_wav_member
 from osum_core.task import Target, Task
 
 
-class ExampleError(ValueError):
+class ExampleError(BadItem):
     """A manifest line whose content a task cannot use; the message starts with ``file:line``."""
+
+    reason = "bad_target"
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,12 @@ def audio_frames(path: str, source: str) -> int:
     """Feature frames the utterance will have, read from the file header (no decoding)."""
     try:
         info = soundfile.info(path)
-    except (OSError, RuntimeError, soundfile.LibsndfileError):
-        raise AudioError(f"{source}: audio file {path} is missing or unreadable") from None
+    except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
+        if not os.path.isfile(path):
+            raise AudioError(f"{source}: audio file {path} is missing", "audio_missing") from None
+        empty = os.path.getsize(path) == 0
+        raise AudioError(f"{source}: audio file {path} is {'empty (0 bytes)' if empty else f'unreadable ({error})'}",
+                         "audio_empty" if empty else "audio_unreadable") from None
     return int(info.frames * SAMPLE_RATE / info.samplerate) // HOP_LENGTH
 
 
@@ -82,7 +90,8 @@ def task_target(example: Mapping[str, Any], task: Task) -> Target:
     try:
         return task.build_target(example)
     except (ValueError, KeyError, TypeError) as error:
-        raise ExampleError(f"{example_source(example)}: task {task.name}: {error}") from None
+        raise ExampleError(f"{example_source(example)}: task {task.name}: {error}",
+                           key=str(example.get("key"))) from None
 
 
 def assign_task(record: Mapping[str, Any], tasks: Sequence[Task]) -> Task | None:
@@ -90,25 +99,66 @@ def assign_task(record: Mapping[str, Any], tasks: Sequence[Task]) -> Task | None
     return next((t for t in tasks if t.selects(record)), None)
 
 
-def prepare_example(record: Mapping[str, Any], task: Task, tokenizer: Any) -> PreparedExample:
+def prepare_example(record: Mapping[str, Any], task: Task, tokenizer: Any, max_frames: int | None = None,
+                    too_long: str = "skip") -> PreparedExample:
     """`task`'s target and its token ids for one record, and its length in frames (from the shard's
-    index, or the audio file's header)."""
+    index, or the audio file's header). An utterance longer than `max_frames` (the model's maximum
+    input) is an error with ``too_long: skip``, and is cut to it with ``crop``."""
     source = example_source(record)
+    key = str(record["key"])
     target = task_target(record, task)
+    if not target.transcript.strip():
+        raise ExampleError(f"{source}: key {key}: the transcript is empty (every task also transcribes)",
+                           "empty_transcript", key=key)
     frames = record.get("_frames")
+    frames = int(frames) if frames is not None else audio_frames(str(record["wav"]), source)
+    if max_frames is not None and frames > max_frames:
+        if too_long != "crop":
+            raise ExampleError(f"{source}: key {key}: the audio is {frames / 100:.1f} s, longer than the model's "
+                               f"{max_frames / 100:.1f} s (data.too_long=crop cuts it instead)", "too_long", key=key)
+        frames = max_frames
     member = record.get("_member")
     return PreparedExample(
-        key=str(record["key"]),
+        key=key,
         wav=str(record["wav"]),
         task=task.name,
         target=target,
         transcript_ids=tuple(tokenizer.encode(target.transcript, add_special_tokens=False)),
         body_ids=tuple(tokenizer.encode(target.body or target.transcript, add_special_tokens=False)),
         suffix_ids=tuple(tokenizer.encode(target.suffix, add_special_tokens=False)) if target.suffix else (),
-        frames=int(frames) if frames is not None else audio_frames(str(record["wav"]), source),
+        frames=frames,
         source=source,
         member=tuple(member) if member is not None else None,  # type: ignore[arg-type]
     )
+
+
+@dataclass(frozen=True)
+class ExamplePreparer:
+    """How records become examples for one run: the selected tasks, every installed task (a tag none of
+    them has is an error, a tag of an unselected task is not), the tokenizer, the model's longest input
+    and what to do with a longer one (``data.too_long``)."""
+
+    tasks: Sequence[Task]
+    tokenizer: Any
+    known_tasks: Sequence[Task] = ()
+    max_frames: int | None = None
+    too_long: str = "skip"
+
+    def select(self, record: Mapping[str, Any]) -> Task | None:
+        task = assign_task(record, self.tasks)
+        if task is None and self.known_tasks and assign_task(record, self.known_tasks) is None:
+            tags = ", ".join(sorted({t.tag for t in self.known_tasks}))
+            raise ExampleError(f"{example_source(record)}: key {record.get('key')}: unknown task tag "
+                               f"{str(record.get('task'))!r} (installed tasks' tags: {tags})", "unknown_task",
+                               key=str(record.get("key")))
+        return task
+
+    def prepare(self, record: Mapping[str, Any]) -> PreparedExample | None:
+        """The record's example, or None when no selected task takes it; a bad record raises `BadItem`."""
+        task = self.select(record)
+        if task is None:
+            return None
+        return prepare_example(record, task, self.tokenizer, self.max_frames, self.too_long)
 
 
 def prepare_examples(
@@ -147,8 +197,15 @@ class SpeechDataset(Dataset):
         spec_augment: SpecAugment | None,
         seed: int,
         ctc_target: str,
+        max_frames: int | None = None,
+        on_error: str = "raise",
     ) -> None:
+        """`max_frames`: features are cut to this many frames (``data.too_long: crop``). `on_error`: with
+        ``skip``, an item that fails to load comes back as ``{"skipped": BadItem.to_json()}``, which
+        `collate_examples` sets aside, instead of raising inside the dataloader worker."""
         self.tasks = dict(tasks)
+        self.max_frames = max_frames
+        self.on_error = on_error
         self.eos_id = tokenizer.eos_token_id
         self.log_mel = LogMel(n_mels)
         self.train = train
@@ -166,11 +223,27 @@ class SpeechDataset(Dataset):
         return max(len(p) for p in self.prompt_ids[task])
 
     def __getitem__(self, item: PlanItem) -> dict[str, Any]:
-        """Features, prompt and target tensors of one item of an epoch's plan."""
+        """Features, prompt and target tensors of one item of an epoch's plan (or why it was skipped)."""
+        try:
+            return self.tensors(item)
+        except Exception as error:  # noqa: BLE001 - any failure on one item costs that item only
+            if self.on_error == "raise":
+                raise
+            example = item.example
+            if not isinstance(error, BadItem):
+                error = BadItem(f"{example.source}: key {example.key}: {type(error).__name__}: {error}",
+                                "load_failed", source=example.source)
+            error.source, error.key = example.source, example.key
+            return {"skipped": error.to_json(), "key": example.key, "step_tokens": item.step_tokens,
+                    "step_items": item.step_items}
+
+    def tensors(self, item: PlanItem) -> dict[str, Any]:
         example = item.example
         rng = random.Random(f"{self.seed}:{item.epoch}:{item.draw}")
         wave = load_example_audio(example)
         features = self.log_mel(wave)
+        if self.max_frames is not None:
+            features = features[: self.max_frames]
         if self.spec_augment is not None:
             generator = torch.Generator().manual_seed(rng.randrange(2**31))
             features = self.spec_augment(features, generator)

@@ -22,6 +22,10 @@ interleaved at random, then pass through a shuffle buffer (per group) and a sort
 each window of ``sort_window`` items is cut into duration batches, shuffled within the window.
 
 Evaluation reads every item once, in order, one stream per rank.
+
+**Bad items.** Planning reads shard indexes and prepares each example (target, tokens, length); an item
+that cannot be used there goes to `on_error` (`osum_core.data.bad_items`) and is left out, the same way
+in every process and on every pass, so the plan stays a pure function of the data.
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from osum_core.data.bad_items import BadItem
 from osum_core.data.batching import bucketed_batches
-from osum_core.data.dataset import PlanItem, PreparedExample, assign_task, prepare_example
+from osum_core.data.dataset import ExamplePreparer, PlanItem, PreparedExample, assign_task
 from osum_core.data.length_index import shard_entries
 from osum_core.task import Task
 
 Keep = Callable[[int], bool]
+OnError = Callable[[BadItem], None] | None
 
 
 def keep_all(index: int) -> bool:
@@ -55,9 +61,9 @@ class Piece:
     shard_list: Path | None = None
     shard: Path | None = None
 
-    def records(self, keep: Keep) -> Iterator[dict[str, Any]]:
+    def records(self, keep: Keep, on_error: OnError = None) -> Iterator[dict[str, Any]]:
         assert self.shard_list is not None and self.shard is not None
-        for index, entry in enumerate(shard_entries(self.shard_list, self.shard)):
+        for index, entry in enumerate(shard_entries(self.shard_list, self.shard, on_error)):
             if keep(index):
                 yield entry.record(self.shard)
 
@@ -74,17 +80,21 @@ class EpochPlan:
     """The batches of one split. `task_weights` None means evaluation (every item once, in order)."""
 
     sources: list[PlanSource]
-    tasks: Sequence[Task]
-    tokenizer: Any
+    preparer: ExamplePreparer  # records -> examples: the selected tasks, the tokenizer, the longest input
     length: Callable[[PreparedExample], int]  # LLM sequence length of an example (the token budget)
     budget: Mapping[str, Any]  # max_frames, max_tokens, sort_window, buckets
     shuffle_buffer: int
     task_weights: Mapping[str, float] | None
     seed: int
+    on_error: OnError = None  # where bad items go; None raises them
 
     @property
     def training(self) -> bool:
         return self.task_weights is not None
+
+    @property
+    def tasks(self) -> Sequence[Task]:
+        return self.preparer.tasks
 
     # -- reading a piece ------------------------------------------------------------------------------
     def read(self, piece: Piece, keep: Keep, task: str | None, order_seed: str | None) -> Iterator[PreparedExample]:
@@ -99,15 +109,36 @@ class EpochPlan:
                 if keep(index) and (task is None or example.task == task):
                     yield example
             return
-        for record in piece.records(keep):
+        for record in piece.records(keep, self.on_error):
             chosen = assign_task(record, self.tasks)
-            if chosen is not None and (task is None or chosen.name == task):
-                yield prepare_example(record, chosen, self.tokenizer)
+            if task is not None and (chosen is None or chosen.name != task):
+                continue
+            try:
+                example = self.preparer.prepare(record)
+            except BadItem as error:
+                self.handle(error)
+                continue
+            if example is not None:
+                yield example
+
+    def handle(self, error: BadItem) -> None:
+        if self.on_error is None:
+            raise error
+        self.on_error(error)
 
     def task_counts(self, piece: Piece, keep: Keep) -> Counter[str]:
         if piece.examples is not None:
             return Counter(e.task for i, e in enumerate(piece.examples) if keep(i))
-        return Counter(t.name for r in piece.records(keep) if (t := assign_task(r, self.tasks)) is not None)
+        counts: Counter[str] = Counter()
+        for record in piece.records(keep, self.on_error):
+            try:
+                task = self.preparer.select(record)  # an unknown tag is reported here, once per pass
+            except BadItem as error:
+                self.handle(error)
+                continue
+            if task is not None:
+                counts[task.name] += 1
+        return counts
 
     # -- streams --------------------------------------------------------------------------------------
     def assigned(self, source: PlanSource, epoch: int, stream: int, streams: int) -> list[tuple[Piece, Keep]]:

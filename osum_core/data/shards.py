@@ -21,6 +21,7 @@ from typing import Any
 
 import soundfile
 
+from osum_core.data.bad_items import BadItem
 from osum_core.data.features import HOP_LENGTH, SAMPLE_RATE
 
 TEXT_FIELDS = ("txt", "task", "lang", "speaker", "emotion", "gender", "duration")
@@ -28,8 +29,17 @@ AUDIO_SUFFIXES = ("wav", "flac", "mp3", "ogg", "opus")
 MAX_TEXT_MEMBER = 1 << 20  # a text member larger than this is not a label
 
 
-class ShardError(ValueError):
+class ShardError(BadItem):
     """A shard or one of its members that cannot be used; the message names the shard and the key."""
+
+    reason = "shard_unreadable"
+
+    def to_json(self) -> dict[str, Any]:  # an index row (`osum_core.data.length_index`) as well as a skip row
+        return {**super().to_json(), "error": True}
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> ShardError:
+        return cls(row["message"], row["reason"], source=row["source"], key=row["key"])
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,7 @@ def audio_header_frames(data: bytes, where: str) -> int:
     try:
         info = soundfile.info(io.BytesIO(data))
     except (RuntimeError, soundfile.LibsndfileError) as error:
-        raise ShardError(f"{where}: audio is not readable ({error})") from None
+        raise ShardError(f"{where}: audio is not readable ({error})", "audio_unreadable", source=where) from None
     return int(info.frames * SAMPLE_RATE / info.samplerate) // HOP_LENGTH
 
 
@@ -84,39 +94,46 @@ def entry_from_members(shard: Path, key: str, members: dict[str, tuple[int, int,
     """The `ShardEntry` of one key's members: suffix -> (offset, size, content of text members)."""
     where = f"{shard}: key {key}"
     audio = next((s for s in AUDIO_SUFFIXES if s in members), None)
+
+    def error(message: str) -> ShardError:
+        return ShardError(f"{where}: {message}", "shard_member", source=where, key=key)
+
     if audio is None:
-        raise ShardError(f"{where}: no audio member (expected {key}.wav; found {', '.join(sorted(members))})")
+        raise error(f"no audio member (expected {key}.wav; found {', '.join(sorted(members))})")
     fields: dict[str, Any] = {"key": key}
     for suffix, (_, _, content) in members.items():
         if suffix in TEXT_FIELDS or suffix == "extra":
             if content is None:
-                raise ShardError(f"{where}: member {key}.{suffix} is too large for a label")
+                raise error(f"member {key}.{suffix} is too large for a label")
             try:
                 text = content.decode("utf-8").strip()
             except UnicodeDecodeError:
-                raise ShardError(f"{where}: member {key}.{suffix} is not UTF-8 text") from None
+                raise error(f"member {key}.{suffix} is not UTF-8 text") from None
             if suffix == "extra":
                 try:
                     fields["extra"] = json.loads(text) if text else {}
-                except json.JSONDecodeError as error:
-                    raise ShardError(f"{where}: member {key}.extra is not JSON ({error.msg})") from None
+                except json.JSONDecodeError as problem:
+                    raise ShardError(f"{where}: member {key}.extra is not JSON ({problem.msg})", "shard_member",
+                                     source=where, key=key) from None
             else:
                 fields[suffix] = text
     offset, size, _ = members[audio]
     return ShardEntry(key, fields, offset, size, frames=-1)
 
 
-def scan_shard(path: str | Path) -> Iterator[ShardEntry]:
-    """Every utterance of a shard, in tar order, with its audio's byte range and length in frames.
+def scan_shard(path: str | Path) -> Iterator[ShardEntry | ShardError]:
+    """Every utterance of a shard, in tar order, with its audio's byte range and length in frames; a key
+    whose members cannot be used comes as a `ShardError` in its place (the scan goes on), and a tar cut
+    short ends with one (the keys before the cut are kept).
 
     Reads the tar headers and the text members; each audio member is read once to measure it (the
-    ``duration`` member is trusted instead when present). A truncated or unreadable tar is a `ShardError`
-    naming the shard and the last key read."""
+    ``duration`` member is trusted instead when present). A shard that cannot be opened at all raises
+    `ShardError`."""
     path = Path(path)
     try:
         tar = tarfile.open(path, mode="r|")  # stream mode: one pass, no member table kept in memory
     except (OSError, tarfile.TarError) as error:
-        raise ShardError(f"{path}: cannot open shard ({error})") from None
+        raise ShardError(f"{path}: cannot open shard ({error})", source=str(path)) from None
     key: str | None = None
     members: dict[str, tuple[int, int, bytes | None]] = {}
     with tar:
@@ -126,37 +143,54 @@ def scan_shard(path: str | Path) -> Iterator[ShardEntry]:
                     continue
                 member_key, suffix = split_member_name(info.name)
                 if key is not None and member_key != key:
-                    yield finished_entry(path, key, members, tar)
+                    yield finished_entry(path, key, members)
                     members = {}
                 key = member_key
                 needs_content = (suffix in TEXT_FIELDS or suffix == "extra") and info.size <= MAX_TEXT_MEMBER
                 content = tar.extractfile(info).read() if needs_content else None  # type: ignore[union-attr]
+                if needs_content and len(content or b"") != info.size:
+                    raise tarfile.ReadError(f"the tar ends inside {info.name}")
                 members[suffix] = (info.offset_data, info.size, content)
                 if suffix in AUDIO_SUFFIXES and "duration" not in members:
                     # Measured while the stream is at this member; a later `.duration` is not awaited.
                     data = tar.extractfile(info).read()  # type: ignore[union-attr]
                     if len(data) != info.size:
-                        raise ShardError(f"{path}: key {member_key}: the tar ends inside {info.name} (truncated)")
-                    members["_frames"] = (0, audio_header_frames(data, f"{path}: key {member_key}"), None)
+                        raise tarfile.ReadError(f"the tar ends inside {info.name}")
+                    try:
+                        members["_frames"] = (0, audio_header_frames(data, f"{path}: key {member_key}"), None)
+                    except ShardError as error:
+                        error.key = member_key
+                        members["_error"] = (0, 0, str(error).encode())
         except (tarfile.TarError, EOFError, OSError) as error:
             last = f" after key {key}" if key else ""
-            raise ShardError(f"{path}: the tar is truncated or corrupt{last} ({error})") from None
+            yield ShardError(f"{path}: the tar is truncated or corrupt{last} ({error}); its later members are lost",
+                             source=f"{path}: after key {key}" if key else str(path))
+            return
         if key is not None:
-            yield finished_entry(path, key, members, tar)
+            yield finished_entry(path, key, members)
 
 
-def finished_entry(path: Path, key: str, members: dict[str, tuple[int, int, bytes | None]], tar: Any) -> ShardEntry:
+def finished_entry(path: Path, key: str, members: dict[str, tuple[int, int, bytes | None]]) -> ShardEntry | ShardError:
+    """The entry of one key's members, or the `ShardError` that says why the key cannot be used."""
+    where = f"{path}: key {key}"
+    unreadable = members.pop("_error", None)
+    if unreadable is not None:
+        return ShardError((unreadable[2] or b"").decode(), "audio_unreadable", source=where, key=key)
     measured = members.pop("_frames", None)
-    entry = entry_from_members(path, key, members)
+    try:
+        entry = entry_from_members(path, key, members)
+    except ShardError as error:
+        return error
     if "duration" in entry.fields:
         try:
             frames = int(float(entry.fields["duration"]) * SAMPLE_RATE) // HOP_LENGTH
         except ValueError:
-            raise ShardError(f"{path}: key {key}: duration {entry.fields['duration']!r} is not a number") from None
+            return ShardError(f"{where}: duration {entry.fields['duration']!r} is not a number", "shard_member",
+                              source=where, key=key)
     elif measured is not None:
         frames = measured[1]
     else:
-        raise ShardError(f"{path}: key {key}: audio could not be measured")
+        return ShardError(f"{where}: audio could not be measured", "shard_member", source=where, key=key)
     return ShardEntry(entry.key, entry.fields, entry.offset, entry.size, frames)
 
 
@@ -166,7 +200,7 @@ def read_wav_member(path: str | Path, offset: int, size: int) -> bytes:
         shard.seek(offset)
         data = shard.read(size)
     if len(data) != size:
-        raise ShardError(f"{path}: audio at byte {offset} is cut short (the shard is truncated)")
+        raise ShardError(f"{path}: audio at byte {offset} is cut short (the shard is truncated)", "audio_unreadable")
     return data
 
 
@@ -190,4 +224,4 @@ def write_shard(path: Path, utterances: Iterable[tuple[dict[str, Any], bytes]]) 
             if fields.get("extra") is not None:
                 add_member(tar, f"{key}.extra", json.dumps(fields["extra"], ensure_ascii=False).encode("utf-8"))
     partial.replace(path)
-    return list(scan_shard(path))
+    return [entry for entry in scan_shard(path) if isinstance(entry, ShardEntry)]

@@ -17,8 +17,11 @@ from typing import Any
 
 import yaml
 
+from osum_core.data.bad_items import BadItem
 from osum_core.data.length_index import read_shard_list, shard_entries
-from osum_core.data.manifest import manifest_lines, parse_manifest_line
+from osum_core.data.manifest import read_manifest
+
+OnError = Callable[[BadItem], None] | None
 
 MANIFEST_SUFFIXES = (".jsonl", ".json")
 SHARD_LIST_SUFFIXES = (".list", ".txt")
@@ -56,19 +59,19 @@ def path_kind(path: Path) -> str:
     )
 
 
-def add_path(source: DataSource, path: Path) -> None:
+def add_path(source: DataSource, path: Path, on_error: OnError = None) -> None:
     if not path.exists():
         raise SourceError(f"{path}: not found")
     kind = path_kind(path)
     if kind == "manifest":
         source.manifests.append(path)
     elif kind == "shards":
-        source.shards.extend((path, shard) for shard in read_shard_list(path))
+        source.shards.extend((path, shard) for shard in read_shard_list(path, on_error))
     else:
         raise SourceError(f"{path}: a mixture cannot name another mixture")
 
 
-def read_mixture(path: Path) -> list[DataSource]:
+def read_mixture(path: Path, on_error: OnError = None) -> list[DataSource]:
     """The sources of an OSUM mixture YAML: ``name: {path: ..., weight: w}`` (weight defaults to 1)."""
     try:
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -94,15 +97,16 @@ def read_mixture(path: Path) -> list[DataSource]:
         for item in entry_paths:
             item_path = Path(str(item))
             try:
-                add_path(source, item_path if item_path.is_absolute() else path.parent / item_path)
+                add_path(source, item_path if item_path.is_absolute() else path.parent / item_path, on_error)
             except ValueError as error:
                 raise SourceError(f"{where}: {error}") from None
         sources.append(source)
     return sources
 
 
-def resolve_sources(spec: Any, key: str) -> list[DataSource]:
-    """The sources a ``data.<split>`` value names (`key` is that config key, for messages)."""
+def resolve_sources(spec: Any, key: str, on_error: OnError = None) -> list[DataSource]:
+    """The sources a ``data.<split>`` value names (`key` is that config key, for messages). A shard list
+    line naming a missing shard raises, or goes to `on_error` and is passed over."""
     if not spec:
         raise SourceError(f"{key} is not set: give a manifest, a shard list, a mixture or a list of these")
     paths: Sequence[Any] = spec if isinstance(spec, list | tuple) else [spec]
@@ -112,9 +116,9 @@ def resolve_sources(spec: Any, key: str) -> list[DataSource]:
         path = Path(str(item))
         try:
             if path.exists() and path_kind(path) == "mixture":
-                weighted.extend(read_mixture(path))
+                weighted.extend(read_mixture(path, on_error))
             else:
-                add_path(plain, path)
+                add_path(plain, path, on_error)
         except ValueError as error:
             raise SourceError(f"{key}: {error}") from None
     if weighted and (plain.manifests or plain.shards):
@@ -128,25 +132,12 @@ def resolve_sources(spec: Any, key: str) -> list[DataSource]:
     return weighted or [plain]
 
 
-def split_records(spec: Any, key: str, on_error: Callable[[ValueError], None] | None = None) -> Iterator[dict[str, Any]]:
+def split_records(spec: Any, key: str, on_error: OnError = None) -> Iterator[dict[str, Any]]:
     """Every record (label fields and where the audio is) that a ``data.<split>`` value names, in order,
     read lazily. A line or shard that cannot be read raises, or goes to `on_error` and is passed over."""
-    from osum_core.data.shards import ShardError
-
-    for source in resolve_sources(spec, key):
+    for source in resolve_sources(spec, key, on_error):
         for manifest in source.manifests:
-            for number, line in manifest_lines(manifest):
-                try:
-                    yield parse_manifest_line(manifest, number, line)
-                except ValueError as error:
-                    if on_error is None:
-                        raise
-                    on_error(error)
+            yield from read_manifest(manifest, on_error)
         for shard_list, shard in source.shards:
-            try:
-                for entry in shard_entries(shard_list, shard):
-                    yield entry.record(shard)
-            except ShardError as error:
-                if on_error is None:
-                    raise
-                on_error(error)
+            for entry in shard_entries(shard_list, shard, on_error):
+                yield entry.record(shard)

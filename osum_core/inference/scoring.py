@@ -25,15 +25,16 @@ class Evaluation:
 
 
 def example_scores(task: Task, prediction: Prediction, target: Target) -> dict[str, Any]:
-    """The example's transcript WER (after the scoring normaliser) and whether its parsed answer (label and
-    fields) equals the reference's parsed the same way."""
+    """The example's transcript WER (after the scoring normaliser; of the words an invalid answer's parser
+    recovered) and whether its parsed answer (label and fields) equals the reference's parsed the same way
+    (never for an invalid answer)."""
     scores: dict[str, Any] = {}
     reference = normalize_transcript(target.transcript)
     if reference:
         scores["wer"] = round(float(word_error_rate(normalize_transcript(prediction.transcript), reference)), 4)
     expected = task.parse_output(target.text)
     if expected.label is not None or expected.fields:
-        scores["correct"] = expected.label == prediction.label and all(
+        scores["correct"] = prediction.valid and expected.label == prediction.label and all(
             normalize_transcript(str(prediction.fields.get(k, ""))) == normalize_transcript(str(v))
             for k, v in expected.fields.items()
             if isinstance(v, str)
@@ -72,7 +73,14 @@ class Scorer:
         prediction = prediction if prediction is not None else task.parse_output(text)
         metric = self.metrics.get(task_name)
         if metric is None:
-            metric = self.metrics[task_name] = computed_here(task.make_metric())
+            metric = task.make_metric()
+            shared = [name for name, other in self.metrics.items() if other is metric]
+            if shared:  # one task's answers would change the other's scores
+                raise ValueError(
+                    f"task {task_name!r}: make_metric() returned the metric object of task {shared[0]!r}; "
+                    "it must return a new one on each call"
+                )
+            metric = self.metrics[task_name] = computed_here(metric)
         metric.update([prediction], [target])
         row: dict[str, Any] = {"key": key, "task": task_name}
         if file is not None:

@@ -82,6 +82,12 @@ class SpeechEncoder(nn.Module):
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return conv_output_lengths(lengths, self.conv_strides)
 
+    @property
+    def max_input_frames(self) -> int:
+        """The longest input, in feature frames (10 ms), that the encoder's positions cover (30 s for Whisper)."""
+        positions = self.whisper.embed_positions.num_embeddings
+        return positions * int(torch.tensor(self.conv_strides).prod())
+
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         whisper = self.whisper
         x = features.transpose(1, 2)  # [B, n_mels, T]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
-from collections.abc import Iterable
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pluggy
 
@@ -20,11 +24,14 @@ HOOKIMPL_IMPORT = "from osum_core.plugins import hookimpl"
 
 @dataclass(frozen=True)
 class PluginProblem:
-    """A plugin that could not contribute: its package (distribution) name and why."""
+    """A plugin that could not contribute: its package (distribution) name, its plugin (entry-point) name,
+    why, and the hook concerned (``osum_tasks``), empty when the plugin failed as a whole (import,
+    registration)."""
 
     package: str
     plugin: str
     reason: str
+    hook: str = ""
 
     def __str__(self) -> str:
         return f"plugin {self.plugin!r} from package {self.package!r}: {self.reason}"
@@ -63,8 +70,40 @@ def new_plugin_manager() -> pluggy.PluginManager:
     return manager
 
 
+# What a plugin's import or hook may raise without taking osum down: any error, and sys.exit().
+PLUGIN_FAILURES = (Exception, SystemExit)
+
+
+def installed_entry_points(group: str = ENTRY_POINT_GROUP) -> list[importlib.metadata.EntryPoint]:
+    """The `group` entry points of the installed distributions, by name.
+
+    Installed means found on sys.path outside the current directory: Python puts that directory first on
+    sys.path for ``python -m`` and ``python -c``, but it is not an installation, so a stray or stale
+    ``*.dist-info`` / ``*.egg-info`` there (a build's ``osum.egg-info``, a downloaded folder) is never read
+    and cannot shadow the installed one. A distribution found twice counts once, where sys.path finds it first
+    (as importlib does)."""
+    try:
+        here: str | None = os.path.realpath(os.getcwd())
+    except OSError:  # the current directory was removed
+        here = None
+    path = [entry for entry in sys.path if os.path.realpath(entry or os.curdir) != here]
+    seen: set[str] = set()
+    points = []
+    for dist in importlib.metadata.distributions(path=path):
+        name = re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower()
+        if name in seen:
+            continue
+        seen.add(name)
+        points.extend(dist.entry_points.select(group=group))
+    return sorted(points, key=lambda e: e.name)
+
+
 def load_tasks(blocked: Iterable[str] = (), extra_plugins: Iterable[object] = ()) -> TaskRegistry:
-    """Import every ``osum`` entry point, collect its tasks, and report what failed without stopping.
+    """Import every installed ``osum`` entry point (`installed_entry_points`; nothing else is loaded: no
+    module from the current directory or a config file), collect its tasks and recipes, and report what
+    failed without stopping: a plugin that fails to import, register or check is left out; a hook that
+    raises or returns the wrong type is reported with its name and contributes nothing, the plugin's other
+    hooks still do.
 
     `blocked` names entry points to skip (as pytest's ``-p no:name``); `extra_plugins` registers plugin
     objects directly (tests, notebooks)."""
@@ -72,13 +111,13 @@ def load_tasks(blocked: Iterable[str] = (), extra_plugins: Iterable[object] = ()
     manager = new_plugin_manager()
     blocked = set(blocked)
     plugins: list[tuple[str, str, object]] = []
-    for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    for entry_point in installed_entry_points():
         if entry_point.name in blocked:
             continue
         package = entry_point.dist.name if entry_point.dist is not None else "?"
         try:
             plugins.append((package, entry_point.name, entry_point.load()))
-        except Exception as error:  # a broken plugin must not take the others down
+        except PLUGIN_FAILURES as error:  # a broken plugin must not take the others down
             registry.problems.append(PluginProblem(package, entry_point.name, f"import failed: {error!r}"))
     for plugin in extra_plugins:
         name = getattr(plugin, "__name__", type(plugin).__name__)
@@ -87,25 +126,46 @@ def load_tasks(blocked: Iterable[str] = (), extra_plugins: Iterable[object] = ()
     for package, name, plugin in plugins:
         for hook in unmarked_hooks(manager, plugin):
             reason = f"defines {hook}() without @hookimpl ({HOOKIMPL_IMPORT})"
-            registry.problems.append(PluginProblem(package, name, reason))
+            registry.problems.append(PluginProblem(package, name, reason, hook))
         try:
             manager.register(plugin, name=name)
             manager.check_pending()  # a misspelled hook implementation is an error, not a silent no-op
-            contributed = plugin_tasks(manager, plugin)
-            recipes = plugin_recipes(manager, plugin)
-        except Exception as error:
+        except PLUGIN_FAILURES as error:
             if manager.is_registered(plugin):
                 manager.unregister(plugin)
             registry.problems.append(PluginProblem(package, name, f"{type(error).__name__}: {error}"))
             continue
+        where = (registry, package, name, manager, plugin)
+        contributed: list[Task] = guarded(*where, "osum_tasks", plugin_tasks) or []
+        recipes: dict[str, DemoRecipe] = guarded(*where, "osum_demo_recipes", plugin_recipes) or {}
         for task in contributed:
             add_task(registry, task, package, name, origin(plugin))
         for tag, recipe in recipes.items():
             if tag in registry.recipes:
-                registry.problems.append(PluginProblem(package, name, f"a demo recipe for {tag} exists already"))
+                reason = f"a demo recipe for {tag} exists already"
+                registry.problems.append(PluginProblem(package, name, reason, "osum_demo_recipes"))
             else:
                 registry.recipes[tag] = recipe
     return registry
+
+
+def guarded(
+    registry: TaskRegistry,
+    package: str,
+    name: str,
+    manager: pluggy.PluginManager,
+    plugin: object,
+    hook: str,
+    read: Callable[[pluggy.PluginManager, object], Any],
+) -> Any:
+    """`read(manager, plugin)`, the checked result of one hook of one plugin; None when it fails, with the
+    failure recorded as the plugin's problem, naming the hook."""
+    try:
+        return read(manager, plugin)
+    except PLUGIN_FAILURES as error:
+        reason = f"{hook}() failed: {type(error).__name__}: {error}"
+        registry.problems.append(PluginProblem(package, name, reason, hook))
+        return None
 
 
 def unmarked_hooks(manager: pluggy.PluginManager, plugin: object) -> list[str]:

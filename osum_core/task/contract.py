@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,12 +39,18 @@ class Target:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Generated text parsed by a task. `label` is None when the task has none or the output held none."""
+    """Generated text parsed by a task. `label` is None when the task has none or the output held none.
+
+    valid: False when the text is not in the task's output format: empty, a missing, extra or unknown tag,
+        malformed timestamps, text after the last tag, characters that did not decode. `label` and `fields`
+        still hold what could be read, and `transcript` the words that could be recovered (scored by WER as
+        they are); metrics count an invalid answer's label, fields and reply as wrong."""
 
     text: str
     transcript: str
     label: str | None = None
     fields: Mapping[str, Any] = field(default_factory=dict)
+    valid: bool = True
 
 
 class TaskMetric(Protocol):
@@ -55,6 +61,50 @@ class TaskMetric(Protocol):
     def update(self, predictions: Sequence[Prediction], targets: Sequence[Target]) -> None: ...
 
     def compute(self) -> dict[str, float]: ...
+
+
+# What `build_target` may raise for a manifest line it cannot use: ValueError is the one to raise (naming the
+# field); KeyError and TypeError (a missing field, one of the wrong type) are taken as the same. osum reports
+# them with the line's file:line; anything else is a bug in the task and propagates.
+TARGET_ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, TypeError)
+
+
+class RecordView(Mapping[str, Any]):
+    """A read-only view of a manifest line, what a task's `select` and `build_target` receive: a task can
+    read every field but change none, so no task alters what the next one (or osum) reads. Nested objects
+    are read-only too: mappings as `RecordView`, lists as tuples. Making one costs nothing; nested values are
+    wrapped when read."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: Mapping[str, Any]) -> None:
+        self._record = record
+
+    def __getitem__(self, key: str) -> Any:
+        return read_only(self._record[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._record)
+
+    def __len__(self) -> int:
+        return len(self._record)
+
+    def __repr__(self) -> str:
+        return f"RecordView({self._record!r})"
+
+
+def read_only(value: Any) -> Any:
+    """`value` as a task may see it: mappings as `RecordView`, lists and tuples as tuples of read-only values,
+    sets as frozensets; anything else (str, numbers, None) as it is."""
+    if isinstance(value, RecordView):
+        return value
+    if isinstance(value, Mapping):
+        return RecordView(value)
+    if isinstance(value, list | tuple):
+        return tuple(read_only(item) for item in value)
+    if isinstance(value, set | frozenset):
+        return frozenset(value)
+    return value
 
 
 def normalize_task_tag(tag: str) -> str:
@@ -70,8 +120,10 @@ class Task:
     tag: OSUM's task tag, the value of a manifest line's ``task`` field (``<TRANSCRIBE> <CAPTION>``).
     prompts: prompt paraphrases by language code (``{"zh": (...), "en": (...)}``); one is drawn per training
         example, the first is used at evaluation.
-    build_target: example (a manifest line as a dict) -> `Target`; raise ValueError naming the field on bad input.
-    parse_output: generated text -> `Prediction`; must never raise.
+    build_target: example (a manifest line, as a read-only `RecordView`) -> `Target`; on a line it cannot use,
+        raise ValueError naming the field (KeyError and TypeError are taken as the same: `TARGET_ERRORS`).
+    parse_output: generated text -> `Prediction`; must never raise: text not in the task's format gives a
+        prediction with ``valid=False``.
     make_metric: returns a fresh `TaskMetric`.
     metric: the headline metric's name as it appears in metrics.json (``wer``, ``accuracy``).
     labels: the closed label set, empty for open-ended tasks.
@@ -109,10 +161,16 @@ class Task:
         object.__setattr__(self, "prompts", {k: tuple(v) for k, v in self.prompts.items()})
 
     def selects(self, example: Mapping[str, Any]) -> bool:
+        """Whether `example` belongs to the task; a custom `select` gets a read-only view of it."""
         if self.select is not None:
-            return bool(self.select(example))
+            return bool(self.select(RecordView(example) if not isinstance(example, RecordView) else example))
         # OSUM treats a line without a task field as plain transcription.
         return normalize_task_tag(str(example.get("task", "<TRANSCRIBE>"))) == self.tag
+
+    def target(self, example: Mapping[str, Any]) -> Target:
+        """The training target of a manifest line: `build_target` given a read-only view of it, so that the
+        task cannot change the line for osum or another task. Raises what `build_target` raises."""
+        return self.build_target(example if isinstance(example, RecordView) else RecordView(example))
 
     def prompt_bank(self, language: str) -> tuple[str, ...]:
         """Prompts for ``zh``, ``en`` or ``both``. A task without prompts in `language` uses the banks it has,

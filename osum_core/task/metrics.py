@@ -47,9 +47,9 @@ class TranscriptMetric:
 class LabelMetric:
     """Accuracy and macro-F1 of the label, plus the transcript's WER/CER (ASR+X tasks report both).
 
-    An answer with no label, or one outside the label set, counts as wrong: it is scored as an extra
-    "invalid" class that no reference has. Macro-F1 averages the F1 of the classes that occur in the
-    references."""
+    An answer with no label, one outside the label set, or one marked invalid (``Prediction.valid``) counts
+    as wrong: it is scored as an extra "invalid" class that no reference has. Macro-F1 averages the F1 of the
+    classes that occur in the references."""
 
     def __init__(self, labels: Sequence[str]) -> None:
         self.labels = tuple(labels)
@@ -62,7 +62,7 @@ class LabelMetric:
 
     def update(self, predictions: Sequence[Prediction], targets: Sequence[Target]) -> None:
         self.transcript.update(predictions, targets)
-        pred = torch.tensor([self._class(p.label) for p in predictions], dtype=torch.long)
+        pred = torch.tensor([self._class(p.label if p.valid else None) for p in predictions], dtype=torch.long)
         ref = torch.tensor([self._class(target_label(t)) for t in targets], dtype=torch.long)
         self.confusion.update(pred, ref)
 
@@ -105,7 +105,8 @@ class FieldsMetric:
     """Several labels per example (OSUM's ``<adult><female>``): each field's accuracy and macro-F1
     (``age_accuracy`` ...), and ``accuracy`` = the share of examples with every field right.
 
-    References are the target's suffix tags in field order; predictions are ``Prediction.fields``."""
+    References are the target's suffix tags in field order; predictions are ``Prediction.fields``; every field
+    of an invalid prediction counts as wrong."""
 
     def __init__(self, fields: Mapping[str, Sequence[str]]) -> None:
         self.names = tuple(fields)
@@ -121,10 +122,13 @@ class FieldsMetric:
             guesses = [p.fields.get(name) for p in predictions]
             truths = [tags[index] if index < len(tags) else None for tags in references]
             self.per_field[name].update(
-                [Prediction(p.text, "", guess) for p, guess in zip(predictions, guesses, strict=True)],
+                [Prediction(p.text, "", guess, valid=p.valid) for p, guess in zip(predictions, guesses, strict=True)],
                 [Target("", f"<{truth}>" if truth is not None else "") for truth in truths],
             )
-            right &= torch.tensor([g is not None and g == t for g, t in zip(guesses, truths, strict=True)])
+            right &= torch.tensor(
+                [p.valid and g is not None and g == t for p, g, t in zip(predictions, guesses, truths, strict=True)],
+                dtype=torch.bool,
+            )
         if len(predictions):
             self.all_right.update(right.double())
 

@@ -15,7 +15,7 @@ from typing import Any
 from osum_core.task.contract import Prediction, Target, Task, TaskMetric
 from osum_core.task.metrics import FieldsMetric, LabelMetric
 from osum_core.task.normalize import normalize_target
-from osum_core.task.tags import split_suffix_tags
+from osum_core.task.tags import is_garbled, split_suffix_tags, strip_tags
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,23 @@ def tagged_task(
         return Target(normalize_target(transcript) if transcribe else "", suffix)
 
     def parse_output(text: str) -> Prediction:
+        """The first tag per field, read from the tags at the end. Valid when there is exactly one tag per
+        field, each in its label set, nothing after them, nothing before them without `transcribe`, and no
+        undecodable characters; an invalid answer's transcript is its words without any tags."""
         transcript, tags = split_suffix_tags(text)
         found = {f.name: f.canonical(tags[i]) for i, f in enumerate(fields) if i < len(tags)}
+        valid = (
+            len(tags) == len(fields)
+            and all(found[f.name] in f.labels for f in fields)
+            and (transcribe or not transcript)
+            and not is_garbled(text)
+        )
         return Prediction(
             text=text,
-            transcript=transcript if transcribe else "",
+            transcript=("" if not transcribe else transcript if valid else strip_tags(transcript)),
             label=found.get(fields[0].name),
             fields=found,
+            valid=valid,
         )
 
     labels = tuple(label for f in fields for label in f.labels)

@@ -3,14 +3,15 @@ split -> the resumable loader."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from osum_core.data.bad_items import BadItem, SkipLog, check_on_error, error_handler
 from osum_core.data.batching import check_buckets
-from osum_core.data.dataset import PreparedExample, SpeechDataset, prepare_examples
+from osum_core.data.dataset import ExampleError, ExamplePreparer, PreparedExample, SpeechDataset
 from osum_core.data.epoch_plan import EpochPlan, Piece, PlanSource
 from osum_core.data.features import SpecAugment
 from osum_core.data.loader import PlanBatchSampler, plan_loader
@@ -22,7 +23,9 @@ from osum_core.task import Task
 class SpeechDataModule(L.LightningDataModule):
     """Reads ``data.train`` / ``data.val`` / ``data.test`` manifests for the selected tasks.
 
-    `cfg` is the resolved ``data:`` config section (a plain dict)."""
+    `cfg` is the resolved ``data:`` config section (a plain dict). Bad items go to `skips` (or raise,
+    with ``data.on_error: raise``); `known_tasks` are all installed tasks (a tag none of them has is an
+    error); `max_input_frames` is the encoder's longest input (``data.too_long`` says what to do beyond)."""
 
     def __init__(
         self,
@@ -32,11 +35,22 @@ class SpeechDataModule(L.LightningDataModule):
         seed: int,
         ctc_target: str,
         sequence_length: Callable[..., int],
+        known_tasks: Sequence[Task] = (),
+        max_input_frames: int | None = None,
+        skips: SkipLog | None = None,
     ) -> None:
         """`sequence_length(frames, prompt_tokens, target_tokens, frames_per_step)`: the LLM sequence length
         of an example, as the model lays it out (`SpeechLLM.sequence_length`)."""
         super().__init__()
         check_buckets(cfg["buckets"])
+        self.on_error = check_on_error(cfg["on_error"])
+        if cfg["too_long"] not in ("skip", "crop"):
+            raise ValueError(f"data.too_long must be skip or crop, got {cfg['too_long']!r}")
+        self.skips = skips if skips is not None else SkipLog()
+        self.handle = error_handler(self.on_error, self.skips)
+        self.max_input_frames = max_input_frames
+        self.preparer = ExamplePreparer(list(tasks.values()), tokenizer, tuple(known_tasks), max_input_frames,
+                                        cfg["too_long"])
         self.ctc_target = ctc_target
         self.sequence_length = sequence_length
         self.cfg = dict(cfg)
@@ -55,16 +69,37 @@ class SpeechDataModule(L.LightningDataModule):
         targets = len(example.body_ids) + len(example.suffix_ids) + 1
         return self.sequence_length(example.frames, self.prompt_tokens[example.task], targets, self.cfg["frames_per_token"])
 
+    def manifest_examples(self, path: Any, keys: set[str]) -> tuple[list[PreparedExample], int]:
+        """The prepared examples of one manifest, every line checked now (a bad one is skipped or raises
+        before training starts), and the number of lines no selected task takes."""
+        examples, unselected = [], 0
+        for record in read_manifest(path, self.handle):
+            try:
+                if record["key"] in keys:
+                    raise ExampleError(f"{record['_source']}: key {record['key']} appears before in this split",
+                                       "duplicate_key", key=record["key"])
+                keys.add(record["key"])
+                example = self.preparer.prepare(record)
+            except BadItem as error:
+                self.handle(error)
+                continue
+            if example is None:
+                unselected += 1
+            else:
+                examples.append(example)
+        return examples, unselected
+
     def plan(self, split: str) -> EpochPlan:
         """The split's epoch plan. Manifests are read and checked here, every line (so a bad line fails
         before training); shards are read lazily, through their length index."""
         if split not in self.plans:
             tasks = list(self.tasks.values())
             sources, unselected, manifest_items = [], 0, 0
-            for source in resolve_sources(self.cfg[split], f"data.{split}"):
+            keys: set[str] = set()
+            for source in resolve_sources(self.cfg[split], f"data.{split}", self.handle):
                 pieces = []
                 for path in source.manifests:
-                    examples, skipped = prepare_examples(read_manifest(path), tasks, self.tokenizer)
+                    examples, skipped = self.manifest_examples(path, keys)
                     unselected += skipped
                     manifest_items += len(examples)
                     if examples:
@@ -76,9 +111,10 @@ class SpeechDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{split} ({self.cfg[split]}) has no example for the selected tasks ({tags})")
             training = split == "train"
             self.plans[split] = EpochPlan(
-                sources, tasks, self.tokenizer, self.example_length,
+                sources, self.preparer, self.example_length,
                 {k: self.cfg[k] for k in ("max_frames", "max_tokens", "sort_window", "buckets")}, self.cfg["shuffle_buffer"],
                 {name: task.sampling_weight for name, task in self.tasks.items()} if training else None, self.seed,
+                self.handle,
             )
             self.unselected[split] = unselected
         return self.plans[split]
@@ -99,6 +135,8 @@ class SpeechDataModule(L.LightningDataModule):
             spec_augment=SpecAugment(**{k: v for k, v in augment.items() if k != "enabled"}) if augment["enabled"] else None,
             seed=self.seed,
             ctc_target=self.ctc_target,
+            max_frames=self.max_input_frames if self.cfg["too_long"] == "crop" else None,
+            on_error=self.on_error,
         )
 
     def loader(self, split: str) -> StatefulDataLoader:

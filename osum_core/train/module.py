@@ -7,11 +7,16 @@ Batch loss, for a batch with examples i, target tokens t, task weights and CTC (
 
 where w_it = loss_weight(task_i), times label_loss_weight(task_i) for the label suffix and the end-of-text
 token after it; T_i is the number of target tokens and U_i the transcript length in tokens.
+
+A step whose loss or gradient is NaN or infinite is skipped: the optimiser does not step, so weights and
+its state stay as they were, and ``train/skipped_steps`` counts it; ``optim.max_nonfinite_steps`` such
+steps in a row stop the run (`TrainingDiverged`). A checkpoint is never written with non-finite weights.
 """
 
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +29,11 @@ from osum_core.inference.scoring import Evaluation, Scorer
 from osum_core.model.speech_llm import GenerationSettings, SpeechLLM
 from osum_core.task import Task
 from osum_core.train.schedule import lr_multiplier
+
+
+class TrainingDiverged(ValueError):
+    """Too many optimiser steps in a row had a NaN or infinite loss or gradient (or the weights became
+    non-finite); the message says which steps and what to try."""
 
 
 def numpy_state_as_tensors() -> dict[str, Any]:
@@ -60,11 +70,19 @@ class SpeechLLMModule(L.LightningModule):
         self.eval_loss: dict[str, float] = {}
         self._loss_sums: dict[str, list[float]] = {}
         self._started = time.monotonic()
+        self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or gradient, this process
+        self._nonfinite_in_a_row = 0
 
     # -- exact resume ---------------------------------------------------------------------------------
     # Lightning's checkpoint holds weights, optimiser, schedule, loop and loader positions, but not the
     # random generators: without them, dropout after a resume would differ from an uninterrupted run.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        bad = [name for name, value in checkpoint.get("state_dict", {}).items()
+               if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all())]
+        if bad:
+            raise TrainingDiverged(f"not saving a checkpoint at step {self.global_step}: {len(bad)} weight tensor(s) "
+                                   f"are NaN or infinite ({', '.join(bad[:3])}); the previous checkpoint is kept")
+        checkpoint["skipped_steps"] = self.skipped_steps
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
             "python": random.getstate(),
@@ -76,6 +94,7 @@ class SpeechLLMModule(L.LightningModule):
         # Applied at the first training batch, not now: restoring the loop and the loader still draws
         # from the generators (the loader's base seed), which an uninterrupted run did before the save.
         self._rng_to_restore = checkpoint.get("rng_states")
+        self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         states, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
@@ -153,7 +172,18 @@ class SpeechLLMModule(L.LightningModule):
         loss = ce_term if ctc_term is None else ce_term + self.ctc_weight * ctc_term
         return loss, parts
 
+    def empty_batch_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss of a batch whose every item was skipped (`collate_examples`): zero, yet reaching every
+        trained parameter (DDP wants a gradient for each) after joining the step's collective as the
+        other ranks do."""
+        if self.world_size > 1 and batch.get("step_tokens"):
+            self.step_totals(batch)
+        zero = torch.zeros((), device=self.device)
+        return sum((p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad), zero)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if not batch["keys"]:
+            return self.empty_batch_loss(batch)
         loss, parts = self.batch_loss(batch)
         size = len(batch["keys"])
         logged = parts["ce"] + self.ctc_weight * parts["ctc"] if "ctc" in parts else parts["ce"]
@@ -161,6 +191,46 @@ class SpeechLLMModule(L.LightningModule):
         for name, value in parts.items():
             self.log(f"train/{name}", value, batch_size=size)
         return loss
+
+    def gradients_finite(self, loss: Any) -> bool:
+        """Whether this step's loss and every gradient are finite, on every rank."""
+        finite = loss is None or bool(torch.isfinite(torch.as_tensor(loss)).all())
+        for p in self.model.parameters():
+            if finite and p.grad is not None:
+                grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # fsdp2: this rank's shard
+                finite = bool(grad.isfinite().all())
+        if self.world_size > 1:
+            bad = torch.tensor(0.0 if finite else 1.0, device=self.device)
+            finite = float(self.trainer.strategy.reduce(bad, reduce_op="sum")) == 0
+        return finite
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Lightning's step, unless the loss or a gradient is NaN or infinite: then the optimiser does not
+        step (Lightning's documented way to skip: run the closure, do not call ``step``). Left to the
+        strategy where it skips by itself: a GradScaler (fp16) and DeepSpeed."""
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        trainer = self.trainer
+        if isinstance(trainer.strategy, DeepSpeedStrategy) or getattr(trainer.precision_plugin, "scaler", None):
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        loss = optimizer_closure() if optimizer_closure is not None else None  # forward and backward
+        if self.gradients_finite(loss):
+            self._nonfinite_in_a_row = 0
+            optimizer.step()
+            return
+        self.skipped_steps += 1
+        self._nonfinite_in_a_row += 1
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        # A skipped step does not count as one (global_step stays), so the run still makes max_steps updates.
+        print(f"osum: warning: after step {self.global_step}: NaN or infinite loss or gradient; step skipped "
+              f"({self._nonfinite_in_a_row} in a row, {self.skipped_steps} in all)", file=sys.stderr)
+        limit = self.optim["max_nonfinite_steps"]
+        if self._nonfinite_in_a_row >= limit:
+            raise TrainingDiverged(
+                f"after step {self.global_step}: {self._nonfinite_in_a_row} steps in a row had a NaN or infinite "
+                f"loss or gradient (optim.max_nonfinite_steps={limit}); the run stopped. Its last "
+                "checkpoint holds the weights from before them. Try a lower optim.lr, more optim.warmup_steps, or "
+                "float32 (trainer.precision=32-true)")
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -191,6 +261,8 @@ class SpeechLLMModule(L.LightningModule):
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def evaluate_batch(self, stage: str, batch: dict[str, Any]) -> None:
+        if not batch["keys"]:
+            return
         loss, _ = self.batch_loss(batch)
         sums = self._loss_sums.setdefault(stage, [0.0, 0])
         sums[0] += float(loss) * len(batch["keys"])

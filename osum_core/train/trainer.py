@@ -5,7 +5,7 @@ that counts the run's optimiser steps."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,8 @@ class StepProgressBar(TQDMProgressBar):
 
 
 def build_trainer(section: Mapping[str, Any], run_dir: Path, checkpoint_every: int | None = None,
-                  log_keys: bool = False, deepspeed: Mapping[str, Any] | None = None) -> tuple[L.Trainer, LearningCurve]:
+                  log_keys: bool = False, deepspeed: Mapping[str, Any] | None = None,
+                  extra_callbacks: Sequence[L.Callback] = ()) -> tuple[L.Trainer, LearningCurve]:
     """The Trainer for `section` (the ``trainer:`` config) writing into `run_dir`, and its learning curve.
     `checkpoint_every` (``checkpoint.every_n_steps``) also writes last.ckpt every that many steps;
     `log_keys` (``data.log_keys``) writes the keys of every step (`KeyLog`)."""
@@ -72,6 +73,7 @@ def build_trainer(section: Mapping[str, Any], run_dir: Path, checkpoint_every: i
     callbacks.append(curve)
     if log_keys:
         callbacks.append(KeyLog(run_dir / TRAIN_KEYS))
+    callbacks.extend(extra_callbacks)
     if arguments.get("enable_progress_bar", True):
         callbacks.append(StepProgressBar())
     trainer = L.Trainer(**arguments, default_root_dir=run_dir, logger=loggers, callbacks=callbacks)
