@@ -57,11 +57,12 @@ def test_unknown_config_key_is_an_error():
 
 
 def test_bad_manifest_line_is_named(tmp_path, tiny_corpus):
+    # data.on_error=raise stops at it (the default, skip, is tests/test_faults.py's corrupted corpus).
     bad = tmp_path / "bad.jsonl"
     lines = (tiny_corpus / "train.jsonl").read_text().splitlines()[:3]
     bad.write_text("\n".join([lines[0], "{oops", lines[2]]) + "\n")
     result = osum("fit", "--tasks", "asr", "--out", str(tmp_path / "run"), f"data.train={bad}",
-                  f"data.val={bad}", f"data.test={bad}", *TINY_FIT)
+                  f"data.val={bad}", f"data.test={bad}", "data.on_error=raise", *TINY_FIT)
     assert result.returncode == 2
     assert f"{bad}:2: not valid JSON" in result.stderr
 
@@ -72,7 +73,8 @@ def test_fit_writes_a_complete_run_directory(tmp_path, tiny_corpus):
     data = [f"data.{k}={tiny_corpus / f'{s}.jsonl'}" for k, s in (("train", "train"), ("val", "dev"), ("test", "test"))]
     assert main(["fit", "--tasks", "asr,ved", "--out", str(run), *data, *TINY_FIT]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"asr", "ved"}
+    assert set(metrics) == {"asr", "ved", "skipped"} and metrics["skipped"] == {}  # nothing bad in the corpus
+    assert (run / "skipped.jsonl").read_text() == ""
     assert 0.0 <= metrics["asr"]["wer"] and 0.0 <= metrics["ved"]["accuracy"] <= 1.0
     assert metrics["asr"]["count"] == 6 and metrics["ved"]["count"] == 6
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -96,7 +98,7 @@ def test_fit_all_trains_every_installed_task(tmp_path, all_tasks_corpus, registr
     data = [f"data.{k}={all_tasks_corpus / f'{s}.jsonl'}" for k, s in (("train", "train"), ("val", "dev"), ("test", "test"))]
     assert main(["fit", "--tasks", "all", "--out", str(run), *data, *TINY_FIT, "data.prompt_language=zh"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == set(registry.tasks)
+    assert set(metrics) == {*registry.tasks, "skipped"}
     assert metrics["srwt"]["count"] == 2 and "timestamp_error_ms" in metrics["srwt"]
     assert "reply_exact" in metrics["sttc"] and "age_accuracy" in metrics["asr_age_gender"]
     assert set(json.loads((run / "confusion.json").read_text())["age_gender"]) == {"age", "gender"}
@@ -107,7 +109,7 @@ def test_fit_with_only_one_task_trains_only_that_task(tmp_path, tiny_corpus):
     run = tmp_path / "run"
     data = [f"data.{k}={tiny_corpus / f'{s}.jsonl'}" for k, s in (("train", "train"), ("val", "dev"), ("test", "test"))]
     assert main(["fit", "--tasks", "ved", "--out", str(run), *data, *TINY_FIT, "tasks.ved.loss_weight=2"]) == 0
-    assert set(json.loads((run / "metrics.json").read_text())) == {"ved"}
+    assert set(json.loads((run / "metrics.json").read_text())) == {"ved", "skipped"}
 
 
 def test_synth_takes_corpus_settings_as_overrides(tmp_path, capsys):

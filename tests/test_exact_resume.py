@@ -85,3 +85,32 @@ def test_a_killed_run_resumes_exactly(kind, tiny_corpus, tmp_path):
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
     assert json.loads((killed / "metrics.json").read_text()) == json.loads((whole / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGUSR1"])
+def test_a_scheduler_signal_saves_stops_cleanly_and_resumes_exactly(signal_name, tiny_corpus, tmp_path):
+    # As SLURM does, the signal goes to every process of the job (dataloader workers included).
+    train = str(tiny_corpus / "train.jsonl")
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    subprocess.run(fit_command(whole, train, tiny_corpus), check=True, capture_output=True)
+    command = fit_command(stopped, train, tiny_corpus, "checkpoint.every_n_steps=null")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    log, deadline = stopped / "train_keys.jsonl", time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and any(json.loads(x)["step"] >= 5 for x in log.read_text().splitlines() if x.strip()):
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, getattr(signal, signal_name))
+    stderr = process.communicate(timeout=300)[1].decode()
+    assert process.returncode == 0, stderr[-3000:]
+    checkpoint = torch.load(stopped / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    step = checkpoint["global_step"]
+    assert 5 <= step < STEPS, stderr[-2000:]  # saved where it stopped, in the middle of the run
+    assert f"stopped by {signal_name} after step {step}; resumable checkpoint" in stderr
+    assert not (stopped / "metrics.json").exists()  # it stopped: no test
+    resumed = subprocess.run(fit_command(stopped, train, tiny_corpus, "--resume", str(stopped)), capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    assert key_log(stopped) == key_log(whole)
+    a, b = weights(whole), weights(stopped)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)

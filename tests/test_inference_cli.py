@@ -27,7 +27,8 @@ def test_osum_test_reproduces_the_runs_test_metrics_and_writes_a_report(exported
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     # Same prompts, same greedy decoding, same metrics as the Lightning test at the end of `osum fit`.
-    assert metrics == json.loads((run_dir / "metrics.json").read_text())
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    assert trained.pop("skipped") == {} and metrics == trained
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["checkpoint_sha256"] == json.loads((exported / "export.json").read_text())["sha256"]
     assert report["settings"]["normalizer"] == "basic" and report["settings"]["generation"]["num_beams"] == 1

@@ -233,7 +233,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     through ``strategy.checkpoint_io`` then uses it (single device, DDP, FSDP and ModelParallelStrategy with
     full, not distributed, checkpoints); DeepSpeed writes its own folder and does not."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str],
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
                         storage_options: Any | None = None) -> None:
         from fsspec.core import url_to_fs
         from fsspec.implementations.local import LocalFileSystem

@@ -41,8 +41,9 @@ RUN_FILES = (RUN_CONFIG, TASKS_FILE, TOKENIZER_DIR, CHECKPOINT_DIR, LEARNING_CUR
 
 
 def existing_run(run_dir: Path) -> list[str]:
-    """The run files `run_dir` holds (a run lives there when config.yaml or checkpoints/ does)."""
-    if not ((run_dir / RUN_CONFIG).exists() or (run_dir / CHECKPOINT_DIR).exists()):
+    """The run files `run_dir` holds, when a run lives there: one that saved a checkpoint or finished (a
+    start that failed before its first checkpoint leaves nothing worth keeping, and does not count)."""
+    if not (any((run_dir / CHECKPOINT_DIR).glob("*.ckpt")) or (run_dir / METRICS).exists()):
         return []
     return [name for name in RUN_FILES if (run_dir / name).exists()]
 

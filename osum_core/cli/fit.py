@@ -26,7 +26,7 @@ from osum_core.checkpoints.run_dir import (
     claim_run_dir,
     resume_checkpoint,
 )
-from osum_core.config import configured_tasks, to_yaml
+from osum_core.config import check_fit_config, configured_tasks, to_yaml
 from osum_core.data.bad_items import SkipLog
 from osum_core.demo.prepare import resolve_demo_data
 from osum_core.inference.report import write_report
@@ -48,6 +48,7 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and test; returns the test metrics (also in the run's metrics.json, with the bad items
     skipped by reason under ``"skipped"``)."""
+    check_fit_config(cfg)  # every path and contradiction, before anything is built or written
     tasks = configured_tasks(registry, task_names, cfg["tasks"])
     resume = resume_checkpoint(cfg["resume"])
     run_dir = Path(cfg["out"])
@@ -60,8 +61,8 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     trainer, curve = build_trainer(cfg["trainer"], run_dir, cfg["checkpoint"]["every_n_steps"], cfg["data"]["log_keys"],
                                    cfg["deepspeed"], extra_callbacks=[PreemptionCheckpoint(checkpoint)])
     curve.path.unlink(missing_ok=True)
-    if not resume:
-        (run_dir / SKIPPED).unlink(missing_ok=True)
+    if not resume and trainer.is_global_zero:
+        (run_dir / SKIPPED).write_text("")  # the run's list of bad items starts empty
     skips = SkipLog(run_dir / SKIPPED, write=trainer.is_global_zero)
     trainer.callbacks.insert(0, SkippedItems(skips))
 

@@ -256,7 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if preemption is not None and isinstance(error, preemption.Preempted):
             print(f"osum: {error}; continue with --resume", file=sys.stderr)
             return 0
-        if not isinstance(error, ValueError | FileNotFoundError):
+        from osum_core.checkpoints.atomic import DiskFullError
+
+        if not isinstance(error, ValueError | FileNotFoundError | DiskFullError):
             raise
         # Our errors name the file, line or key; a traceback would only bury that.
         print(f"osum: error: {error}", file=sys.stderr)

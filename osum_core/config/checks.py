@@ -14,6 +14,7 @@ code that consumes the setting (imported when the check runs, so loading a confi
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, get_args
@@ -120,9 +121,6 @@ def training_length(cfg: dict[str, Any]) -> Iterator[str]:
     start = loss["ce_start_step"]
     if start < 0:
         yield f"loss.ce_start_step must be 0 or more, got {start}"
-    elif steps > 0 and start >= steps:
-        yield (f"loss.ce_start_step={start} is not below trainer.max_steps={steps}: the LLM's loss would never "
-               "join the CTC loss; lower loss.ce_start_step (0: from the first step) or train longer")
 
 
 def ctc_settings(cfg: dict[str, Any]) -> Iterator[str]:
@@ -262,6 +260,16 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
+def fit_config_warnings(cfg: dict[str, Any]) -> list[str]:
+    """Settings that are allowed but probably not meant: a short run (a smoke test) may stop before
+    ``loss.ce_start_step``."""
+    steps, start = cfg["trainer"].get("max_steps", -1), cfg["loss"]["ce_start_step"]
+    if isinstance(steps, int) and steps > 0 and isinstance(start, int) and start >= steps:
+        return [f"loss.ce_start_step={start} is not below trainer.max_steps={steps}: the LLM's loss never joins "
+                "the CTC loss in this run (loss.ce_start_step=0 trains it from the first step)"]
+    return []
+
+
 def fit_config_problems(cfg: dict[str, Any]) -> list[str]:
     """Every problem `CHECKS` find in an ``osum fit`` config, as messages naming their keys."""
     return [problem for check in CHECKS for problem in check(cfg)]
@@ -271,6 +279,8 @@ def check_fit_config(cfg: dict[str, Any]) -> None:
     """Raise a `ConfigError` listing every problem of an ``osum fit`` config (as `fit_config` returns it):
     paths that do not exist and settings that contradict each other. Call it before building or writing
     anything; it reads the file system but changes nothing, and leaves `cfg` as it is."""
+    for warning in fit_config_warnings(cfg):
+        warnings.warn(warning, UserWarning, stacklevel=2)
     problems = fit_config_problems(cfg)
     if problems:
         count = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"

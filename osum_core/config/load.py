@@ -20,7 +20,7 @@ import difflib
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -166,7 +166,7 @@ def _type_problem(key: str, value: Any, default: Any, origin: str) -> str | None
         if isinstance(value, str) and (int in kinds or float in kinds):
             try:
                 float(value)
-                hint = " (YAML reads 1e-4 as text: write 1.0e-4, and numbers without quotes)"
+                hint = " (text to YAML: write numbers without quotes, and 1e-4 as 1.0e-4)"
             except ValueError:
                 pass
         return f"config key '{key}' in {origin}: expected {_kinds(kinds)}, got {_shown(value)}{hint}"
@@ -233,6 +233,10 @@ def config_problems(data: dict[str, Any], defaults: dict[str, Any], origin: str,
     return problems
 
 
+def _first_line(error: OmegaConfBaseException) -> str:
+    return (error.msg or str(error)).splitlines()[0]
+
+
 def _merge(cfg: DictConfig, data: dict[str, Any], origin: str, defaults: dict[str, Any]) -> DictConfig:
     """`cfg` with `data` (a file's or the overrides' plain dict) merged in, after checking its keys and kinds."""
     data = _rename_old_keys(data, origin)
@@ -240,11 +244,11 @@ def _merge(cfg: DictConfig, data: dict[str, Any], origin: str, defaults: dict[st
     if problems:
         raise ConfigError("\n".join(problems))
     try:
-        return _lock(OmegaConf.merge(cfg, OmegaConf.create(data)))
+        return _lock(cast(DictConfig, OmegaConf.merge(cfg, OmegaConf.create(data))))  # a dict merged into a dict
     except ConfigKeyError as error:
         raise ConfigError(f"unknown config key '{error.full_key}' in {origin}") from None
     except OmegaConfBaseException as error:
-        raise ConfigError(f"bad value in {origin}: {error.msg} (key '{error.full_key}')") from None
+        raise ConfigError(f"bad value in {origin}: {_first_line(error)} (key '{error.full_key}')") from None
 
 
 def preset_files(presets: Sequence[str], stages: Sequence[str] = (), strategies: Sequence[str] = ()) -> list[Path]:
@@ -290,7 +294,7 @@ def load_config(name: str = "fit", files: Sequence[str | Path] = (), overrides: 
         try:
             dotlist.merge_with_dotlist([item])
         except OmegaConfBaseException as error:
-            raise ConfigError(f"bad override {item!r}: {error.msg}") from None
+            raise ConfigError(f"bad override {item!r}: {_first_line(error)}") from None
         except yaml.constructor.ConstructorError as error:  # omegaconf reads values with YAML's safe loader
             raise ConfigError(f"bad override {item!r}: {error.problem}; a config holds plain data, and Python "
                               "objects in it are refused") from None

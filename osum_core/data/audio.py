@@ -20,15 +20,49 @@ class AudioError(BadItem):
     reason = "audio_unreadable"
 
 
+def wav_shortfall(head: bytes, size: int) -> int:
+    """Bytes of samples a RIFF/WAVE file's header promises beyond the file's `size` (0 when complete, or
+    not a WAV). libsndfile reads a cut WAV as a shorter one without a word; its transcript would no longer
+    match."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return 0
+    position = 12
+    while position + 8 <= len(head):
+        chunk, length = head[position : position + 4], int.from_bytes(head[position + 4 : position + 8], "little")
+        if chunk == b"data":
+            if length in (0, 0xFFFFFFFF):  # a streamed WAV does not know its length
+                return 0
+            return max(position + 8 + length - size, 0)
+        position += 8 + length + (length & 1)
+    return 0
+
+
+def check_complete(path: str | Path | BinaryIO, name: str) -> None:
+    if hasattr(path, "read"):
+        start = path.tell()  # type: ignore[union-attr]
+        head = path.read(4096)  # type: ignore[union-attr]
+        size = start + len(head) + len(path.read())  # type: ignore[union-attr]
+        path.seek(start)  # type: ignore[union-attr]
+    else:
+        with open(path, "rb") as file:  # type: ignore[arg-type]
+            head = file.read(4096)
+        size = os.path.getsize(path)  # type: ignore[arg-type]
+    missing = wav_shortfall(head, size)
+    if missing:
+        raise AudioError(f"{name}: the WAV is truncated ({missing} bytes of samples that its header promises are "
+                         "missing)", "audio_unreadable")
+
+
 def load_audio(path: str | Path | BinaryIO, sample_rate: int = 16000, name: str | None = None) -> torch.Tensor:
     """Mono float32 waveform at `sample_rate`, shape [samples]. `path` may be an open binary file (a
-    member of a tar shard); `name` then says where it came from in messages. Audio without samples, with
-    NaN or infinite samples, or all zero (a broken export, never speech) is an `AudioError`."""
+    member of a tar shard); `name` then says where it came from in messages. Audio without samples, a WAV
+    cut short, NaN or infinite samples, or all zeros (a broken export, never speech) is an `AudioError`."""
     name = name or str(path)
     if not hasattr(path, "read") and not os.path.isfile(path):  # type: ignore[arg-type]
         raise AudioError(f"{name}: audio file not found", "audio_missing")
     if not hasattr(path, "read") and os.path.getsize(path) == 0:  # type: ignore[arg-type]
         raise AudioError(f"{name}: audio file is empty (0 bytes)", "audio_empty")
+    check_complete(path, name)
     try:
         data, rate = soundfile.read(path if hasattr(path, "read") else str(path), dtype="float32", always_2d=True)
     except (OSError, RuntimeError, soundfile.LibsndfileError) as error:

@@ -67,16 +67,16 @@ def assign_tasks(examples: Sequence[Mapping[str, Any]], tasks: Sequence[Task]) -
     return pairs, len(examples) - len(pairs)
 
 
-def audio_frames(path: str, source: str) -> int:
+def audio_frames(path: str, source: str, key: str | None = None) -> int:
     """Feature frames the utterance will have, read from the file header (no decoding)."""
     try:
         info = soundfile.info(path)
     except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
         if not os.path.isfile(path):
-            raise AudioError(f"{source}: audio file {path} is missing", "audio_missing") from None
+            raise AudioError(f"{source}: audio file {path} is missing", "audio_missing", key=key) from None
         empty = os.path.getsize(path) == 0
         raise AudioError(f"{source}: audio file {path} is {'empty (0 bytes)' if empty else f'unreadable ({error})'}",
-                         "audio_empty" if empty else "audio_unreadable") from None
+                         "audio_empty" if empty else "audio_unreadable", key=key) from None
     return int(info.frames * SAMPLE_RATE / info.samplerate) // HOP_LENGTH
 
 
@@ -111,7 +111,7 @@ def prepare_example(record: Mapping[str, Any], task: Task, tokenizer: Any, max_f
         raise ExampleError(f"{source}: key {key}: the transcript is empty (every task also transcribes)",
                            "empty_transcript", key=key)
     frames = record.get("_frames")
-    frames = int(frames) if frames is not None else audio_frames(str(record["wav"]), source)
+    frames = int(frames) if frames is not None else audio_frames(str(record["wav"]), source, key)
     if max_frames is not None and frames > max_frames:
         if too_long != "crop":
             raise ExampleError(f"{source}: key {key}: the audio is {frames / 100:.1f} s, longer than the model's "

@@ -125,6 +125,16 @@ class PlanBatchSampler(Sampler[list[PlanItem]]):
         return self.layout()[0]
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """In a dataloader worker: let SIGTERM and SIGUSR1 pass. A scheduler sends them to every process of the
+    job; the main process saves and stops (`osum_core.train.preemption`) and needs its workers until then."""
+    import signal
+
+    for name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def plan_loader(dataset: Any, sampler: PlanBatchSampler, workers: int, persistent: bool) -> StatefulDataLoader:
     return StatefulDataLoader(
         dataset,
@@ -132,4 +142,5 @@ def plan_loader(dataset: Any, sampler: PlanBatchSampler, workers: int, persisten
         collate_fn=collate_examples,
         num_workers=workers,
         persistent_workers=persistent and workers > 0,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
     )

@@ -221,13 +221,14 @@ class SpeechLLMModule(L.LightningModule):
         self.skipped_steps += 1
         self._nonfinite_in_a_row += 1
         self.log("train/skipped_steps", float(self.skipped_steps))
-        # A skipped step does not count as one (global_step stays), so the run still makes max_steps updates.
-        print(f"osum: warning: after step {self.global_step}: NaN or infinite loss or gradient; step skipped "
+        # Lightning still counts it as a step (global_step, trainer.max_steps, the schedule): steps are attempts.
+        step = self.global_step + 1  # the step being taken (global_step counts those finished)
+        print(f"osum: warning: step {step}: NaN or infinite loss or gradient; step skipped "
               f"({self._nonfinite_in_a_row} in a row, {self.skipped_steps} in all)", file=sys.stderr)
         limit = self.optim["max_nonfinite_steps"]
         if self._nonfinite_in_a_row >= limit:
             raise TrainingDiverged(
-                f"after step {self.global_step}: {self._nonfinite_in_a_row} steps in a row had a NaN or infinite "
+                f"steps {step - self._nonfinite_in_a_row + 1} to {step}: {self._nonfinite_in_a_row} in a row had a NaN or infinite "
                 f"loss or gradient (optim.max_nonfinite_steps={limit}); the run stopped. Its last "
                 "checkpoint holds the weights from before them. Try a lower optim.lr, more optim.warmup_steps, or "
                 "float32 (trainer.precision=32-true)")

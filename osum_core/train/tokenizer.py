@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from osum_core.data.bad_items import BadItem
 from osum_core.data.dataset import assign_task, task_target
 from osum_core.data.sources import split_records
 from osum_core.demo.tokenizer import train_demo_tokenizer
@@ -21,10 +22,21 @@ def target_tags(targets: Iterable[Target]) -> set[str]:
 
 
 def demo_tokenizer_for(cfg: Mapping[str, Any], tasks: Mapping[str, Task]):
-    """A BPE over the training targets (each built by `task_target`, so a bad line is named) and prompts."""
+    """A BPE over the training targets (each built by `task_target`, so a bad line is named) and prompts.
+    With ``data.on_error: skip`` bad lines are passed over here; the data module counts them."""
     selected = list(tasks.values())
-    records = split_records(cfg["data"]["train"], "data.train")
-    targets = [task_target(record, task) for record in records if (task := assign_task(record, selected)) is not None]
+    skip = cfg["data"]["on_error"] == "skip"
+    records = split_records(cfg["data"]["train"], "data.train", (lambda error: None) if skip else None)
+    targets = []
+    for record in records:
+        task = assign_task(record, selected)
+        if task is None:
+            continue
+        try:
+            targets.append(task_target(record, task))
+        except BadItem:
+            if not skip:
+                raise
     prompts = [p for task in tasks.values() for p in task.prompt_bank(cfg["data"]["prompt_language"])]
     tags = target_tags(targets) | {f"<{label}>" for t in tasks.values() for label in t.labels}
     texts = [re.sub(r"<[^<>]+>", " ", t.text) for t in targets] + prompts

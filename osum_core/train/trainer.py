@@ -13,6 +13,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
+from osum_core.checkpoints.atomic import AtomicCheckpointIO
 from osum_core.checkpoints.run_dir import CHECKPOINT_DIR, LEARNING_CURVE, TRAIN_KEYS
 from osum_core.config import trainer_arguments
 from osum_core.train.key_log import KeyLog
@@ -52,6 +53,10 @@ def build_trainer(section: Mapping[str, Any], run_dir: Path, checkpoint_every: i
     `log_keys` (``data.log_keys``) writes the keys of every step (`KeyLog`)."""
     arguments = trainer_arguments(section)
     arguments["strategy"] = build_strategy(section, deepspeed or {})
+    # last.ckpt is replaced atomically (fsynced temporary + rename): a kill or a full disk while saving
+    # leaves the previous one whole. DeepSpeed saves its own folder and does not use it.
+    plugins = arguments.get("plugins") or []
+    arguments["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
     loggers: list[Any] = [CSVLogger(run_dir, name="", version="")]
     try:
         import tensorboard  # noqa: F401  (optional)
