@@ -99,7 +99,8 @@ def make_task(word_format: str = WORD_FORMAT, resolution: float = RESOLUTION) ->
         return word_format.format(word=word, start=stamp(start), end=stamp(end))
 
     def build_target(example: Mapping[str, Any]) -> Target:
-        extra = example.get("extra") if isinstance(example.get("extra"), Mapping) else {}
+        given = example.get("extra")
+        extra: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
         words = extra.get("words")
         if words:
             try:

@@ -88,7 +88,7 @@ MANIFEST_CASES = [
     ("unknown_task", {"key": "k", "wav": "ok.wav", "txt": "one", "task": "<NOPE>"}, r"key k: unknown task tag '<NOPE>'"),
     ("bad_target", {"key": "k", "wav": "ok.wav", "txt": "one <kazoo>", "task": "<TRANSCRIBE> <CAPTION>"},
      r"task ved: .*kazoo"),
-    ("empty_transcript", {"key": "k", "wav": "ok.wav", "txt": "  "}, r"key k: the transcript is empty"),
+    ("empty_transcript", {"key": "k", "wav": "ok.wav", "txt": "  "}, r"key k: the transcript is empty and task asr adds no label"),
     ("not_utf8", b'{"key": "k", "wav": "ok.wav", "txt": "caf\xe9"}\n', r"not UTF-8 text"),
     ("audio_missing", {"key": "k", "wav": "gone.wav", "txt": "one"}, r"gone.wav is missing"),
 ]

@@ -222,7 +222,6 @@ def test_a_task_cannot_change_the_line_it_builds_a_target_from():
     assert succeeded == [] and example == line()
 
 
-@pytest.mark.xfail(strict=True, reason="osum_core.data.dataset.task_target must call task.target(example)")
 def test_osum_builds_targets_through_the_read_only_view():
     succeeded: list[str] = []
     example = line()

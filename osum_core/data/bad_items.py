@@ -30,7 +30,7 @@ REASONS = {
     "wrong_type": "a field of the wrong type (e.g. a number for txt)",
     "unknown_task": "a task tag that no installed task has",
     "bad_target": "a line its task cannot use (e.g. a label outside the task's set)",
-    "empty_transcript": "an empty transcript (every task also transcribes)",
+    "empty_transcript": "an empty target: no transcript and no label",
     "duplicate_key": "a key seen before in the same split",
     "empty_file": "a manifest without any line (or none at that path)",
     "audio_missing": "an audio file that does not exist",

@@ -23,6 +23,7 @@ from osum_core.data.bad_items import BadItem
 from osum_core.data.features import HOP_LENGTH, SAMPLE_RATE, LogMel, SpecAugment
 from osum_core.data.shards import read_wav_member
 from osum_core.task import Target, Task
+from osum_core.task.contract import TARGET_ERRORS
 
 
 class ExampleError(BadItem):
@@ -88,8 +89,8 @@ def example_source(example: Mapping[str, Any]) -> str:
 def task_target(example: Mapping[str, Any], task: Task) -> Target:
     """`task`'s target for a manifest line; a line the task cannot use is an `ExampleError` naming it."""
     try:
-        return task.build_target(example)
-    except (ValueError, KeyError, TypeError) as error:
+        return task.target(example)
+    except TARGET_ERRORS as error:
         raise ExampleError(f"{example_source(example)}: task {task.name}: {error}",
                            key=str(example.get("key"))) from None
 
@@ -107,9 +108,9 @@ def prepare_example(record: Mapping[str, Any], task: Task, tokenizer: Any, max_f
     source = example_source(record)
     key = str(record["key"])
     target = task_target(record, task)
-    if not target.transcript.strip():
-        raise ExampleError(f"{source}: key {key}: the transcript is empty (every task also transcribes)",
-                           "empty_transcript", key=key)
+    if not (target.body or target.transcript).strip() and not target.suffix.strip():
+        raise ExampleError(f"{source}: key {key}: the transcript is empty and task {task.name} adds no label: "
+                           "nothing to learn", "empty_transcript", key=key)
     frames = record.get("_frames")
     frames = int(frames) if frames is not None else audio_frames(str(record["wav"]), source, key)
     if max_frames is not None and frames > max_frames:

@@ -88,7 +88,7 @@ def installed_entry_points(group: str = ENTRY_POINT_GROUP) -> list[importlib.met
         here = None
     path = [entry for entry in sys.path if os.path.realpath(entry or os.curdir) != here]
     seen: set[str] = set()
-    points = []
+    points: list[importlib.metadata.EntryPoint] = []
     for dist in importlib.metadata.distributions(path=path):
         name = re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower()
         if name in seen:

@@ -124,7 +124,7 @@ class Task:
         raise ValueError naming the field (KeyError and TypeError are taken as the same: `TARGET_ERRORS`).
     parse_output: generated text -> `Prediction`; must never raise: text not in the task's format gives a
         prediction with ``valid=False``.
-    make_metric: returns a fresh `TaskMetric`.
+    make_metric: returns a new `TaskMetric` on every call (osum refuses a metric object another task uses).
     metric: the headline metric's name as it appears in metrics.json (``wer``, ``accuracy``).
     labels: the closed label set, empty for open-ended tasks.
     loss_weight: multiplies every target token's loss of this task's examples.
@@ -163,14 +163,14 @@ class Task:
     def selects(self, example: Mapping[str, Any]) -> bool:
         """Whether `example` belongs to the task; a custom `select` gets a read-only view of it."""
         if self.select is not None:
-            return bool(self.select(RecordView(example) if not isinstance(example, RecordView) else example))
+            return bool(self.select(read_only(example)))
         # OSUM treats a line without a task field as plain transcription.
         return normalize_task_tag(str(example.get("task", "<TRANSCRIBE>"))) == self.tag
 
     def target(self, example: Mapping[str, Any]) -> Target:
         """The training target of a manifest line: `build_target` given a read-only view of it, so that the
         task cannot change the line for osum or another task. Raises what `build_target` raises."""
-        return self.build_target(example if isinstance(example, RecordView) else RecordView(example))
+        return self.build_target(read_only(example))
 
     def prompt_bank(self, language: str) -> tuple[str, ...]:
         """Prompts for ``zh``, ``en`` or ``both``. A task without prompts in `language` uses the banks it has,

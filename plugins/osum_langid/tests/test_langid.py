@@ -139,7 +139,7 @@ def test_fit_trains_langid_beside_asr(tmp_path):
         "loss.ce_start_step=0", "data.num_workers=0", "eval.generation.max_new_tokens=8",
     ]) == 0  # fmt: skip
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"asr", "langid"}
+    assert set(metrics) == {"asr", "langid", "skipped"}
     assert 0.0 <= metrics["langid"]["accuracy"] <= 1.0
     test_lines = (data / "langid" / "test.jsonl").read_text().splitlines()
     assert metrics["langid"]["count"] == len(test_lines) == 2
