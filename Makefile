@@ -18,13 +18,14 @@ $(INSTALLED): pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml
 
 setup: $(INSTALLED)
 
-# Train the embedded default (tiny model, synthetic digit corpus) into runs/demo and print its metrics.
+# Train the embedded default (tiny model, synthetic digit corpus) into runs/demo and print its metrics
+# (again from the start when runs/demo holds an earlier demo run: --overwrite).
 demo: $(INSTALLED)
-	$(BIN)/osum fit --tasks asr,ved --out runs/demo
+	$(BIN)/osum fit --tasks asr,ved --out runs/demo --overwrite
 
 # The eight OSUM tasks (about 8 minutes of synthesis once, then 25 minutes of training and the test).
 demo-all: $(INSTALLED)
-	$(BIN)/osum fit --tasks asr,srwt,ved,ser,ssr,sgc,sap,sttc --config configs/demo_all.yaml
+	$(BIN)/osum fit --tasks asr,srwt,ved,ser,ssr,sgc,sap,sttc --config configs/demo_all.yaml --overwrite
 
 # The public plugin API that PLUGINS.md promises to keep stable: type-checked.
 PLUGIN_API := osum_core/task osum_core/plugins osum_core/demo/recipe.py

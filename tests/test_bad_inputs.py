@@ -327,3 +327,16 @@ def test_the_skip_log_counts_each_item_once_and_survives_a_restart(tmp_path):
     assert [json.loads(line)["source"] for line in (tmp_path / "skipped.jsonl").read_text().splitlines()] == [
         "m.jsonl:3", "m.jsonl:4"]
     assert set(REASONS) >= {r["reason"] for r in again.rows}
+
+
+def test_osum_data_check_lists_every_bad_item_with_its_reason(folder, capsys):
+    from osum_core.cli.main import main
+
+    soundfile.write(folder / "silent.wav", np.zeros(6000, dtype=np.float32), 16000)
+    path = manifest(folder, [GOOD, {**GOOD, "txt": "again"}, {**GOOD, "key": "t", "task": "<NOPE>"}, b"{oops\n",
+                             {"key": "s", "wav": "silent.wav", "txt": "one"}, {**GOOD, "key": "fine"}])
+    assert main(["data", "check", str(path), "--tasks", "asr,ved", "--json", "--quiet"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["items"] == 2 and report["reasons"] == {
+        "audio_silent": 1, "duplicate_key": 1, "not_json": 1, "unknown_task": 1}
+    assert any(e.startswith(f"{path}:5: ") and "silent.wav: audio is all zeros" in e for e in report["error_list"])

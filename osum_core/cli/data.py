@@ -26,7 +26,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace, registry: TaskRegistry) -> int:
     tasks = registry.select(args.tasks.split(","))
     with tqdm(unit="utt", desc="checking", disable=args.quiet) as bar:
-        report = check_data(args.path, tasks, progress=bar.update)
+        report = check_data(args.path, tasks, progress=bar.update, known_tasks=list(registry.tasks.values()))
     summary = report.to_json()
     if args.json:
         print(json.dumps({**summary, "error_list": report.errors}, indent=2, ensure_ascii=False))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from osum_core.data.audio import load_audio
-from osum_core.data.dataset import assign_task, task_target
+from osum_core.data.dataset import ExamplePreparer
 from osum_core.data.features import HOP_LENGTH, SAMPLE_RATE
 from osum_core.data.shards import read_wav_member
 from osum_core.data.sources import split_records
@@ -33,6 +33,12 @@ class CheckReport:
     durations: Counter[str] = field(default_factory=Counter)
     unselected: int = 0
     errors: list[str] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)  # errors by reason (`osum_core.data.bad_items`)
+    keys: set[str] = field(default_factory=set)
+
+    def add_error(self, error: ValueError) -> None:
+        self.errors.append(str(error))
+        self.reasons[getattr(error, "reason", "load_failed")] += 1
 
     def add_duration(self, seconds: float) -> None:
         self.seconds += seconds
@@ -49,42 +55,60 @@ class CheckReport:
             "durations": {b: self.durations[b] for b in order if self.durations[b]},
             "unselected": self.unselected,
             "errors": len(self.errors),
+            "reasons": dict(sorted(self.reasons.items())),
         }
 
 
-def check_record(record: dict[str, Any], tasks: Sequence[Task], report: CheckReport) -> None:
+class NoTokens:
+    """A tokenizer for checking: targets are built and checked, not tokenised."""
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return []
+
+
+def check_record(record: dict[str, Any], preparer: ExamplePreparer, report: CheckReport) -> None:
+    """Check one record as training would (its task, target, audio header; a key seen before), then decode
+    its audio."""
+    from osum_core.data.bad_items import BadItem
+    from osum_core.data.dataset import ExampleError
+
     where = str(record.get("_source", record.get("key")))
-    task = assign_task(record, tasks)
-    if task is None:
-        report.unselected += 1
-        return
     try:
-        target = task_target(record, task)
+        if record["key"] in report.keys:
+            raise ExampleError(f"{where}: key {record['key']} appears before in this data", "duplicate_key")
+        report.keys.add(record["key"])
+        example = preparer.prepare(record)
+        if example is None:
+            report.unselected += 1
+            return
         member = record.get("_member")
         if member is None:
-            wave = load_audio(record["wav"])
+            wave = load_audio(record["wav"], name=f"{where}: {record['wav']}")
         else:
             wave = load_audio(io.BytesIO(read_wav_member(record["wav"], *member)), name=where)
-    except ValueError as error:
-        message = str(error)
-        report.errors.append(message if message.startswith(where) else f"{where}: {message}")
+    except BadItem as error:
+        report.add_error(error)
         return
     report.items += 1
-    report.tasks[task.name] += 1
-    if task.labels:
-        report.labels.setdefault(task.name, Counter())[target.suffix] += 1
+    report.tasks[example.task] += 1
+    if next(t for t in preparer.tasks if t.name == example.task).labels:
+        report.labels.setdefault(example.task, Counter())[example.target.suffix] += 1
     seconds = len(wave) / SAMPLE_RATE
     if member is not None and abs(int(seconds * SAMPLE_RATE) // HOP_LENGTH - record["_frames"]) > 1:
         report.errors.append(f"{where}: the index says {record['_frames']} frames, the audio has "
                              f"{int(seconds * SAMPLE_RATE) // HOP_LENGTH} (re-run osum data shard)")
+        report.reasons["shard_member"] += 1
     report.add_duration(seconds)
 
 
-def check_data(path: str | Path, tasks: Sequence[Task], progress: Callable[[], None] | None = None) -> CheckReport:
-    """Read and decode every item `path` names, with `tasks` forming each item's target."""
+def check_data(path: str | Path, tasks: Sequence[Task], progress: Callable[[], None] | None = None,
+               known_tasks: Sequence[Task] = ()) -> CheckReport:
+    """Read and decode every item `path` names, with `tasks` forming each item's target; `known_tasks`
+    (all installed) tell an unknown tag from one of a task not checked."""
     report = CheckReport()
-    for record in split_records(str(path), str(path), on_error=lambda error: report.errors.append(str(error))):
-        check_record(record, tasks, report)
+    preparer = ExamplePreparer(list(tasks), NoTokens(), tuple(known_tasks))
+    for record in split_records(str(path), str(path), on_error=report.add_error):
+        check_record(record, preparer, report)
         if progress:
             progress()
     return report

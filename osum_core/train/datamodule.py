@@ -108,7 +108,9 @@ class SpeechDataModule(L.LightningDataModule):
                 sources.append(PlanSource(source.name, source.weight, pieces))
             if not any(p.shard for s in sources for p in s.pieces) and not manifest_items:
                 tags = ", ".join(t.tag for t in tasks)
-                raise ValueError(f"data.{split} ({self.cfg[split]}) has no example for the selected tasks ({tags})")
+                bad = self.skips.rows
+                why = f"; {len(bad)} bad item(s) skipped, the first: {bad[0]['message']}" if bad else ""
+                raise ValueError(f"data.{split} ({self.cfg[split]}) has no example for the selected tasks ({tags}){why}")
             training = split == "train"
             self.plans[split] = EpochPlan(
                 sources, self.preparer, self.example_length,
