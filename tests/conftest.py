@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,24 @@ def exported(run_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "demo"
     assert main(["export", "--ckpt", str(run_dir), "--out", str(out)]) == 0
     return out
+
+
+def wav_bytes(seconds: float, rate: int = 16000, channels: int = 1) -> bytes:
+    """Noise (never silent: all-zero audio is a bad item) as 16-bit WAV bytes."""
+    samples = (np.random.default_rng(0).standard_normal((int(seconds * rate), channels)) * 0.1).astype(np.float32)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A tar of (member name, bytes), in order."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
 
 
 def stereo_44k(source: Path, out: Path) -> Path:

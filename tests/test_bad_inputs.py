@@ -4,17 +4,16 @@ reason; ``data.on_error: skip`` passes over it and counts it, ``raise`` stops at
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 import torch
+from conftest import wav_bytes, write_tar
 
 from osum_core.data.audio import AudioError, load_audio
 from osum_core.data.bad_items import REASONS, BadItem, SkipLog
@@ -272,24 +271,9 @@ def test_every_bit_depth_reads_as_the_same_signal(tmp_path, subtype, tolerance):
 
 
 # -- shards ------------------------------------------------------------------------------------------
-def wav_bytes(seconds: float = 0.3) -> bytes:
-    out = io.BytesIO()
-    soundfile.write(out, noise(seconds), 16000, format="WAV", subtype="PCM_16")
-    return out.getvalue()
-
-
-def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def test_bad_shards_are_skipped_and_named(tmp_path):
-    write_tar(tmp_path / "good.tar", [("a.wav", wav_bytes()), ("a.txt", b"one two")])
-    no_wav = write_tar(tmp_path / "no_wav.tar", [("b.txt", b"three"), ("c.wav", wav_bytes()), ("c.txt", b"four")])
+    write_tar(tmp_path / "good.tar", [("a.wav", wav_bytes(0.3)), ("a.txt", b"one two")])
+    no_wav = write_tar(tmp_path / "no_wav.tar", [("b.txt", b"three"), ("c.wav", wav_bytes(0.3)), ("c.txt", b"four")])
     whole = write_tar(tmp_path / "whole.tar", [(f"d{i}.wav", wav_bytes(0.5)) for i in range(4)]
                       + [(f"d{i}.txt", b"five") for i in range(4)])
     cut = tmp_path / "cut.tar"

@@ -114,3 +114,42 @@ def test_a_scheduler_signal_saves_stops_cleanly_and_resumes_exactly(signal_name,
     a, b = weights(whole), weights(stopped)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+KILL_INSIDE_SAVE = """
+import os, sys
+import torch
+from osum_core.cli.main import main
+
+saves, real_save = [], torch.save
+
+def save(obj, target, *args, **kwargs):
+    saves.append(1)
+    if len(saves) == 2:  # the step-8 checkpoint: half of it written, then the process dies
+        real_save(obj, target, *args, **kwargs)
+        target.flush()
+        target.truncate(target.tell() // 2)
+        os._exit(9)
+    return real_save(obj, target, *args, **kwargs)
+
+torch.save = save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_killed_inside_a_checkpoint_save_resumes_from_the_previous_one(tiny_corpus, tmp_path):
+    train = str(tiny_corpus / "train.jsonl")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(fit_command(whole, train, tiny_corpus), check=True, capture_output=True)
+    command = fit_command(killed, train, tiny_corpus)
+    died = subprocess.run([sys.executable, "-c", KILL_INSIDE_SAVE, *command[3:]], capture_output=True)
+    assert died.returncode == 9, died.stderr.decode()[-2000:]
+    checkpoints = sorted(p.name for p in (killed / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert checkpoints == ["last.ckpt"]
+    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4  # the complete one
+    resumed = subprocess.run(fit_command(killed, train, tiny_corpus, "--resume", str(killed)), capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    assert key_log(killed) == key_log(whole)
+    a, b = weights(whole), weights(killed)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)

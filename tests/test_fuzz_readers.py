@@ -10,8 +10,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import soundfile
+from conftest import wav_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,14 +43,7 @@ def test_a_manifest_line_parses_or_is_a_manifest_error(line):
     assert example["_source"] == "/data/m.jsonl:7"
 
 
-def wav_bytes(seconds: float = 0.05) -> bytes:
-    out = io.BytesIO()
-    soundfile.write(out, (np.random.default_rng(0).standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32),
-                    16000, format="WAV", subtype="PCM_16")
-    return out.getvalue()
-
-
-WAV = wav_bytes()
+WAV = wav_bytes(0.05)
 
 
 def mutated(data: bytes, cuts: list[tuple[int, int]]) -> bytes:

@@ -4,12 +4,10 @@ broken shard reported with its path and key."""
 import io
 import json
 import re
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile
+from conftest import wav_bytes, write_tar
 
 from osum_core.cli.main import main
 from osum_core.data.audio import load_audio
@@ -18,21 +16,7 @@ from osum_core.data.length_index import index_dir, read_shard_list, shard_entrie
 from osum_core.data.manifest import read_manifest
 from osum_core.data.shards import ShardError, scan_shard
 
-
-def wav(seconds: float, rate: int = 16000, channels: int = 1) -> bytes:
-    samples = (np.random.default_rng(0).standard_normal((int(seconds * rate), channels)) * 0.1).astype(np.float32)
-    buffer = io.BytesIO()
-    soundfile.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
-
-def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
+wav = wav_bytes
 
 
 @pytest.fixture(scope="module")
