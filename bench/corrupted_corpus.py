@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("overrides", nargs="*", help="key=value for both runs, e.g. trainer.max_steps=1000")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # manifests name the broken audio by absolute path
     rng = random.Random(args.seed)
     expected: dict[str, int] = {}
     for split in ("train", "dev"):

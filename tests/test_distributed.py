@@ -145,3 +145,35 @@ def test_bf16_accumulation_and_clipping_train_under_each_strategy(strategy, tiny
     assert sorted({(x["step"], x["rank"]) for x in lines}) == [(1, 0), (1, 1), (2, 0), (2, 1)]
     state = weights(run)
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_sigterm_to_rank_0_stops_both_ranks_at_one_step_and_resumes_exactly(tiny_corpus, tmp_path):
+    # `kill PID` reaches rank 0 only: the ranks agree at the next step's end, save once and stop together.
+    import os
+    import signal
+    import time
+
+    extra = ["trainer.max_steps=10", "data.num_workers=1", *two_processes()]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    fit(whole, tiny_corpus, *extra)
+    command = [sys.executable, "-m", "osum_core.cli.main", "fit", "--tasks", "asr,ved", "--out", str(stopped),
+               *data_args(tiny_corpus), *COMMON, *extra]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    log, deadline = stopped / "train_keys.jsonl", time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and any(json.loads(x)["step"] >= 4 for x in log.read_text().splitlines() if x.strip()):
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGTERM)
+    stderr = process.communicate(timeout=300)[1].decode()
+    assert process.returncode == 0, stderr[-3000:]
+    step = torch.load(stopped / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    assert 4 <= step < 10 and f"stopped by SIGTERM after step {step}" in stderr
+    fit(stopped, tiny_corpus, *extra, "--resume", str(stopped))
+    rows = [json.loads(x) for x in (stopped / "train_keys.jsonl").read_text().splitlines()]
+    expected = [json.loads(x) for x in (whole / "train_keys.jsonl").read_text().splitlines()]
+    assert sorted((r["step"], r["rank"], tuple(r["keys"])) for r in rows) == sorted(
+        (r["step"], r["rank"], tuple(r["keys"])) for r in expected)
+    a, b = weights(whole), weights(stopped)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
