@@ -193,16 +193,16 @@ class SpeechLLMModule(L.LightningModule):
         return loss
 
     def gradients_finite(self, loss: Any) -> bool:
-        """Whether this step's loss and every gradient are finite, on every rank."""
-        finite = loss is None or bool(torch.isfinite(torch.as_tensor(loss)).all())
+        """Whether this step's loss and every gradient are finite, on every rank (one device sync)."""
+        flags = [torch.isfinite(torch.as_tensor(loss, device=self.device)).all()] if loss is not None else []
         for p in self.model.parameters():
-            if finite and p.grad is not None:
+            if p.grad is not None:
                 grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # fsdp2: this rank's shard
-                finite = bool(grad.isfinite().all())
+                flags.append(torch.isfinite(grad).all())
+        bad = (~torch.stack(flags).all()).float() if flags else torch.zeros((), device=self.device)
         if self.world_size > 1:
-            bad = torch.tensor(0.0 if finite else 1.0, device=self.device)
-            finite = float(self.trainer.strategy.reduce(bad, reduce_op="sum")) == 0
-        return finite
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return float(bad) == 0
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         """Lightning's step, unless the loss or a gradient is NaN or infinite: then the optimiser does not
