@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "corrupted")
     parser.add_argument("--share", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "corrupted_corpus.json")
     parser.add_argument("overrides", nargs="*", help="key=value for both runs, e.g. trainer.max_steps=1000")
     args = parser.parse_args()
     args.out = args.out.resolve()  # manifests name the broken audio by absolute path
@@ -138,9 +139,8 @@ def main() -> None:
         "clean_minus_those": {t: m for t, m in clean.items() if t != "skipped"},
         "seconds": {"corrupted": round(corrupted_s), "clean_minus_those": round(clean_s)},
     }
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "corrupted_corpus.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -36,3 +36,16 @@ def test_suite_prints_one_line_per_benchmark_ending_in_a_ratio(tmp_path):
     # Both systems generated exactly the requested tokens for each of the 8 utterances.
     assert saved["osum"]["generated"] == saved["qwen2_audio"]["generated"] == 8 * 3
     assert saved["machine"]["torch"] and saved["size"] == "tiny"
+
+
+@pytest.mark.slow
+def test_the_corrupted_corpus_bench_finds_exactly_the_items_it_broke(tiny_corpus, tmp_path):
+    from conftest import TINY
+
+    result = run("bench/corrupted_corpus.py", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "runs"),
+                 "--share", "0.3", "--results", str(tmp_path / "result.json"), *TINY, "trainer.max_steps=4",
+                 "trainer.val_check_interval=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["exact"] and sum(saved["expected_skipped"].values()) == round(0.3 * 48) + round(0.3 * 12)
+    assert set(saved["corrupted"]) == set(saved["clean_minus_those"]) == {"asr", "ved"}
