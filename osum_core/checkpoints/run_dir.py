@@ -50,18 +50,22 @@ def existing_run(run_dir: Path) -> list[str]:
 
 def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> None:
     """Make sure starting a run in `run_dir` loses nothing: refuse a folder that holds a run unless the run
-    is resumed (`resume`) or `overwrite` is set, which removes the old run's files first."""
+    is resumed (`resume`) or `overwrite` is set, which removes the old run's files first. Only the job's
+    first process decides: a rank that starts later (another node, Lightning's relaunched ranks) must not
+    take the run's own first checkpoint for an old run."""
+    import os
     import shutil
 
+    rank = next((os.environ[k] for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK") if os.environ.get(k)), "0")
     found = existing_run(run_dir)
-    if not found or resume:
+    if not found or resume or rank != "0":
         return
     if not overwrite:
         raise ValueError(f"out={run_dir} holds a run ({', '.join(found)}); give --resume {run_dir} to continue it, "
                          "--overwrite to start again there (its run files are removed), or another --out")
     for name in found:
         path = run_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def find_run_checkpoint(path: Path) -> tuple[Path, Path]:
