@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from osum_core.config import CONFIG_DIR, ConfigError, check_fit_config, fit_config, load_config
+from osum_core.cli.fit_checks import check_fit_config
+from osum_core.config import CONFIG_DIR, ConfigError, fit_config, load_config
 from osum_core.config.load import OPEN_SECTIONS, VALUE_TYPES, default_config
 
 OVERRIDES = "command-line overrides"

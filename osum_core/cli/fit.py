@@ -26,7 +26,8 @@ from osum_core.checkpoints.run_dir import (
     claim_run_dir,
     resume_checkpoint,
 )
-from osum_core.config import check_fit_config, configured_tasks, to_yaml
+from osum_core.cli.fit_checks import check_fit_config
+from osum_core.config import configured_tasks, to_yaml
 from osum_core.data.bad_items import SkipLog
 from osum_core.demo.prepare import resolve_demo_data
 from osum_core.inference.report import write_report

@@ -1,8 +1,7 @@
 """The config: defaults from ``configs/``, presets, stages, ``extends:``, ``key=value`` overrides, the
-checks of the sections whose keys come from elsewhere (tasks, lightning.Trainer), and the checks of a whole
-``osum fit`` config (paths, contradictions) before anything is built."""
+checks of the sections whose keys come from elsewhere (tasks, lightning.Trainer). (The checks of a whole
+``osum fit`` config, which need every room's names, are `osum_core.cli.fit_checks`.)"""
 
-from osum_core.config.checks import check_fit_config
 from osum_core.config.load import (
     CONFIG_DIR,
     DEFAULT_PRESET,
@@ -19,7 +18,6 @@ __all__ = [
     "CONFIG_DIR",
     "DEFAULT_PRESET",
     "ConfigError",
-    "check_fit_config",
     "configured_tasks",
     "fit_config",
     "load_config",
