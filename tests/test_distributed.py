@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, data_args
-from test_exact_resume import key_log, kill_after_step, weights
+from test_exact_resume import key_log, kill_after_step, started_until_step, weights
 
 from osum_core.cli.main import main
 
@@ -151,19 +151,13 @@ def test_sigterm_to_rank_0_stops_both_ranks_at_one_step_and_resumes_exactly(tiny
     # `kill PID` reaches rank 0 only: the ranks agree at the next step's end, save once and stop together.
     import os
     import signal
-    import time
 
     extra = ["trainer.max_steps=10", "data.num_workers=1", *two_processes()]
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     fit(whole, tiny_corpus, *extra)
     command = [sys.executable, "-m", "osum_core.cli.main", "fit", "--tasks", "asr,ved", "--out", str(stopped),
                *data_args(tiny_corpus), *COMMON, *extra]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    log, deadline = stopped / "train_keys.jsonl", time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if log.is_file() and any(json.loads(x)["step"] >= 4 for x in log.read_text().splitlines() if x.strip()):
-            break
-        time.sleep(0.05)
+    process = started_until_step(command, stopped, 4)
     os.kill(process.pid, signal.SIGTERM)
     stderr = process.communicate(timeout=300)[1].decode()
     assert process.returncode == 0, stderr[-3000:]

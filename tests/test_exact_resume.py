@@ -44,8 +44,8 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
-def kill_after_step(command: list[str], run: Path, step: int) -> None:
-    """Start `command` and SIGKILL it once the key log holds `step` (past the step-4 checkpoint)."""
+def started_until_step(command: list[str], run: Path, step: int) -> subprocess.Popen:
+    """Start `command` (in a session of its own) and return once its key log holds `step`."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 300
     log = run / "train_keys.jsonl"
@@ -54,8 +54,23 @@ def kill_after_step(command: list[str], run: Path, step: int) -> None:
             break
         time.sleep(0.05)
     assert process.poll() is None, f"the run ended before step {step}: {process.stderr.read().decode()[-2000:]}"
+    return process
+
+
+def kill_after_step(command: list[str], run: Path, step: int) -> None:
+    """Start `command` and SIGKILL it once the key log holds `step` (past the step-4 checkpoint)."""
+    process = started_until_step(command, run, step)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def assert_same_training(run: Path, whole: Path) -> None:
+    """`run` trained the keys of `whole` at every step and rank, to the same weights."""
+    assert key_log(run) == key_log(whole)
+    a, b = weights(whole), weights(run)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("kind", ["manifest", "shards"])
@@ -93,13 +108,7 @@ def test_a_scheduler_signal_saves_stops_cleanly_and_resumes_exactly(signal_name,
     train = str(tiny_corpus / "train.jsonl")
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     subprocess.run(fit_command(whole, train, tiny_corpus), check=True, capture_output=True)
-    command = fit_command(stopped, train, tiny_corpus, "checkpoint.every_n_steps=null")
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    log, deadline = stopped / "train_keys.jsonl", time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if log.is_file() and any(json.loads(x)["step"] >= 5 for x in log.read_text().splitlines() if x.strip()):
-            break
-        time.sleep(0.05)
+    process = started_until_step(fit_command(stopped, train, tiny_corpus, "checkpoint.every_n_steps=null"), stopped, 5)
     os.killpg(process.pid, getattr(signal, signal_name))
     stderr = process.communicate(timeout=300)[1].decode()
     assert process.returncode == 0, stderr[-3000:]
@@ -110,10 +119,7 @@ def test_a_scheduler_signal_saves_stops_cleanly_and_resumes_exactly(signal_name,
     assert not (stopped / "metrics.json").exists()  # it stopped: no test
     resumed = subprocess.run(fit_command(stopped, train, tiny_corpus, "--resume", str(stopped)), capture_output=True)
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
-    assert key_log(stopped) == key_log(whole)
-    a, b = weights(whole), weights(stopped)
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_training(stopped, whole)
 
 
 KILL_INSIDE_SAVE = """
@@ -149,7 +155,4 @@ def test_a_run_killed_inside_a_checkpoint_save_resumes_from_the_previous_one(tin
     assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4  # the complete one
     resumed = subprocess.run(fit_command(killed, train, tiny_corpus, "--resume", str(killed)), capture_output=True)
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
-    assert key_log(killed) == key_log(whole)
-    a, b = weights(whole), weights(killed)
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_training(killed, whole)
