@@ -57,7 +57,7 @@ def test_predict_cli_writes_json_lines_in_input_order(exported, tiny_corpus, tmp
     assert main(["predict", "--ckpt", str(exported), "--task", "ved", "--batch-size", "1", "--output", str(single), *files]) == 0
     rows = [json.loads(line) for line in batched.read_text().splitlines()]
     assert [r["file"] for r in rows] == files
-    assert all(r["task"] == "ved" and "transcript" in r and r["prompt"] for r in rows)
+    assert all(r["task"] == "ved" and "transcript" in r and r["prompt"] and isinstance(r["valid"], bool) for r in rows)
     # A padded batch of mixed lengths answers exactly as one utterance at a time.
     assert [r["text"] for r in rows] == [json.loads(line)["text"] for line in single.read_text().splitlines()]
     assert rows[-1]["duration"] == pytest.approx(rows[0]["duration"], abs=1e-3)

@@ -62,6 +62,7 @@ class Answer:
         }
         if self.prediction is not None:
             row["transcript"] = self.prediction.transcript
+            row["valid"] = self.prediction.valid  # False: the text is not in the task's output format
             if self.prediction.label is not None:
                 row["label"] = self.prediction.label
             row.update(self.prediction.fields)
