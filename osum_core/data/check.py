@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from osum_core.data.audio import load_audio
-from osum_core.data.dataset import ExamplePreparer
+from osum_core.data.bad_items import BadItem
+from osum_core.data.dataset import ExamplePreparer, check_new_key
 from osum_core.data.features import HOP_LENGTH, SAMPLE_RATE
 from osum_core.data.shards import read_wav_member
 from osum_core.data.sources import split_records
@@ -69,14 +70,9 @@ class NoTokens:
 def check_record(record: dict[str, Any], preparer: ExamplePreparer, report: CheckReport) -> None:
     """Check one record as training would (its task, target, audio header; a key seen before), then decode
     its audio."""
-    from osum_core.data.bad_items import BadItem
-    from osum_core.data.dataset import ExampleError
-
     where = str(record.get("_source", record.get("key")))
     try:
-        if record["key"] in report.keys:
-            raise ExampleError(f"{where}: key {record['key']} appears before in this data", "duplicate_key")
-        report.keys.add(record["key"])
+        check_new_key(record, report.keys)
         example = preparer.prepare(record)
         if example is None:
             report.unselected += 1

@@ -81,6 +81,14 @@ def audio_frames(path: str, source: str, key: str | None = None) -> int:
     return int(info.frames * SAMPLE_RATE / info.samplerate) // HOP_LENGTH
 
 
+def check_new_key(record: Mapping[str, Any], seen: set[str]) -> None:
+    """Add the record's key to `seen`; a key seen before (in the same split or check) is a `duplicate_key`."""
+    key = str(record["key"])
+    if key in seen:
+        raise ExampleError(f"{example_source(record)}: key {key} appears before in this data", "duplicate_key", key=key)
+    seen.add(key)
+
+
 def example_source(example: Mapping[str, Any]) -> str:
     """Where a manifest line came from (``file:line``), for error messages."""
     return str(example.get("_source", example.get("key", "?")))
@@ -154,9 +162,10 @@ class ExamplePreparer:
                                key=str(record.get("key")))
         return task
 
-    def prepare(self, record: Mapping[str, Any]) -> PreparedExample | None:
-        """The record's example, or None when no selected task takes it; a bad record raises `BadItem`."""
-        task = self.select(record)
+    def prepare(self, record: Mapping[str, Any], task: Task | None = None) -> PreparedExample | None:
+        """The record's example (for `task` when the caller has selected it already), or None when no
+        selected task takes it; a bad record raises `BadItem`."""
+        task = task or self.select(record)
         if task is None:
             return None
         return prepare_example(record, task, self.tokenizer, self.max_frames, self.too_long)

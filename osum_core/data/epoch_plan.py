@@ -114,7 +114,7 @@ class EpochPlan:
             if task is not None and (chosen is None or chosen.name != task):
                 continue
             try:
-                example = self.preparer.prepare(record)
+                example = self.preparer.prepare(record, chosen)
             except BadItem as error:
                 self.handle(error)
                 continue

@@ -11,7 +11,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from osum_core.data.bad_items import BadItem, SkipLog, check_on_error, error_handler
 from osum_core.data.batching import check_buckets
-from osum_core.data.dataset import ExampleError, ExamplePreparer, PreparedExample, SpeechDataset
+from osum_core.data.dataset import ExamplePreparer, PreparedExample, SpeechDataset, check_new_key
 from osum_core.data.epoch_plan import EpochPlan, Piece, PlanSource
 from osum_core.data.features import SpecAugment
 from osum_core.data.loader import PlanBatchSampler, plan_loader
@@ -75,10 +75,7 @@ class SpeechDataModule(L.LightningDataModule):
         examples, unselected = [], 0
         for record in read_manifest(path, self.handle):
             try:
-                if record["key"] in keys:
-                    raise ExampleError(f"{record['_source']}: key {record['key']} appears before in this split",
-                                       "duplicate_key", key=record["key"])
-                keys.add(record["key"])
+                check_new_key(record, keys)
                 example = self.preparer.prepare(record)
             except BadItem as error:
                 self.handle(error)
