@@ -1,7 +1,8 @@
 """Property-based fuzzing of every installed task (hypothesis): `build_target` on random manifest lines returns
 a `Target` or raises one of the documented errors (ValueError for the built-in tasks; `TARGET_ERRORS`, what
 osum reports as a bad line, for other packages' tasks) and leaves the line as it was; `parse_output` on random
-text returns a `Prediction` that scoring accepts. Nothing else, ever.
+text (a fixed list of edge cases, then generated text) returns a `Prediction` that scoring accepts. Nothing
+else, ever.
 
 Each example goes through every task, plus one drawn in that task's own shape (its labels as tags, its
 label fields), so the valid paths run as well as the error paths. Examples are derandomised (the same ones on
@@ -179,25 +180,43 @@ def test_every_builtin_task_has_a_reference_to_score_against():
     assert [name for name, package in INSTALLED.packages.items() if package == "osum" and not REFERENCES[name]] == []
 
 
+# Outputs every task parses first, before the generated ones: the empty and the undecoded, lone and
+# piled-up angle brackets, times that are no times, invisible and look-alike characters, special tokens,
+# a long answer.
+EDGE_OUTPUTS = [
+    "", " ", "\n\t ", "\ufffd", "\ufffd\ufffd\ufffd", "\x00", "\x1b[31m", "\ud800",
+    "<", ">", "<>", "<<>>", "><", "<<<", ">>>", "<" * 500, "<a>" * 300 + "x", "<开始回答>", "<开始回答>" * 3,
+    "<0.1>", "<0.1><0.2>", "<-1>a<2>", "<0.1>a<0.2><0.3>", "<0.1,0.2>", "a<0.1,>", "<NaN>a<inf>",
+    "\u202e\u200b\ufeff", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🎉<laugh>", "Ａ<ｌａｕｇｈ>", "a\u0000<laugh>", "\udcff<male>", "\r\n<adult>\r\n",
+    "<|im_end|>", "<|endoftext|><|endoftext|>", "one two" * 200,
+]  # fmt: skip
+
+
 def test_parse_output_returns_a_prediction_that_scoring_takes():
     scorer = Scorer(INSTALLED.tasks)  # one for all examples: every answer is scored, the metrics computed at the end
     valid = dict.fromkeys(INSTALLED.tasks, 0)
+
+    def parsed(name: str, task: Task, answer: str) -> None:
+        prediction = task.parse_output(answer)
+        assert isinstance(prediction, Prediction) and prediction.text == answer, (name, answer)
+        assert isinstance(prediction.transcript, str) and isinstance(prediction.valid, bool), (name, answer)
+        assert prediction.label is None or isinstance(prediction.label, str), (name, answer)
+        if prediction.valid:
+            assert answer.strip() and not is_garbled(answer), (name, answer)
+            valid[name] += 1
+        if REFERENCES[name] is not None:
+            scorer.add(name, "fuzz", answer, REFERENCES[name], prediction=prediction)
 
     @FUZZ
     @given(output=text, data=st.data())
     def parse(output, data):
         for name, task in INSTALLED.tasks.items():
             for answer in (output, data.draw(OWN_ANSWERS[name], label=f"{name} answer")):
-                prediction = task.parse_output(answer)
-                assert isinstance(prediction, Prediction) and prediction.text == answer, name
-                assert isinstance(prediction.transcript, str) and isinstance(prediction.valid, bool), name
-                assert prediction.label is None or isinstance(prediction.label, str), name
-                if prediction.valid:
-                    assert answer.strip() and not is_garbled(answer), name
-                    valid[name] += 1
-                if REFERENCES[name] is not None:
-                    scorer.add(name, "fuzz", answer, REFERENCES[name], prediction=prediction)
+                parsed(name, task, answer)
 
+    for output in EDGE_OUTPUTS:
+        for name, task in INSTALLED.tasks.items():
+            parsed(name, task, output)
     parse()
     metrics = scorer.evaluation().metrics
     assert metrics and all(metrics[name]["count"] > 0 for name in metrics)

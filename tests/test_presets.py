@@ -1,10 +1,11 @@
 """Model presets and training stages: valid configs, OSUM's recipe, `extends:`."""
 
+import os
 from pathlib import Path
 
 import pytest
 
-from osum_core.config import load_config
+from osum_core.config import CONFIG_DIR, ConfigError, load_config
 
 
 @pytest.mark.parametrize("preset", ["osum-7b", "osum-7b-instruct", "small-0.5b", "small-1.5b"])
@@ -30,8 +31,25 @@ def test_osum_7b_preset_is_osums_recipe():
     assert cfg["trainer"]["accumulate_grad_batches"] == 4 and model["llm"]["dtype"] == "bfloat16"
 
 
-def test_a_preset_that_extends_itself_is_an_error(tmp_path):
-    loop = tmp_path / "loop.yaml"
-    loop.write_text("extends: ../../" + str(loop.with_suffix("")).lstrip("/") + "\n")
-    with pytest.raises(ValueError):
-        load_config("fit", [loop])
+def extends(file: Path, base: Path) -> None:
+    """`file` says ``extends: <base>``, spelt relative to configs/presets/ as `extends:` reads it."""
+    file.write_text(f"extends: {os.path.relpath(base.with_suffix(''), CONFIG_DIR / 'presets')}\nseed: 7\n")
+
+
+def test_a_user_file_extends_a_preset_that_extends_another(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    extends(mine, CONFIG_DIR / "presets" / "small-0.5b.yaml")  # itself extends osum-7b
+    cfg = load_config("fit", [mine])
+    assert cfg["seed"] == 7  # its own
+    assert cfg["model"]["llm"]["path"] == "Qwen/Qwen2.5-0.5B"  # its base's
+    assert cfg["optim"]["betas"] == [0.9, 0.99]  # osum-7b's, two bases down (fit.yaml's are [0.9, 0.98])
+
+
+@pytest.mark.parametrize("length", [1, 2, 3])
+def test_extends_that_goes_round_in_a_circle_is_an_error(tmp_path, length):
+    files = [tmp_path / f"loop{n}.yaml" for n in range(length)]
+    for n, file in enumerate(files):  # loop0 extends loop1 ... extends loop0 (itself, for one file)
+        extends(file, files[(n + 1) % length])
+    assert all(file.is_file() for file in files)
+    with pytest.raises(ConfigError, match=r"loop0\.yaml: 'extends' goes round in a circle$"):
+        load_config("fit", [files[0]])
