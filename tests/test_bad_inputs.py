@@ -90,6 +90,14 @@ MANIFEST_CASES = [
     ("empty_transcript", {"key": "k", "wav": "ok.wav", "txt": "  "}, r"key k: the transcript is empty and task asr adds no label"),
     ("not_utf8", b'{"key": "k", "wav": "ok.wav", "txt": "caf\xe9"}\n', r"not UTF-8 text"),
     ("audio_missing", {"key": "k", "wav": "gone.wav", "txt": "one"}, r"gone.wav is missing"),
+    # A duration is trusted instead of the header, but the file must still be there.
+    ("audio_missing", {"key": "k", "wav": "gone.wav", "txt": "one", "duration": 1.5}, r"audio file .*gone.wav is missing"),
+    ("wrong_type", {"key": "k", "wav": "ok.wav", "txt": "one", "duration": 0},
+     r"key k: field 'duration' must be a positive number of seconds, got 0$"),
+    ("wrong_type", {"key": "k", "wav": "ok.wav", "txt": "one", "duration": -2.5}, r"field 'duration' .* got -2.5$"),
+    ("wrong_type", {"key": "k", "wav": "ok.wav", "txt": "one", "duration": "soon"}, r"field 'duration' .* got \"soon\"$"),
+    ("wrong_type", {"key": "k", "wav": "ok.wav", "txt": "one", "duration": True}, r"field 'duration' .* got true$"),
+    ("wrong_type", {"key": "k", "wav": "ok.wav", "txt": "one", "duration": None}, r"field 'duration' .* got null$"),
 ]
 
 
@@ -119,6 +127,17 @@ def test_duplicate_keys_keep_the_first(folder):
     assert planned_keys(module) == ["good"]
     row = skipped(module)["duplicate_key"]
     assert row["source"] == f"{path}:2" and "key good appears before" in row["message"]
+
+
+def test_a_lines_duration_is_trusted_without_opening_its_audio(folder):
+    # Not audio at all: without a duration the header fails while planning; with one, only loading finds it.
+    (folder / "text.wav").write_text("this is not audio\n" * 20)
+    path = manifest(folder, [{**GOOD, "duration": 1.23}, {"key": "t", "wav": "text.wav", "txt": "one", "duration": 0.5}])
+    module = datamodule(str(path))
+    items = {item.example.key: item for batch in module.plan("val").batches(0) for item in batch}
+    assert {k: i.example.frames for k, i in items.items()} == {"good": 123, "t": 50}  # as a shard's .duration
+    assert module.skips.rows == []
+    assert dataset(module)[items["t"]]["skipped"]["reason"] == "audio_unreadable"
 
 
 def test_a_byte_order_mark_and_crlf_line_ends_are_read(folder):
@@ -297,6 +316,31 @@ def test_bad_shards_are_skipped_and_named(tmp_path):
         (r["source"], r["reason"]) for r in module.skips.rows)
     with pytest.raises(ValueError, match="shards.list:5: shard .*nowhere.tar not found"):
         datamodule(str(listing), on_error="raise").plan("val")
+
+
+def test_a_key_repeated_inside_a_shard_is_a_duplicate(tmp_path):
+    # `a` again later in the tar; `c` again right after its own group (a second c.wav).
+    shard = write_tar(tmp_path / "s.tar", [
+        ("a.wav", wav_bytes(0.3)), ("a.txt", b"one"), ("b.wav", wav_bytes(0.3)), ("b.txt", b"two"),
+        ("a.wav", wav_bytes(0.4)), ("a.txt", b"three"), ("c.wav", wav_bytes(0.3)), ("c.txt", b"four"),
+        ("c.wav", wav_bytes(0.5)), ("c.txt", b"five"), ("d.wav", wav_bytes(0.3)), ("d.txt", b"six")])
+    listing = tmp_path / "shards.list"
+    listing.write_text("s.tar\n")
+
+    def planned(module):
+        return [(i.example.key, i.example.target.transcript) for b in module.plan("val").batches(0) for i in b]
+
+    module = datamodule(str(listing))
+    assert planned(module) == [("a", "one"), ("b", "two"), ("c", "four"), ("d", "six")]  # the first is kept
+    rows = module.skips.rows
+    assert [(r["key"], r["reason"]) for r in rows] == [("a", "duplicate_key"), ("c", "duplicate_key")]
+    for row in rows:
+        assert row["message"] == f"{row['source']}: the key appears before in this shard"
+        assert re.fullmatch(rf"{re.escape(str(shard))}: key {row['key']} at byte \d+", row["source"])
+    again = datamodule(str(listing))  # from the cached index, as another process would
+    assert planned(again) == planned(module) and again.skips.rows == rows
+    with pytest.raises(BadItem, match=r"s.tar: key a at byte \d+: the key appears before in this shard"):
+        planned(datamodule(str(listing), on_error="raise"))
 
 
 # -- the skip log -------------------------------------------------------------------------------------

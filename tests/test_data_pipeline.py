@@ -152,3 +152,33 @@ def test_buckets_are_a_config_key(tiny_corpus):
 
     cfg = fit_config(overrides=["data.buckets=[{max_seconds: 2, batch_size: 2}, {max_seconds: 30, batch_size: 4}]"])
     assert cfg["data"]["buckets"][1] == {"max_seconds": 30, "batch_size": 4}
+
+
+def test_only_rank_zero_writes_the_key_log_with_every_ranks_keys(tmp_path, monkeypatch):
+    # Appends from several nodes to one shared file are not atomic: rank 0 gathers and writes, in rank order.
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from osum_core.train.key_log import KeyLog
+
+    path = tmp_path / "train_keys.jsonl"
+    keys = {0: ["a", "b"], 1: ["c"]}
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_gather_object", lambda out, mine: out.__setitem__(slice(None), [keys[0], keys[1]]))
+
+    def one_step(rank: int) -> None:
+        trainer = SimpleNamespace(global_step=0, global_rank=rank, is_global_zero=rank == 0,
+                                  strategy=SimpleNamespace(barrier=lambda name: None))
+        log = KeyLog(path)
+        log.on_train_start(trainer, None)
+        log.on_train_batch_start(trainer, None, {"keys": keys[rank]}, 0)
+        trainer.global_step = 1  # the optimiser stepped
+        log.on_train_batch_end(trainer, None, None, {"keys": keys[rank]}, 0)
+
+    one_step(1)
+    assert not path.exists()
+    one_step(0)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"step": 1, "rank": 0, "keys": ["a", "b"]}, {"step": 1, "rank": 1, "keys": ["c"]}]

@@ -18,8 +18,10 @@ from osum_core.data.audio import load_audio
 from osum_core.data.bad_items import BadItem
 from osum_core.data.dataset import ExamplePreparer, check_new_key
 from osum_core.data.features import HOP_LENGTH, SAMPLE_RATE
+from osum_core.data.length_index import repeated_keys, shard_entries
+from osum_core.data.manifest import read_manifest
 from osum_core.data.shards import read_wav_member
-from osum_core.data.sources import split_records
+from osum_core.data.sources import resolve_sources
 from osum_core.task import Task
 
 DURATION_BINS = (1, 2, 5, 10, 20, 30)  # seconds: upper edges of the histogram's bins (the last is open)
@@ -68,11 +70,10 @@ class NoTokens:
 
 
 def check_record(record: dict[str, Any], preparer: ExamplePreparer, report: CheckReport) -> None:
-    """Check one record as training would (its task, target, audio header; a key seen before), then decode
-    its audio."""
+    """Check one record as training would (its task, target, audio header), then decode its audio and
+    compare its length with the one planning trusted (a shard index's, or a manifest line's ``duration``)."""
     where = str(record.get("_source", record.get("key")))
     try:
-        check_new_key(record, report.keys)
         example = preparer.prepare(record)
         if example is None:
             report.unselected += 1
@@ -90,21 +91,38 @@ def check_record(record: dict[str, Any], preparer: ExamplePreparer, report: Chec
     if next(t for t in preparer.tasks if t.name == example.task).labels:
         report.labels.setdefault(example.task, Counter())[example.target.suffix] += 1
     seconds = len(wave) / SAMPLE_RATE
-    if member is not None and abs(int(seconds * SAMPLE_RATE) // HOP_LENGTH - record["_frames"]) > 1:
-        report.errors.append(f"{where}: the index says {record['_frames']} frames, the audio has "
-                             f"{int(seconds * SAMPLE_RATE) // HOP_LENGTH} (re-run osum data shard)")
+    frames = int(seconds * SAMPLE_RATE) // HOP_LENGTH
+    if member is not None and abs(frames - record["_frames"]) > 1:
+        report.errors.append(f"{where}: the index says {record['_frames']} frames, the audio has {frames} "
+                             "(re-run osum data shard)")
         report.reasons["shard_member"] += 1
+    elif member is None and "duration" in record and abs(frames - example.frames) > 1:
+        report.errors.append(f"{where}: field 'duration' says {record['duration']} s, the audio has {seconds:.3f} s")
+        report.reasons["wrong_type"] += 1
     report.add_duration(seconds)
 
 
 def check_data(path: str | Path, tasks: Sequence[Task], progress: Callable[[], None] | None = None,
                known_tasks: Sequence[Task] = ()) -> CheckReport:
     """Read and decode every item `path` names, with `tasks` forming each item's target; `known_tasks`
-    (all installed) tell an unknown tag from one of a task not checked."""
+    (all installed) tell an unknown tag from one of a task not checked. Keys repeated in the data are
+    found as training finds them: per source, its manifests' lines, then its shards."""
     report = CheckReport()
     preparer = ExamplePreparer(list(tasks), NoTokens(), tuple(known_tasks))
-    for record in split_records(str(path), str(path), on_error=report.add_error):
-        check_record(record, preparer, report)
-        if progress:
-            progress()
+    for source in resolve_sources(str(path), str(path), report.add_error):
+        for manifest in source.manifests:
+            for record in read_manifest(manifest, report.add_error):
+                try:
+                    check_new_key(record, report.keys)
+                except BadItem as error:
+                    report.add_error(error)
+                else:
+                    check_record(record, preparer, report)
+                if progress:
+                    progress()
+        for (shard_list, shard), repeats in zip(source.shards, repeated_keys(source.shards, report.keys), strict=True):
+            for entry in shard_entries(shard_list, shard, report.add_error, repeats):
+                check_record(entry.record(shard), preparer, report)
+                if progress:
+                    progress()
     return report

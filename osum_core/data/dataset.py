@@ -2,16 +2,20 @@
 features.
 
 A *record* is one utterance's label fields as a manifest line holds them (``key``, ``wav``, ``txt``,
-``task``, ...), plus ``_source`` (``file:line`` or ``shard: key``) and, for an utterance inside a tar
-shard, ``_member`` (byte offset and size of its audio in the tar named by ``wav``) and ``_frames``."""
+``task``, ``duration``, ...), plus ``_source`` (``file:line`` or ``shard: key``) and, for an utterance
+inside a tar shard, ``_member`` (byte offset and size of its audio in the tar named by ``wav``) and
+``_frames``."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
+from array import array
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import soundfile
@@ -21,7 +25,7 @@ from torch.utils.data import Dataset
 from osum_core.data.audio import AudioError, load_audio
 from osum_core.data.bad_items import BadItem
 from osum_core.data.features import HOP_LENGTH, SAMPLE_RATE, LogMel, SpecAugment
-from osum_core.data.shards import read_wav_member
+from osum_core.data.shards import duration_frames, read_wav_member
 from osum_core.task import Target, Task
 from osum_core.task.contract import TARGET_ERRORS
 
@@ -68,17 +72,39 @@ def assign_tasks(examples: Sequence[Mapping[str, Any]], tasks: Sequence[Task]) -
     return pairs, len(examples) - len(pairs)
 
 
+def missing_audio(path: str, source: str, key: str | None) -> AudioError:
+    return AudioError(f"{source}: audio file {path} is missing", "audio_missing", key=key)
+
+
 def audio_frames(path: str, source: str, key: str | None = None) -> int:
     """Feature frames the utterance will have, read from the file header (no decoding)."""
     try:
         info = soundfile.info(path)
     except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
         if not os.path.isfile(path):
-            raise AudioError(f"{source}: audio file {path} is missing", "audio_missing", key=key) from None
+            raise missing_audio(path, source, key) from None
         empty = os.path.getsize(path) == 0
         raise AudioError(f"{source}: audio file {path} is {'empty (0 bytes)' if empty else f'unreadable ({error})'}",
                          "audio_empty" if empty else "audio_unreadable", key=key) from None
     return int(info.frames * SAMPLE_RATE / info.samplerate) // HOP_LENGTH
+
+
+def record_frames(record: Mapping[str, Any], source: str, key: str) -> int:
+    """The utterance's length in feature frames: from its shard's index, from its manifest line's
+    ``duration`` (seconds, trusted as a shard's is: the file is only checked to exist), or from its audio
+    file's header."""
+    if record.get("_frames") is not None:
+        return int(record["_frames"])
+    path = str(record["wav"])
+    if "duration" not in record:
+        return audio_frames(path, source, key)
+    frames = duration_frames(record["duration"])
+    if frames is None:
+        raise ExampleError(f"{source}: key {key}: field 'duration' must be a positive number of seconds, got "
+                           f"{json.dumps(record['duration'])[:40]}", "wrong_type", key=key)
+    if not os.path.isfile(path):
+        raise missing_audio(path, source, key)
+    return frames
 
 
 def check_new_key(record: Mapping[str, Any], seen: set[str]) -> None:
@@ -110,17 +136,16 @@ def assign_task(record: Mapping[str, Any], tasks: Sequence[Task]) -> Task | None
 
 def prepare_example(record: Mapping[str, Any], task: Task, tokenizer: Any, max_frames: int | None = None,
                     too_long: str = "skip") -> PreparedExample:
-    """`task`'s target and its token ids for one record, and its length in frames (from the shard's
-    index, or the audio file's header). An utterance longer than `max_frames` (the model's maximum
-    input) is an error with ``too_long: skip``, and is cut to it with ``crop``."""
+    """`task`'s target and its token ids for one record, and its length in frames (`record_frames`). An
+    utterance longer than `max_frames` (the model's maximum input) is an error with ``too_long: skip``,
+    and is cut to it with ``crop``."""
     source = example_source(record)
     key = str(record["key"])
     target = task_target(record, task)
     if not (target.body or target.transcript).strip() and not target.suffix.strip():
         raise ExampleError(f"{source}: key {key}: the transcript is empty and task {task.name} adds no label: "
                            "nothing to learn", "empty_transcript", key=key)
-    frames = record.get("_frames")
-    frames = int(frames) if frames is not None else audio_frames(str(record["wav"]), source, key)
+    frames = record_frames(record, source, key)
     if max_frames is not None and frames > max_frames:
         if too_long != "crop":
             raise ExampleError(f"{source}: key {key}: the audio is {frames / 100:.1f} s, longer than the model's "
@@ -141,17 +166,52 @@ def prepare_example(record: Mapping[str, Any], task: Task, tokenizer: Any, max_f
     )
 
 
+# About 360 bytes a text of 76 characters and 15 ids, the text included (tracemalloc): 370 MB when full.
+CACHED_TEXTS = 1 << 20
+
+
+class TokenCache:
+    """A tokenizer's ids (without special tokens) for the last `size` texts it encoded. Planning prepares
+    every shard record again on each pass over an epoch (task counts, layout, iteration), and texts repeat
+    within a record too (an ASR body is its transcript) and across records (labels); each is tokenised
+    once while it stays here. Ids are kept as int32 arrays: 4 bytes an id, against 36 in a tuple of ints."""
+
+    def __init__(self, tokenizer: Any, size: int) -> None:
+        self.tokenizer, self.size = tokenizer, size
+        self.texts: OrderedDict[str, array] = OrderedDict()
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> tuple[int, ...]:
+        if add_special_tokens:
+            return tuple(self.tokenizer.encode(text, add_special_tokens=True))
+        ids = self.texts.get(text)
+        if ids is not None:
+            self.texts.move_to_end(text)
+            return tuple(ids)
+        ids = array("i", self.tokenizer.encode(text, add_special_tokens=False))
+        if self.size > 0:
+            self.texts[text] = ids
+            if len(self.texts) > self.size:
+                self.texts.popitem(last=False)
+        return tuple(ids)
+
+
 @dataclass(frozen=True)
 class ExamplePreparer:
     """How records become examples for one run: the selected tasks, every installed task (a tag none of
     them has is an error, a tag of an unselected task is not), the tokenizer, the model's longest input
-    and what to do with a longer one (``data.too_long``)."""
+    and what to do with a longer one (``data.too_long``), and how many texts' token ids to remember
+    (`TokenCache`; 0 remembers none)."""
 
     tasks: Sequence[Task]
     tokenizer: Any
     known_tasks: Sequence[Task] = ()
     max_frames: int | None = None
     too_long: str = "skip"
+    cached_texts: int = CACHED_TEXTS
+    tokens: TokenCache = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tokens", TokenCache(self.tokenizer, self.cached_texts))
 
     def select(self, record: Mapping[str, Any]) -> Task | None:
         task = assign_task(record, self.tasks)
@@ -168,7 +228,7 @@ class ExamplePreparer:
         task = task or self.select(record)
         if task is None:
             return None
-        return prepare_example(record, task, self.tokenizer, self.max_frames, self.too_long)
+        return prepare_example(record, task, self.tokens, self.max_frames, self.too_long)
 
 
 def prepare_examples(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -81,6 +82,18 @@ def split_member_name(name: str) -> tuple[str, str]:
     return name[:position], name[position + 1 :]
 
 
+def duration_frames(value: Any) -> int | None:
+    """Feature frames of a duration in seconds (a number, or its text as a ``.duration`` member holds it);
+    None when it is not a positive, finite number."""
+    if isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(seconds * SAMPLE_RATE) // HOP_LENGTH if 0 < seconds < math.inf else None
+
+
 def audio_header_frames(data: bytes, where: str) -> int:
     """Feature frames of an encoded audio member (from its header and length; the samples stay encoded)."""
     try:
@@ -124,7 +137,9 @@ def entry_from_members(shard: Path, key: str, members: dict[str, tuple[int, int,
 def scan_shard(path: str | Path) -> Iterator[ShardEntry | ShardError]:
     """Every utterance of a shard, in tar order, with its audio's byte range and length in frames; a key
     whose members cannot be used comes as a `ShardError` in its place (the scan goes on), and a tar cut
-    short ends with one (the keys before the cut are kept).
+    short ends with one (the keys before the cut are kept). A key that comes again after its group (later
+    in the tar, or as a second member with a suffix its group already has) is a `duplicate_key` error in
+    its place: the first is kept.
 
     Reads the tar headers and the text members; each audio member is read once to measure it (the
     ``duration`` member is trusted instead when present). A shard that cannot be opened at all raises
@@ -136,14 +151,15 @@ def scan_shard(path: str | Path) -> Iterator[ShardEntry | ShardError]:
         raise ShardError(f"{path}: cannot open shard ({error})", source=str(path)) from None
     key: str | None = None
     members: dict[str, tuple[int, int, bytes | None]] = {}
+    kept: set[str] = set()  # the keys of this shard's usable entries so far (one shard's keys: small)
     with tar:
         try:
             for info in tar:
                 if not info.isfile():
                     continue
                 member_key, suffix = split_member_name(info.name)
-                if key is not None and member_key != key:
-                    yield finished_entry(path, key, members)
+                if key is not None and (member_key != key or suffix in members):
+                    yield unique_entry(path, finished_entry(path, key, members), kept)
                     members = {}
                 key = member_key
                 needs_content = (suffix in TEXT_FIELDS or suffix == "extra") and info.size <= MAX_TEXT_MEMBER
@@ -167,7 +183,19 @@ def scan_shard(path: str | Path) -> Iterator[ShardEntry | ShardError]:
                              source=f"{path}: after key {key}" if key else str(path))
             return
         if key is not None:
-            yield finished_entry(path, key, members)
+            yield unique_entry(path, finished_entry(path, key, members), kept)
+
+
+def unique_entry(path: Path, entry: ShardEntry | ShardError, kept: set[str]) -> ShardEntry | ShardError:
+    """`entry`, or a `duplicate_key` error when a usable entry of the same shard (`kept`) has its key."""
+    if isinstance(entry, ShardError):
+        return entry
+    if entry.key in kept:
+        # Named by its byte offset too: each repeat is an item of its own (counted once per source).
+        where = f"{path}: key {entry.key} at byte {entry.offset}"
+        return ShardError(f"{where}: the key appears before in this shard", "duplicate_key", source=where, key=entry.key)
+    kept.add(entry.key)
+    return entry
 
 
 def finished_entry(path: Path, key: str, members: dict[str, tuple[int, int, bytes | None]]) -> ShardEntry | ShardError:
@@ -182,11 +210,10 @@ def finished_entry(path: Path, key: str, members: dict[str, tuple[int, int, byte
     except ShardError as error:
         return error
     if "duration" in entry.fields:
-        try:
-            frames = int(float(entry.fields["duration"]) * SAMPLE_RATE) // HOP_LENGTH
-        except ValueError:
-            return ShardError(f"{where}: duration {entry.fields['duration']!r} is not a number", "shard_member",
-                              source=where, key=key)
+        frames = duration_frames(entry.fields["duration"])
+        if frames is None:
+            return ShardError(f"{where}: duration {entry.fields['duration']!r} is not a positive number of seconds",
+                              "shard_member", source=where, key=key)
     elif measured is not None:
         frames = measured[1]
     else:
@@ -210,9 +237,10 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shard(path: Path, utterances: Iterable[tuple[dict[str, Any], bytes]]) -> list[ShardEntry]:
-    """Write one shard from (label fields, 16 kHz int16 wav bytes) pairs; returns its index. Written to a
-    temporary name and renamed, so a shard on disk is always complete."""
+def write_shard(path: Path, utterances: Iterable[tuple[dict[str, Any], bytes]]) -> list[ShardEntry | ShardError]:
+    """Write one shard from (label fields, 16 kHz int16 wav bytes) pairs; returns its index (with the error
+    of each key that cannot be used, e.g. a key given twice). Written to a temporary name and renamed, so a
+    shard on disk is always complete."""
     partial = path.with_name(path.name + ".partial")
     with tarfile.open(partial, "w") as tar:
         for fields, wav in utterances:
@@ -224,4 +252,4 @@ def write_shard(path: Path, utterances: Iterable[tuple[dict[str, Any], bytes]]) 
             if fields.get("extra") is not None:
                 add_member(tar, f"{key}.extra", json.dumps(fields["extra"], ensure_ascii=False).encode("utf-8"))
     partial.replace(path)
-    return [entry for entry in scan_shard(path) if isinstance(entry, ShardEntry)]
+    return list(scan_shard(path))

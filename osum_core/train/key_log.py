@@ -1,18 +1,30 @@
 """``data.log_keys``: the keys each rank trained at each optimiser step, in ``RUN_DIR/train_keys.jsonl``.
 
 One line per step and rank, ``{"step": 17, "rank": 0, "keys": [...]}``, where step counts optimiser steps
-from 1 and holds every micro-batch of that step. Each line is one appending write, so ranks can share the
-file. A resumed run first drops the lines of steps after its checkpoint (they are trained again), so the
-log always tells what the weights have seen."""
+from 1 and holds every micro-batch of that step; lines come in step order, then rank order. Only global
+rank 0 writes: at each step it gathers every rank's keys (one collective per step, and only when this log
+is on), since appends from several nodes to one shared file are not reliably atomic. A resumed run first
+drops the lines of steps after its checkpoint (they are trained again), so the log always tells what the
+weights have seen."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+
+
+def gathered_keys(keys: list[str]) -> list[list[str]]:
+    """Every rank's `keys`, by rank (all ranks call this together); one process's own, without a collective."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [keys]
+    ranks: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(ranks, keys)
+    return ranks
 
 
 class KeyLog(L.Callback):
@@ -39,11 +51,11 @@ class KeyLog(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.step is not None and trainer.global_step >= self.step:  # the optimiser stepped
-            line = json.dumps({"step": self.step, "rank": trainer.global_rank, "keys": self.keys}, ensure_ascii=False)
-            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(descriptor, (line + "\n").encode("utf-8"))
-            finally:
-                os.close(descriptor)
+        if self.step is not None and trainer.global_step >= self.step:  # the optimiser stepped (on every rank)
+            ranks = gathered_keys(self.keys)
             self.keys = []
+            if trainer.is_global_zero:
+                lines = [json.dumps({"step": self.step, "rank": rank, "keys": keys}, ensure_ascii=False) + "\n"
+                         for rank, keys in enumerate(ranks)]
+                with self.path.open("a", encoding="utf-8") as out:
+                    out.write("".join(lines))
