@@ -65,6 +65,34 @@ TINY = [
 ]
 
 
+# The shapes where real runs live, in miniature (with `two_sources` as data.train): several sort windows of
+# 8 items, two duration buckets, two weighted sources, and a seed whose epochs differ in batch count (with 0
+# and with 2 dataloader workers, a later epoch is longer than the first).
+RUN_SHAPE = [
+    "seed=7", "data.sort_window=8",
+    "data.buckets=[{max_seconds: 1.5, batch_size: 5}, {max_seconds: 30, max_frames: 900, max_tokens: 1200}]",
+]
+
+
+@pytest.fixture(scope="session")
+def two_sources(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
+    """The tiny corpus's train split as a mixture of two sources, ASR (weight 2) and VED (weight 1): as
+    manifests ("manifest") and as tar shards of 5 items ("shards")."""
+    import json
+
+    out = tmp_path_factory.mktemp("two_sources")
+    lines = [json.loads(x) for x in (tiny_corpus / "train.jsonl").read_text().splitlines()]
+    for name, tag in (("asr", "<TRANSCRIBE>"), ("ved", "<TRANSCRIBE> <CAPTION>")):
+        rows = [{**x, "wav": str(tiny_corpus / x["wav"])} for x in lines if x["task"] == tag]
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+        assert main(["data", "shard", str(out / f"{name}.jsonl"), str(out / f"{name}_shards"), "--per-shard", "5",
+                     "--quiet"]) == 0
+    (out / "manifests.yaml").write_text("asr: {path: asr.jsonl, weight: 2}\nved: {path: ved.jsonl, weight: 1}\n")
+    (out / "shards.yaml").write_text("asr: {path: asr_shards/shards.list, weight: 2}\n"
+                                     "ved: {path: ved_shards/shards.list, weight: 1}\n")
+    return {"manifest": out / "manifests.yaml", "shards": out / "shards.yaml"}
+
+
 def data_args(corpus: Path) -> list[str]:
     return [f"data.{k}={corpus / f'{s}.jsonl'}" for k, s in (("train", "train"), ("val", "dev"), ("test", "test"))]
 

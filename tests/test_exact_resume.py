@@ -87,8 +87,8 @@ def test_a_killed_run_resumes_exactly(kind, tiny_corpus, tmp_path):
     assert checkpoint["global_step"] == 4
     fit_loop = checkpoint["loops"]["fit_loop"]
     assert not fit_loop["epoch_loop.batch_progress"]["is_last_batch"]  # killed in the middle of the epoch
-    loader = fit_loop["state_dict"]["combined_loader"][0]["_snapshot"]["_main_snapshot"]
-    assert loader["_num_workers"] == 2 and loader["_sampler_iter_yielded"] == 4  # the data position is saved
+    position = checkpoint["SpeechDataModule"]["train_position"]  # the data position is saved
+    assert position == {"epoch": 0, "segments": [{"world_size": 1, "workers": 2, "accumulate": 1, "batches": 4}]}
     resumed = subprocess.run(fit_command(killed, train, tiny_corpus, "--resume", str(killed)), capture_output=True)
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
 

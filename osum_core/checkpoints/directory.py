@@ -12,8 +12,8 @@
 `save_checkpoint_dir` writes the whole directory at once (`osum_core.checkpoints.atomic.atomic_directory`):
 it is built in a hidden sibling and renamed into place, so DIR is the previous export or the new one, never a
 part of one, also when the save is killed or the disk fills (`DiskFullError`). An existing DIR is replaced
-as a whole (no file of the previous export stays behind) when it is an osum checkpoint directory or empty;
-any other existing path is refused.
+as a whole (no file of the previous export stays behind) when it is empty, or an osum checkpoint directory
+and ``--overwrite`` is given; any other existing path (a training run among them) is refused.
 
 `load_checkpoint` also takes a training run directory (`osum_core.checkpoints.run_dir`) or a Lightning
 ``.ckpt`` inside one, so a run can be tested before it is exported.
@@ -90,11 +90,23 @@ def save_llm_without_lora(model: SpeechLLM, out: Path) -> None:
     causal_lm.save_pretrained(out, state_dict=state)
 
 
-def replaceable(out: Path) -> bool:
-    """Whether `out` may be replaced by an export: it is absent, an empty folder or an osum checkpoint directory."""
-    if not (out.exists() or out.is_symlink()):
-        return True
-    return out.is_dir() and ((out / CONFIG_FILE).is_file() or (out / INFO_FILE).is_file() or not any(out.iterdir()))
+def is_export(path: Path) -> bool:
+    """Whether `path` is an osum checkpoint directory (what ``osum export`` writes)."""
+    return path.is_dir() and ((path / CONFIG_FILE).is_file() or (path / INFO_FILE).is_file())
+
+
+def check_export_out(out: Path, overwrite: bool) -> None:
+    """Refuse an `out` that an export must not replace: anything but an absent path or an empty folder,
+    and an earlier export unless `overwrite`."""
+    if not (out.exists() or out.is_symlink()) or (out.is_dir() and not any(out.iterdir())):
+        return
+    if is_export(out):
+        if not overwrite:
+            raise ValueError(f"--out {out}: holds an osum export already; give --overwrite to replace it, or choose "
+                             "a new path")
+        return
+    raise ValueError(f"--out {out}: exists and is not an osum checkpoint directory (a training run, or other "
+                     "files); choose a new path")
 
 
 def save_checkpoint_dir(
@@ -108,13 +120,14 @@ def save_checkpoint_dir(
     merge_lora: bool = False,
     copy_llm: bool | None = None,
     extra_files: Mapping[str, str] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write `model` as an osum checkpoint directory, all at once (module docstring). `cfg` is the resolved
     run config (plain dict). `copy_llm` None decides by `llm_needs_copy`. `extra_files`: more text files
-    for the directory, name to content (``osum import-osum``'s report). Returns what export.json records."""
+    for the directory, name to content (``osum import-osum``'s report). An earlier export in `out` is
+    replaced only with `overwrite`. Returns what export.json records."""
     out = Path(out)
-    if not replaceable(out):
-        raise ValueError(f"--out {out}: exists and is not an osum checkpoint directory; choose a new path or remove it")
+    check_export_out(out, overwrite)
     cfg = copy.deepcopy(cfg)
     model_cfg = cfg["model"]
     lora = model_cfg["llm"]["lora"]["enabled"]

@@ -320,7 +320,7 @@ def settings_origins(
 
 
 def import_osum_checkpoint(
-    file: Path, cfg: dict, out: Path, tasks: list[str], encoder_heads: int | None = None
+    file: Path, cfg: dict, out: Path, tasks: list[str], encoder_heads: int | None = None, overwrite: bool = False
 ) -> ImportResult:
     """``osum import-osum``: OSUM's checkpoint -> an osum checkpoint directory in `out`.
 
@@ -366,5 +366,5 @@ def import_osum_checkpoint(
     load_canonical_state(model, result.state, source)
     # The report goes into the directory that save_checkpoint_dir writes all at once.
     save_checkpoint_dir(model, tokenizer, cfg, tasks, out, source=source, copy_llm=True,
-                        extra_files={"import_report.txt": result.report() + "\n"})
+                        extra_files={"import_report.txt": result.report() + "\n"}, overwrite=overwrite)
     return result

@@ -1,6 +1,7 @@
 """The run directory ``osum fit --out DIR`` writes, and loading a model from it.
 
-    DIR/config.yaml             the resolved config of the run
+    DIR/config.yaml             the resolved config of the run as it started
+    DIR/config.resume-N.yaml    the resolved config of its N-th resume (`osum test`/`export` read the latest)
     DIR/tasks.json              the names of the tasks trained
     DIR/tokenizer/              the tokenizer (save_pretrained)
     DIR/checkpoints/last.ckpt   Lightning's checkpoint (weights, optimiser, schedule, step): --resume reads it
@@ -11,6 +12,8 @@
     DIR/test_predictions.jsonl  one line per test example
     DIR/report.md, report.json  the test report (as ``osum test`` writes it)
     DIR/train_keys.jsonl        with data.log_keys: the keys of each training step and rank
+
+Only the job's first process (global rank 0) writes the files the ranks share.
 """
 
 from __future__ import annotations
@@ -19,12 +22,20 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from osum_core.checkpoints.directory import CONFIG_FILE, LoadedCheckpoint, file_sha256, load_tokenizer
+from osum_core.checkpoints.directory import (
+    CONFIG_FILE,
+    INFO_FILE,
+    LoadedCheckpoint,
+    file_sha256,
+    is_export,
+    load_tokenizer,
+)
 from osum_core.config import load_config
 from osum_core.model.build import build_for_tokenizer
 from osum_core.model.safe_load import safe_load
 
 RUN_CONFIG = "config.yaml"
+RESUME_CONFIG = "config.resume-{}.yaml"
 TASKS_FILE = "tasks.json"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
@@ -35,7 +46,7 @@ TEST_PREDICTIONS = "test_predictions.jsonl"
 TRAIN_KEYS = "train_keys.jsonl"
 SKIPPED = "skipped.jsonl"
 # What `--overwrite` removes: the files and folders a run writes (never anything else in the folder).
-RUN_FILES = (RUN_CONFIG, TASKS_FILE, TOKENIZER_DIR, CHECKPOINT_DIR, LEARNING_CURVE, METRICS, TEST_PREDICTIONS,
+RUN_FILES = (RUN_CONFIG, RESUME_CONFIG.format("*"), TASKS_FILE, TOKENIZER_DIR, CHECKPOINT_DIR, LEARNING_CURVE, METRICS, TEST_PREDICTIONS,
              TRAIN_KEYS, SKIPPED, "metrics.csv", "hparams.yaml", "tensorboard", "confusion.json", "confusion",
              "report.md", "report.json")
 
@@ -45,20 +56,42 @@ def existing_run(run_dir: Path) -> list[str]:
     start that failed before its first checkpoint leaves nothing worth keeping, and does not count)."""
     if not (any((run_dir / CHECKPOINT_DIR).glob("*.ckpt")) or (run_dir / METRICS).exists()):
         return []
-    return [name for name in RUN_FILES if (run_dir / name).exists()]
+    return [path.name for pattern in RUN_FILES for path in sorted(run_dir.glob(pattern))]
 
 
-def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> None:
+def resume_configs(run_dir: Path) -> list[Path]:
+    """config.yaml, then each resume's config, in order."""
+    numbered = []
+    for path in run_dir.glob(RESUME_CONFIG.format("*")):
+        number = path.name[len("config.resume-") : -len(".yaml")]
+        if number.isdigit():
+            numbered.append((int(number), path))
+    return [run_dir / RUN_CONFIG, *(path for _, path in sorted(numbered))]
+
+
+def latest_run_config(run_dir: Path) -> Path:
+    """The resolved config the run last trained with: its last resume's, else config.yaml."""
+    existing = [path for path in resume_configs(run_dir) if path.is_file()]
+    return existing[-1] if existing else run_dir / RUN_CONFIG
+
+
+def next_resume_config(run_dir: Path) -> Path:
+    return run_dir / RESUME_CONFIG.format(len(resume_configs(run_dir)))
+
+
+def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool, rank: int = 0) -> None:
     """Make sure starting a run in `run_dir` loses nothing: refuse a folder that holds a run unless the run
-    is resumed (`resume`) or `overwrite` is set, which removes the old run's files first. Only the job's
-    first process decides: a rank that starts later (another node, Lightning's relaunched ranks) must not
-    take the run's own first checkpoint for an old run."""
-    import os
+    is resumed (`resume`) or `overwrite` is set, which removes the old run's files first, and refuse an
+    osum export (``osum export --out``) always. Only the job's first process (`rank` 0) decides and
+    removes: a rank that starts later (another node, Lightning's relaunched ranks) must not take the run's
+    own first checkpoint for an old run."""
     import shutil
 
-    rank = next((os.environ[k] for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK") if os.environ.get(k)), "0")
+    if is_export(run_dir):
+        raise ValueError(f"out={run_dir} holds an osum export ({INFO_FILE}); a run needs a folder of its own "
+                         "(choose another --out)")
     found = existing_run(run_dir)
-    if not found or resume or rank != "0":
+    if not found or resume or rank != 0:
         return
     if not overwrite:
         raise ValueError(f"out={run_dir} holds a run ({', '.join(found)}); give --resume {run_dir} to continue it, "
@@ -68,11 +101,15 @@ def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> None:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
+def run_of_checkpoint(path: Path) -> Path:
+    """The run directory a .ckpt file belongs to."""
+    return path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
+
+
 def find_run_checkpoint(path: Path) -> tuple[Path, Path]:
     """(run directory, .ckpt file) for a run directory or a .ckpt inside one."""
     if path.is_file():
-        run = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
-        return run, path
+        return run_of_checkpoint(path), path
     ckpt = path / CHECKPOINT_DIR / LAST_CHECKPOINT
     if not ckpt.is_file():
         candidates = sorted((path / CHECKPOINT_DIR).glob("*.ckpt"))
@@ -100,7 +137,7 @@ def load_run_checkpoint(path: Path, overrides: Sequence[str] = (), device: str =
     run, ckpt = find_run_checkpoint(Path(path))
     if not (run / RUN_CONFIG).is_file():
         raise FileNotFoundError(f"{run}: no {RUN_CONFIG} next to {ckpt} (is it an osum fit run directory?)")
-    cfg = load_config("fit", [run / RUN_CONFIG], list(overrides))
+    cfg = load_config("fit", [latest_run_config(run)], list(overrides))
     tokenizer = load_tokenizer(run / TOKENIZER_DIR)
     model = build_for_tokenizer(cfg["model"], tokenizer)
     state = safe_load(ckpt)["state_dict"]

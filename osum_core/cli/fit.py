@@ -13,7 +13,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from osum_core.checkpoints.directory import init_from_checkpoint
+from osum_core.checkpoints.atomic import atomic_write_text
+from osum_core.checkpoints.directory import init_from_checkpoint, load_tokenizer
 from osum_core.checkpoints.run_dir import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
@@ -24,6 +25,7 @@ from osum_core.checkpoints.run_dir import (
     TEST_PREDICTIONS,
     TOKENIZER_DIR,
     claim_run_dir,
+    next_resume_config,
     resume_checkpoint,
 )
 from osum_core.cli.fit_checks import check_fit_config
@@ -37,6 +39,7 @@ from osum_core.model.speech_llm import GenerationSettings
 from osum_core.plugins import TaskRegistry
 from osum_core.task.normalize import transcript_normalizer
 from osum_core.train.datamodule import SpeechDataModule
+from osum_core.train.epoch_end_resume import EpochEndResume
 from osum_core.train.learning_curve import curve_table
 from osum_core.train.module import SpeechLLMModule
 from osum_core.train.preemption import PreemptionCheckpoint
@@ -53,24 +56,30 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     tasks = configured_tasks(registry, task_names, cfg["tasks"])
     resume = resume_checkpoint(cfg["resume"])
     run_dir = Path(cfg["out"])
-    claim_run_dir(run_dir, resume, cfg["overwrite"])
-    resolve_demo_data(cfg, tasks, registry.recipes, log)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_CONFIG).write_text(to_yaml(cfg))
-    (run_dir / TASKS_FILE).write_text(json.dumps(list(tasks)) + "\n")
     checkpoint = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    # Lightning checks its own arguments here (trainer.max_step=5): still nothing written.
     trainer, curve = build_trainer(cfg["trainer"], run_dir, cfg["checkpoint"]["every_n_steps"], cfg["data"]["log_keys"],
-                                   cfg["deepspeed"], extra_callbacks=[PreemptionCheckpoint(checkpoint)])
-    curve.path.unlink(missing_ok=True)
-    if not resume and trainer.is_global_zero:
-        (run_dir / SKIPPED).write_text("")  # the run's list of bad items starts empty
+                                   cfg["deepspeed"], extra_callbacks=[PreemptionCheckpoint(checkpoint), EpochEndResume()])
+    claim_run_dir(run_dir, resume, cfg["overwrite"], trainer.global_rank)
+    resolve_demo_data(cfg, tasks, registry.recipes, log)
+    if trainer.is_global_zero:  # the files every rank shares: written once
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            # config.yaml stays the run's original; other nodes' ranks may be reading the latest right now.
+            atomic_write_text(next_resume_config(run_dir), to_yaml(cfg))
+        else:
+            atomic_write_text(run_dir / RUN_CONFIG, to_yaml(cfg))
+            atomic_write_text(run_dir / TASKS_FILE, json.dumps(list(tasks)) + "\n")
+            (run_dir / SKIPPED).write_text("")  # the run's list of bad items starts empty
     skips = SkipLog(run_dir / SKIPPED, write=trainer.is_global_zero)
     trainer.callbacks.insert(0, SkippedItems(skips))
 
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    tokenizer = run_tokenizer(cfg, tasks, run_dir / TOKENIZER_DIR)
+    # A resumed run's tokenizer is the run's own: never trained again (its rows are the embeddings' meaning).
+    tokenizer = (load_tokenizer(run_dir / TOKENIZER_DIR) if resume
+                 else run_tokenizer(cfg, tasks, run_dir / TOKENIZER_DIR if trainer.is_global_zero else None))
     model = build_for_tokenizer(cfg["model"], tokenizer)
     if cfg["init"]:
         loaded = init_from_checkpoint(model, cfg["init"])

@@ -94,26 +94,35 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     from osum_core.config import fit_config, to_yaml
 
-    overrides = list(args.overrides)
-    if args.out:
-        overrides.append(f"out={args.out}")
+    overrides = [item for item in args.overrides if not item.startswith("resume=")]
+    resume = args.resume or next((item[len("resume="):] for item in args.overrides if item.startswith("resume=")), None)
     if args.init:
         overrides.append(f"init={args.init}")
-    if args.resume:
-        overrides.append(f"resume={args.resume}")
-    if args.overwrite:
-        overrides.append("overwrite=true")
-    cfg = fit_config(args.preset, args.stage, args.config, overrides, args.strategy)
+    if resume and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite starts one again: give one of them")
+    if resume:
+        from osum_core.cli.resume import resume_config
+
+        cfg, task_names = resume_config(resume, args.tasks, args.preset, args.stage, args.strategy, args.config,
+                                        overrides, args.out)
+    elif not args.tasks:
+        raise ValueError("--tasks is required (comma-separated task names, see `osum tasks`), except with --resume")
+    else:
+        if args.out:
+            overrides.append(f"out={args.out}")
+        if args.overwrite:
+            overrides.append("overwrite=true")
+        cfg, task_names = fit_config(args.preset, args.stage, args.config, overrides, args.strategy), args.tasks.split(",")
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
     registry = load_tasks()
     report_problems(registry)
-    registry.select(args.tasks.split(","))  # fail on an unknown task before anything heavy starts
+    registry.select(task_names)  # fail on an unknown task before anything heavy starts
 
     from osum_core.cli.fit import fit
 
-    metrics = fit(cfg, args.tasks.split(","), registry)
+    metrics = fit(cfg, task_names, registry)
     print(f"test metrics ({cfg['out']}/metrics.json):")
     print(json.dumps(metrics, indent=2))
     return 0
@@ -163,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     fit = commands.add_parser("fit", help="train on the selected tasks, then test")
-    fit.add_argument("--tasks", required=True, help="comma-separated task names (see `osum tasks`), or all")
+    fit.add_argument("--tasks", help="comma-separated task names (see `osum tasks`), or all; with --resume, the run's")
     fit.add_argument(
         "--preset", action="append", default=[], help="configs/presets/NAME.yaml (e.g. osum-7b; default: demo)"
     )
@@ -172,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="configs/strategies/NAME.yaml: ddp, fsdp2, deepspeed_zero2 (or set trainer.strategy=NAME)")
     fit.add_argument("--config", action="append", default=[], help="a YAML file merged over the defaults (repeatable)")
     fit.add_argument("--init", help="osum checkpoint directory to start from (same as init=DIR)")
-    fit.add_argument("--resume", help="continue a run: its directory or a .ckpt (same as resume=PATH)")
+    fit.add_argument("--resume", help="continue a run as it was configured: its directory or a .ckpt (its config is "
+                                      "the base; only the settings given now change, and not those its data plan "
+                                      "or model depend on)")
     fit.add_argument("--out", help="run directory (same as out=DIR)")
     fit.add_argument("--overwrite", action="store_true",
                      help="start again in an --out that holds a run (same as overwrite=true)")
@@ -212,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="the directory to write")
     export.add_argument("--merge-lora", action="store_true", help="merge LoRA into the LLM weights (written to llm/)")
     export.add_argument("--copy-llm", action="store_true", help="write llm/ even when the LLM is its frozen source")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     export.set_defaults(run=cmd_export_lazy)
 
     importer = commands.add_parser("import-osum", help="OSUM's released infer.pt -> an osum checkpoint directory")
@@ -219,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--out", required=True, help="the directory to write")
     importer.add_argument("--preset", default="osum-7b", help="model preset it was trained with (default osum-7b)")
     importer.add_argument("--encoder-heads", type=int, help="encoder attention heads (default: Whisper's for its width)")
+    importer.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     importer.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.llm.path=/models/Qwen2-7B")
     importer.set_defaults(run=cmd_import_osum_lazy)
 

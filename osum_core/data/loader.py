@@ -1,38 +1,95 @@
-"""The resumable loader: an epoch's plan as batches of tensors, with dataloader workers.
+"""The resumable loader: an epoch's plan as batches of tensors, with dataloader workers, and where an
+epoch stands (which of its batches each rank has trained) so that a resumed run continues it exactly.
 
-torchdata's `StatefulDataLoader` is the loader. Its ``state_dict()`` (which Lightning stores in every
-checkpoint, because the object ``train_dataloader()`` returns has one) records how many batches of the
-epoch were yielded; on resume it skips that many batches of the batch sampler, which recomputes the same
-plan from metadata (no audio is read for skipped batches). The epoch itself comes back through Lightning,
-which calls ``set_epoch`` on ``loader.batch_sampler.sampler``. The loader has a length (the plan's batch
-count), so Lightning does not prefetch a batch whose position would then be lost."""
+**Position.** An epoch's position is its number and, per *layout* (world size, dataloader workers,
+accumulation) the epoch was trained under, how many batches each rank yielded (`EpochPosition`). It is a
+few integers: the batches themselves are recomputed from the plan, which is a pure function of the seed,
+the epoch and the data (no audio is read for batches passed over). `SpeechDataModule.state_dict` puts
+the train loader's position into every checkpoint, and a resumed run hands it to the batch sampler of
+the *same* epoch only: a checkpoint written at an epoch's last step does not cut into the next epoch.
+
+**A changed layout** (a node lost or added, another worker count): the items the old layout has not yet
+trained are those after each old rank's trained batches; they are interleaved over the old ranks and dealt,
+batch by batch, to the new ranks, so the epoch ends with every item trained exactly once. The next epoch is
+planned for the new layout. (Replaying the old layout reads the whole epoch's metadata once.)
+
+**Equal counts.** Under data parallelism every rank yields the same number of training batches, or a rank
+would wait forever at an epoch's end for a collective the others never join. The ranks agree on the largest
+rank's count (`agreed_count`), and a rank with fewer batches splits its last batches of two or more items
+in two until it has as many: every item is still trained once per epoch, and no batch grows. (Only a rank
+with fewer items than that count drops its last batches instead.)
+
+**Step normaliser.** In training, each item also carries the target-token and example counts of the
+optimiser step its batch belongs to (`accumulate` consecutive batches from the epoch's start, as Lightning
+accumulates them), so that the loss is normalised by the step's global token count
+(`SpeechLLMModule.batch_loss`).
+
+Lightning calls ``set_epoch`` only on ``loader.sampler`` and ``loader.batch_sampler.sampler`` (never on
+the batch sampler itself), so `PlanBatchSampler` keeps its epoch in an `EpochCounter`, as its
+``sampler``. The loader has a length (the epoch's batch count), so Lightning does not prefetch a batch
+whose position would then be lost; the datamodule rebuilds it every epoch (``reload_dataloaders_every_n_epochs:
+1``), because epochs differ in length and Lightning reads the length only when it builds the loader."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from typing import Any
 
-from torch.utils.data import Sampler
-from torchdata.stateful_dataloader import StatefulDataLoader
+import torch
+from torch.utils.data import DataLoader, Sampler
 
 from osum_core.data.collate import collate_examples
 from osum_core.data.dataset import PlanItem
 from osum_core.data.epoch_plan import EpochPlan
 
-# torchdata 0.11 calls a torch API that torch 2.14 deprecates, on every loader; nothing for users to act on.
-warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
+Batches = list[list[PlanItem]]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an epoch's batches are spread: over ranks, over each rank's dataloader workers (the plan's
+    streams), and into optimiser steps of `accumulate` batches."""
+
+    world_size: int = 1
+    workers: int = 1
+    accumulate: int = 1
+
+
+@dataclass(frozen=True)
+class Segment:
+    layout: Layout
+    batches: int  # batches each rank yielded (and trained) under this layout
+
+
+@dataclass(frozen=True)
+class EpochPosition:
+    """How far an epoch has been trained: by each layout in turn, so many batches per rank."""
+
+    epoch: int
+    segments: tuple[Segment, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "segments": [{**asdict(s.layout), "batches": s.batches} for s in self.segments]}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> EpochPosition:
+        segments = tuple(Segment(Layout(s["world_size"], s["workers"], s["accumulate"]), int(s["batches"]))
+                         for s in state["segments"])
+        return cls(int(state["epoch"]), segments)
+
+    @property
+    def trained(self) -> int:
+        """Batches each rank has trained this epoch (Lightning's count of the epoch's batches)."""
+        return sum(s.batches for s in self.segments)
 
 
 class EpochCounter:
-    """The epoch a batch sampler is in. Lightning calls ``set_epoch`` only on ``loader.sampler`` and
-    ``loader.batch_sampler.sampler`` (never on the batch sampler itself), so `PlanBatchSampler` keeps its
-    epoch here, as its ``sampler``."""
+    """The epoch a batch sampler is in (see the module's docstring)."""
 
-    def __init__(self) -> None:
-        self.epoch = 0
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch = epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -42,11 +99,15 @@ def target_tokens(item: PlanItem) -> int:
     return len(item.example.body_ids) + len(item.example.suffix_ids) + 1  # + end-of-text
 
 
+def agreed_count(counts: Sequence[tuple[int, int]]) -> int:
+    """The batch count every rank yields, from each rank's (batches, items): the largest rank's count,
+    unless some rank has fewer items than that, then the smallest item count."""
+    return min(max(b for b, _ in counts), min(i for _, i in counts))
+
+
 def agreed_length(batches: int, items: int) -> int:
-    """The batch count every rank yields this epoch (all ranks call this together): the largest rank's
-    count, unless some rank has fewer items than that, then the smallest item count. A single process
-    keeps its own count."""
-    import torch
+    """`agreed_count` over the ranks of the running job (all ranks call this together; one process keeps
+    its own count)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -57,25 +118,109 @@ def agreed_length(batches: int, items: int) -> int:
     return min(int(counts[0]), -int(counts[1]))
 
 
+def splits(sizes: Sequence[int], length: int) -> set[int]:
+    """Which of a rank's planned batches (of `sizes` items) to split in two to yield `length` batches."""
+    splittable = [i for i, size in enumerate(sizes) if size > 1]
+    deficit = max(length - len(sizes), 0)
+    return set(splittable[len(splittable) - deficit :] if deficit else ())
+
+
+def evened(batches: Iterator[list[PlanItem]], length: int, split: set[int]) -> Iterator[list[PlanItem]]:
+    """`length` batches: the planned ones, those in `split` cut in two."""
+    produced = 0
+    for index, batch in enumerate(batches):
+        parts = [batch[: len(batch) // 2], batch[len(batch) // 2 :]] if index in split else [batch]
+        for part in parts:
+            if produced >= length:
+                return
+            produced += 1
+            yield part
+
+
+def interleaved(sequences: list[Iterator[list[PlanItem]]]) -> Iterator[list[PlanItem]]:
+    """One batch of each sequence in turn, until all are exhausted."""
+    while sequences:
+        for sequence in list(sequences):
+            batch = next(sequence, None)
+            if batch is None:
+                sequences.remove(sequence)
+            else:
+                yield batch
+
+
+@dataclass
+class EpochBatches:
+    """The training batches of one epoch under each layout it has been trained with: what each rank
+    yields (`rank_batches`) and what is left after a position (`left_after`)."""
+
+    plan: EpochPlan
+    epoch: int
+    _sizes: dict[tuple, list[list[int]]] = field(default_factory=dict)  # (history, layout) -> sizes per rank
+
+    def planned(self, rank: int, layout: Layout, history: tuple[Segment, ...]) -> Iterator[list[PlanItem]]:
+        """`rank`'s batches before evening out: the plan's own for a fresh epoch, else its share of what
+        `history` left (batch j of it goes to rank j mod world size)."""
+        if not history:
+            return self.plan.batches(self.epoch, rank, layout.world_size, layout.workers)
+        return islice(self.left_after(history), rank, None, layout.world_size)
+
+    def even_layout(self, rank: int, layout: Layout, history: tuple[Segment, ...],
+                    agree: Callable[[int, int], int] | None) -> tuple[int, set[int]]:
+        """(batches `rank` yields, which planned batches it splits). `agree` is the running job's
+        collective (each rank counts only itself); without it every rank's counts are computed here."""
+        if layout.world_size == 1:
+            return sum(1 for _ in self.planned(rank, layout, history)), set()
+        if agree is not None:
+            sizes = [len(batch) for batch in self.planned(rank, layout, history)]
+            length = agree(len(sizes), sum(sizes))
+        else:
+            key = (history, layout)
+            if key not in self._sizes:
+                self._sizes[key] = self.sizes_by_rank(layout, history)
+            every = self._sizes[key]
+            sizes = every[rank]
+            length = agreed_count([(len(s), sum(s)) for s in every])
+        return length, splits(sizes, length)
+
+    def sizes_by_rank(self, layout: Layout, history: tuple[Segment, ...]) -> list[list[int]]:
+        """Every rank's planned batch sizes under `layout` (one pass over what `history` left)."""
+        if not history:
+            return [[len(b) for b in self.planned(r, layout, history)] for r in range(layout.world_size)]
+        sizes: list[list[int]] = [[] for _ in range(layout.world_size)]
+        for index, batch in enumerate(self.left_after(history)):
+            sizes[index % layout.world_size].append(len(batch))
+        return sizes
+
+    def rank_batches(self, rank: int, layout: Layout, history: tuple[Segment, ...],
+                     agree: Callable[[int, int], int] | None = None,
+                     even: tuple[int, set[int]] | None = None) -> Iterator[list[PlanItem]]:
+        length, split = even or self.even_layout(rank, layout, history, agree)
+        return evened(self.planned(rank, layout, history), length, split)
+
+    def left_after(self, segments: tuple[Segment, ...]) -> Iterator[list[PlanItem]]:
+        """The batches no rank had trained at the end of `segments`, interleaved over that layout's ranks."""
+        *history, last = segments
+        ranks = [islice(self.rank_batches(r, last.layout, tuple(history)), last.batches, None)
+                 for r in range(last.layout.world_size)]
+        return interleaved(ranks)
+
+
 class PlanBatchSampler(Sampler[list[PlanItem]]):
-    """This rank's batches of each epoch, from an `EpochPlan`.
-
-    Under data parallelism every rank yields the same number of training batches, or a rank would wait forever at
-    an epoch's end for a collective the others never join. The ranks agree on the largest rank's count
-    (`agreed_length`), and a rank with fewer batches splits its last batches of two or more items in two
-    until it has as many: every item is still trained once per epoch, and no batch grows. (Only a rank
-    with fewer items than that count drops its last batches instead.)
-
-    For training, each item also carries the target-token and example counts of the optimiser step its
-    batch belongs to (`accumulate` consecutive batches from the epoch's start, as Lightning accumulates
-    them), so that the loss is normalised by the step's global token count (`SpeechLLMModule.batch_loss`)."""
+    """This rank's batches of each epoch, from an `EpochPlan` (see the module's docstring). `resumed`
+    is the position a checkpoint recorded in epoch `epoch`: the batches it trained are not yielded again."""
 
     def __init__(self, plan: EpochPlan, rank: int = 0, world_size: int = 1, workers: int = 1,
-                 accumulate: int = 1) -> None:
-        self.plan, self.rank, self.world_size, self.workers = plan, rank, world_size, max(workers, 1)
-        self.accumulate = max(accumulate, 1)
-        self.sampler = EpochCounter()
-        self._lengths: dict[int, tuple[int, set[int]]] = {}  # epoch -> (batches, indices of batches to split)
+                 accumulate: int = 1, epoch: int = 0, resumed: EpochPosition | None = None) -> None:
+        self.plan, self.rank = plan, rank
+        self.layout = Layout(world_size, max(workers, 1), max(accumulate, 1) if plan.training else 1)
+        self.sampler = EpochCounter(epoch)
+        self.resumed = resumed
+        self._epochs: dict[int, EpochBatches] = {}
+        self._lengths: dict[int, tuple[int, set[int]]] = {}
+
+    @property
+    def world_size(self) -> int:
+        return self.layout.world_size
 
     @property
     def epoch(self) -> int:
@@ -84,45 +229,65 @@ class PlanBatchSampler(Sampler[list[PlanItem]]):
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
-    def planned(self) -> Iterator[list[PlanItem]]:
-        return self.plan.batches(self.epoch, self.rank, self.world_size, self.workers)
+    def resumed_here(self) -> tuple[tuple[Segment, ...], int]:
+        """(earlier layouts' segments, batches already trained under this layout) for this epoch."""
+        position = self.resumed
+        if position is None or position.epoch != self.epoch or not self.plan.training:
+            return (), 0
+        *history, last = position.segments
+        if last.layout == self.layout:
+            return tuple(history), last.batches
+        return position.segments, 0
 
-    def layout(self) -> tuple[int, set[int]]:
-        """(batches this epoch, which of the plan's batches to split in two): one pass over the plan."""
+    def epoch_batches(self) -> EpochBatches:
+        if self.epoch not in self._epochs:
+            self._epochs = {self.epoch: EpochBatches(self.plan, self.epoch)}
+        return self._epochs[self.epoch]
+
+    def layout_here(self) -> tuple[int, set[int]]:
+        """(batches this rank yields this epoch under its layout, which planned batches it splits)."""
         if self.epoch not in self._lengths:
-            sizes = [len(batch) for batch in self.planned()]
-            # Evaluation has no collective per batch: each rank evaluates all of its items, however many.
-            training = self.plan.training and self.world_size > 1
-            length = agreed_length(len(sizes), sum(sizes)) if training else len(sizes)
-            splittable = [i for i, size in enumerate(sizes) if size > 1]
-            deficit = max(length - len(sizes), 0)
-            self._lengths[self.epoch] = (length, set(splittable[len(splittable) - deficit :] if deficit else ()))
+            history, _ = self.resumed_here()
+            if not self.plan.training:
+                # Evaluation has no collective per batch: each rank evaluates all of its items, however many.
+                count = sum(1 for _ in self.plan.batches(self.epoch, self.rank, self.world_size))
+                self._lengths[self.epoch] = (count, set())
+            else:
+                # The running layout agrees by a collective; a replayed one is computed here alike on every rank.
+                agree = agreed_length if not history else None
+                self._lengths[self.epoch] = self.epoch_batches().even_layout(self.rank, self.layout, history, agree)
         return self._lengths[self.epoch]
 
-    def rank_batches(self) -> Iterator[list[PlanItem]]:
-        length, split = self.layout()
-        produced = 0
-        for index, batch in enumerate(self.planned()):
-            parts = [batch[: len(batch) // 2], batch[len(batch) // 2 :]] if index in split else [batch]
-            for part in parts:
-                if produced >= length:
-                    return
-                produced += 1
-                yield part
+    def batches_here(self) -> Iterator[list[PlanItem]]:
+        if not self.plan.training:
+            return self.plan.batches(self.epoch, self.rank, self.world_size)
+        history, _ = self.resumed_here()
+        return self.epoch_batches().rank_batches(self.rank, self.layout, history, even=self.layout_here())
 
     def __iter__(self) -> Iterator[list[PlanItem]]:
-        batches = self.rank_batches()
+        batches = self.batches_here()
         if not self.plan.training:
             yield from batches
             return
-        while group := list(islice(batches, self.accumulate)):
+        _, done = self.resumed_here()
+        produced = 0
+        while group := list(islice(batches, self.layout.accumulate)):
             tokens = sum(target_tokens(item) for batch in group for item in batch)
             items = sum(len(batch) for batch in group)
             for batch in group:
-                yield [replace(item, step_tokens=tokens, step_items=items) for item in batch]
+                produced += 1
+                if produced > done:  # trained before the checkpoint: replayed for its step's counts only
+                    yield [replace(item, step_tokens=tokens, step_items=items) for item in batch]
 
     def __len__(self) -> int:
-        return self.layout()[0]
+        """The epoch's batch count as Lightning counts it: those trained before a resume included."""
+        history, _ = self.resumed_here()
+        return sum(s.batches for s in history) + self.layout_here()[0]
+
+    def position(self, yielded: int) -> EpochPosition:
+        """Where this epoch stands after the loader has yielded `yielded` of this sampler's batches."""
+        history, done = self.resumed_here()
+        return EpochPosition(self.epoch, (*history, Segment(self.layout, done + yielded)))
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -135,12 +300,30 @@ def ignore_stop_signals(worker_id: int) -> None:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
-def plan_loader(dataset: Any, sampler: PlanBatchSampler, workers: int, persistent: bool) -> StatefulDataLoader:
-    return StatefulDataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate_examples,
-        num_workers=workers,
-        persistent_workers=persistent and workers > 0,
-        worker_init_fn=ignore_stop_signals if workers > 0 else None,
-    )
+class PlanLoader(DataLoader):
+    """torch's DataLoader over a `PlanBatchSampler`, counting the batches it has handed out this epoch
+    (the main process's count: workers read ahead, the training loop does not)."""
+
+    batch_sampler: PlanBatchSampler
+
+    def __init__(self, dataset: Any, sampler: PlanBatchSampler, workers: int, persistent: bool, seed: int = 0) -> None:
+        # Its own generator: the workers' base seed is not drawn from torch's global one, which dropout uses
+        # and a checkpoint restores (the loader is rebuilt every epoch, also right after a resume).
+        super().__init__(dataset, batch_sampler=sampler, collate_fn=collate_examples, num_workers=workers,
+                         persistent_workers=persistent and workers > 0,
+                         worker_init_fn=ignore_stop_signals if workers > 0 else None,
+                         generator=torch.Generator().manual_seed(seed + sampler.epoch))
+        self.yielded = 0
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        self.yielded = 0
+        for batch in super().__iter__():
+            self.yielded += 1
+            yield batch
+
+    def position(self) -> EpochPosition:
+        return self.batch_sampler.position(self.yielded)
+
+
+def plan_loader(dataset: Any, sampler: PlanBatchSampler, workers: int, persistent: bool, seed: int = 0) -> PlanLoader:
+    return PlanLoader(dataset, sampler, workers, persistent, seed)

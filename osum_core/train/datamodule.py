@@ -7,14 +7,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from osum_core.data.bad_items import BadItem, SkipLog, check_on_error, error_handler
 from osum_core.data.batching import check_buckets
 from osum_core.data.dataset import ExamplePreparer, PreparedExample, SpeechDataset, check_new_key
 from osum_core.data.epoch_plan import EpochPlan, Piece, PlanSource
 from osum_core.data.features import SpecAugment
-from osum_core.data.loader import PlanBatchSampler, plan_loader
+from osum_core.data.loader import EpochPosition, PlanBatchSampler, PlanLoader, plan_loader
 from osum_core.data.manifest import read_manifest
 from osum_core.data.sources import resolve_sources
 from osum_core.task import Task
@@ -58,6 +57,8 @@ class SpeechDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.seed = seed
         self.plans: dict[str, EpochPlan] = {}
+        self.train_loader: PlanLoader | None = None  # this epoch's (rebuilt each epoch)
+        self.resumed: EpochPosition | None = None  # where a checkpoint's epoch stood, until that epoch is over
         self.unselected: dict[str, int] = {}  # manifest lines no selected task takes, per split
         self.prompt_tokens = {
             name: max(len(tokenizer.encode(p, add_special_tokens=False)) for p in task.prompt_bank(cfg["prompt_language"]))
@@ -138,24 +139,39 @@ class SpeechDataModule(L.LightningDataModule):
             on_error=self.on_error,
         )
 
-    def loader(self, split: str) -> StatefulDataLoader:
+    def loader(self, split: str) -> PlanLoader:
         training = split == "train"
         trainer = self.trainer
         workers = self.cfg["num_workers"]
+        epoch = trainer.current_epoch if trainer and training else 0
+        if self.resumed is not None and self.resumed.epoch < epoch:
+            self.resumed = None  # that epoch is over
         sampler = PlanBatchSampler(
             self.plan(split),
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
             workers=workers,
             accumulate=trainer.accumulate_grad_batches if trainer and training else 1,
+            epoch=epoch,
+            resumed=self.resumed if training else None,
         )
-        return plan_loader(self.dataset(split), sampler, workers, persistent=training)
+        return plan_loader(self.dataset(split), sampler, workers, persistent=training, seed=self.seed)
 
-    def train_dataloader(self) -> StatefulDataLoader:
-        return self.loader("train")
+    def train_dataloader(self) -> PlanLoader:
+        self.train_loader = self.loader("train")
+        return self.train_loader
 
-    def val_dataloader(self) -> StatefulDataLoader:
+    def val_dataloader(self) -> PlanLoader:
         return self.loader("val")
 
-    def test_dataloader(self) -> StatefulDataLoader:
+    def test_dataloader(self) -> PlanLoader:
         return self.loader("test")
+
+    # Where the training epoch stands, in every checkpoint (Lightning saves a datamodule's state_dict), so
+    # that a resumed run continues the epoch exactly (`osum_core.data.loader`).
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_position": self.train_loader.position().to_dict()} if self.train_loader is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "train_position" in state:
+            self.resumed = EpochPosition.from_dict(state["train_position"])

@@ -43,8 +43,9 @@ def demo_tokenizer_for(cfg: Mapping[str, Any], tasks: Mapping[str, Task]):
     return train_demo_tokenizer(texts, tags, cfg["model"]["llm"]["demo_tokenizer_vocab"])
 
 
-def run_tokenizer(cfg: Mapping[str, Any], tasks: Mapping[str, Task], save_to: Path):
-    """The run's tokenizer, with a pad token (as OSUM adds for Qwen2), saved to `save_to`."""
+def run_tokenizer(cfg: Mapping[str, Any], tasks: Mapping[str, Task], save_to: Path | None):
+    """The run's tokenizer, with a pad token (as OSUM adds for Qwen2), saved to `save_to` (None: by another
+    process; every process builds the same one)."""
     from transformers import AutoTokenizer
 
     llm = cfg["model"]["llm"]
@@ -60,5 +61,6 @@ def run_tokenizer(cfg: Mapping[str, Any], tasks: Mapping[str, Task], save_to: Pa
         tokenizer = demo_tokenizer_for(cfg, tasks)
     if tokenizer.pad_token_id is None:
         tokenizer.add_special_tokens({"pad_token": "[PAD]"})
-    tokenizer.save_pretrained(save_to)
+    if save_to is not None:
+        tokenizer.save_pretrained(save_to)
     return tokenizer
