@@ -1,7 +1,7 @@
 """Streaming from tar shards: loader throughput against the training step, and the loader's memory as the
 data grows. `python bench/streaming.py` (about 5 minutes on 2 CPU cores).
 
-- throughput: utterances per second through `osum fit`'s loader (epoch plan, StatefulDataLoader, shard
+- throughput: utterances per second through `osum fit`'s loader (epoch plan, osum's DataLoader, shard
   reads by byte range, log-mel) from a shard list, with 1, 2 and 4 dataloader workers, over the rate at
   which the demo model's training step consumes them (forward, backward, AdamW step on the same batches).
   ratio = loader rate / training rate: above 1 the loader keeps up.

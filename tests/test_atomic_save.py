@@ -214,7 +214,9 @@ def test_an_export_replaces_a_previous_one_whole(tiny, tmp_path, monkeypatch, sw
     out = tmp_path / "demo"
     export(tiny, out, extra_files={"import_report.txt": "report\n"})
     assert (out / "import_report.txt").read_text() == "report\n"
-    info = export(tiny, out)
+    with pytest.raises(ValueError, match="holds an osum export already; give --overwrite"):
+        export(tiny, out)  # never silently
+    info = export(tiny, out, overwrite=True)
     assert not (out / "import_report.txt").exists()  # nothing of the previous export stays behind
     assert os.listdir(tmp_path) == ["demo"]
     assert directory.load_checkpoint(out).checksum == info["sha256"]

@@ -48,7 +48,6 @@ def test_keys_repeated_across_shards_are_found_in_the_splits_order(tmp_path):
     assert json.loads(index_file(second, three).read_text().splitlines()[1]) == ["c", "m", "d"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs SpeechDataModule.plan to call repeated_keys and Piece to carry repeats")
 def test_training_passes_over_keys_repeated_across_a_splits_shards_and_manifests(tmp_path):
     from test_bad_inputs import datamodule
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from typing import Any
 from osum_core.data.bad_items import BadItem
 from osum_core.data.batching import bucketed_batches
 from osum_core.data.dataset import ExamplePreparer, PlanItem, PreparedExample, assign_task
-from osum_core.data.length_index import shard_entries
+from osum_core.data.length_index import NO_KEYS, shard_entries
 from osum_core.task import Task
 
 Keep = Callable[[int], bool]
@@ -60,10 +60,11 @@ class Piece:
     examples: list[PreparedExample] | None = None
     shard_list: Path | None = None
     shard: Path | None = None
+    repeats: Container[str] = NO_KEYS  # keys an earlier manifest line or shard of the split has (`repeated_keys`)
 
     def records(self, keep: Keep, on_error: OnError = None) -> Iterator[dict[str, Any]]:
         assert self.shard_list is not None and self.shard is not None
-        for index, entry in enumerate(shard_entries(self.shard_list, self.shard, on_error)):
+        for index, entry in enumerate(shard_entries(self.shard_list, self.shard, on_error, self.repeats)):
             if keep(index):
                 yield entry.record(self.shard)
 

@@ -13,6 +13,7 @@ from osum_core.data.batching import check_buckets
 from osum_core.data.dataset import ExamplePreparer, PreparedExample, SpeechDataset, check_new_key
 from osum_core.data.epoch_plan import EpochPlan, Piece, PlanSource
 from osum_core.data.features import SpecAugment
+from osum_core.data.length_index import repeated_keys
 from osum_core.data.loader import EpochPosition, PlanBatchSampler, PlanLoader, plan_loader
 from osum_core.data.manifest import read_manifest
 from osum_core.data.sources import resolve_sources
@@ -102,7 +103,9 @@ class SpeechDataModule(L.LightningDataModule):
                     manifest_items += len(examples)
                     if examples:
                         pieces.append(Piece(str(path), examples=examples))
-                pieces += [Piece(str(shard), shard_list=lst, shard=shard) for lst, shard in source.shards]
+                repeats = repeated_keys(source.shards, keys)  # the split's keys, in order: manifests, then shards
+                pieces += [Piece(str(shard), shard_list=lst, shard=shard, repeats=r)
+                           for (lst, shard), r in zip(source.shards, repeats, strict=True)]
                 sources.append(PlanSource(source.name, source.weight, pieces))
             if not any(p.shard for s in sources for p in s.pieces) and not manifest_items:
                 tags = ", ".join(t.tag for t in tasks)
