@@ -20,7 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from osum_core.checkpoints.run_dir import TASKS_FILE, latest_run_config, run_of_checkpoint
+from osum_core.checkpoints.run_dir import (
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    TASKS_FILE,
+    latest_run_config,
+    run_of_checkpoint,
+)
 from osum_core.config import load_config, preset_files
 
 # Keys whose change would re-plan the epoch (seed, data, budgets, buckets, accumulation) or rebuild a
@@ -46,6 +52,9 @@ def resumed_run(resume: str) -> Path:
         return run_of_checkpoint(path)
     if not path.is_dir():
         raise FileNotFoundError(f"--resume {resume}: no such run directory or checkpoint")
+    if not (path / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file():
+        raise FileNotFoundError(f"--resume {resume}: no {path / CHECKPOINT_DIR / LAST_CHECKPOINT} (a run writes it every "
+                                "checkpoint.every_n_steps steps, when stopped by a signal, and at its end)")
     return path
 
 
