@@ -1,22 +1,26 @@
 """Two CPU processes (gloo) through `osum fit` subprocesses, as a user starts them (Lightning's ddp relaunches
 sys.argv, so not inside pytest's process): each rank its own data, the same weights as one process with
-the same global batch, metrics reduced over all ranks, and exact resume after a SIGKILL."""
+the same global batch, metrics reduced over all ranks, and exact resume after a SIGKILL, each rank with its
+own random generators."""
 
+import io
 import json
+import random
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 from conftest import TINY, data_args
 from test_exact_resume import key_log, kill_after_step, started_until_step, weights
 
 from osum_core.cli.main import main
+from osum_core.train.module import SpeechLLMModule, rng_state
 
-pytestmark = pytest.mark.slow
-
+DROPOUT = ["model.adapter.dropout=0.1", "model.encoder.config.dropout=0.1", "model.llm.config.attention_dropout=0.1"]
 NO_DROPOUT = ["model.adapter.dropout=0", "model.encoder.config.dropout=0", "model.llm.config.attention_dropout=0"]
 COMMON = [
     *[a for a in TINY if not a.startswith(("trainer.max_steps", "data.num_workers", "trainer.val_check_interval"))],
@@ -40,6 +44,7 @@ def two_processes(*extra: str) -> list[str]:
     return ["trainer.strategy=ddp", "trainer.devices=2", *extra]
 
 
+@pytest.mark.slow
 def test_ddp_ranks_train_disjoint_data_to_the_weights_of_one_process(tiny_corpus, tmp_path):
     steps = "trainer.max_steps=4"
     # One process with 2 dataloader workers and 2 micro-batches per step reads the same two streams as
@@ -60,6 +65,7 @@ def test_ddp_ranks_train_disjoint_data_to_the_weights_of_one_process(tiny_corpus
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_a_ddp_epoch_trains_every_item_once_and_ranks_agree_on_its_length(tiny_corpus, tmp_path):
     # Two whole epochs: no rank waits at an epoch's end, and each epoch trains each item exactly once.
     fit(tmp_path / "two", tiny_corpus, "trainer.max_steps=-1", "trainer.max_epochs=2", "data.num_workers=1",
@@ -72,6 +78,7 @@ def test_a_ddp_epoch_trains_every_item_once_and_ranks_agree_on_its_length(tiny_c
     assert seen == Counter({k: 2 for k in train})  # equal task weights, one source: each item once per epoch
 
 
+@pytest.mark.slow
 def test_ddp_metrics_are_reduced_over_all_ranks(tiny_corpus, tmp_path):
     # An odd test set, one utterance per batch (data.max_frames=1, so decoding never depends on the batch
     # an utterance shares): rank 0 holds 4 items, rank 1 holds 3.
@@ -90,13 +97,17 @@ def test_ddp_metrics_are_reduced_over_all_ranks(tiny_corpus, tmp_path):
     assert trained.pop("skipped") == {} and trained == json.loads((tmp_path / "one" / "metrics.json").read_text())
 
 
-def test_a_killed_ddp_run_resumes_exactly(tiny_corpus, tmp_path):
-    extra = ["trainer.max_steps=10", "checkpoint.every_n_steps=4", "data.num_workers=2", *two_processes()]
+@pytest.mark.slow
+def test_a_killed_ddp_run_with_dropout_resumes_exactly(tiny_corpus, tmp_path):
+    # Dropout draws from each rank's own generators: the checkpoint must hold rank 1's, not only rank 0's.
+    extra = ["trainer.max_steps=10", "checkpoint.every_n_steps=4", "data.num_workers=2", *DROPOUT, *two_processes()]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     fit(whole, tiny_corpus, *extra)
     command = [sys.executable, "-m", "osum_core.cli.main", "fit", "--tasks", "asr,ved", "--out", str(killed),
                *data_args(tiny_corpus), *COMMON, *extra]
     kill_after_step(command, killed, step=6)
+    saved = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 4 and len(saved["rng_states"]) == 2
     fit(killed, tiny_corpus, *extra, "--resume", str(killed))
 
     def per_rank(run):
@@ -105,10 +116,67 @@ def test_a_killed_ddp_run_resumes_exactly(tiny_corpus, tmp_path):
 
     assert per_rank(killed) == per_rank(whole)
     a, b = weights(whole), weights(killed)
+    assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+def draws() -> tuple:
+    """The next draws of torch's, Python's and numpy's generators."""
+    return tuple(torch.rand(3).tolist()), random.random(), float(numpy.random.rand())
+
+
+def seeded(seed: int):
+    torch.manual_seed(seed)
+    random.seed(seed)
+    numpy.random.seed(seed)
+
+
+def resumed_draws(monkeypatch, saved, rank: int) -> tuple:
+    """What `rank` draws first after resuming from a checkpoint whose ``rng_states`` is `saved`."""
+    module = SpeechLLMModule(torch.nn.Linear(2, 2), {}, None, {}, ctc_weight=0.0, generation=None, total_steps=1,
+                             ce_start_step=0)
+    monkeypatch.setattr(SpeechLLMModule, "global_rank", rank)
+    seeded(777)  # what seed_everything did at the start of the resumed process
+    module.on_load_checkpoint({"rng_states": saved})
+    module.on_train_batch_start({}, 0)
+    return draws()
+
+
+def test_each_rank_saves_and_resumes_its_own_generators(monkeypatch):
+    # Rank 0 writes the checkpoint with what the ranks gathered: here rank 1's state is made by hand.
+    seeded(1)
+    rank_1 = rng_state(torch.device("cpu"))
+    rank_1_next = draws()
+    seeded(0)
+    module = SpeechLLMModule(torch.nn.Linear(2, 2), {}, None, {}, ctc_weight=0.0, generation=None, total_steps=1,
+                             ce_start_step=0)
+    monkeypatch.setattr(module, "gathered", lambda own: [own, rank_1])
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    rank_0_next = draws()
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    saved = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)["rng_states"]
+
+    assert resumed_draws(monkeypatch, saved, 0) == rank_0_next
+    assert resumed_draws(monkeypatch, saved, 1) == rank_1_next
+
+
+def test_a_rank_the_checkpoint_has_no_generators_for_is_seeded_from_the_seed_and_its_rank(monkeypatch):
+    seeded(0)
+    rank_0 = rng_state(torch.device("cpu"))
+    rank_0_next = draws()
+    # A checkpoint from before per-rank states holds rank 0's alone, as a dict.
+    assert resumed_draws(monkeypatch, rank_0, 0) == rank_0_next
+    rank_1 = resumed_draws(monkeypatch, rank_0, 1)
+    assert rank_1 != rank_0_next and rank_1 == resumed_draws(monkeypatch, [rank_0], 1)
+    # Resumed on 3 ranks from 2: rank 2 starts the same way each time, and differently from rank 1.
+    rank_2 = resumed_draws(monkeypatch, [rank_0, rank_0], 2)
+    assert rank_2 == resumed_draws(monkeypatch, [rank_0], 2) and rank_2 != rank_1
+
+
+@pytest.mark.slow
 def test_fsdp2_shards_across_two_processes_to_the_weights_of_one(tiny_corpus, tmp_path):
     steps = "trainer.max_steps=3"
     fit(tmp_path / "one", tiny_corpus, steps, "data.num_workers=2", "trainer.accumulate_grad_batches=2")
@@ -119,6 +187,7 @@ def test_fsdp2_shards_across_two_processes_to_the_weights_of_one(tiny_corpus, tm
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_fsdp2_with_lora_on_a_frozen_bf16_llm(tiny_corpus, tmp_path):
     run = tmp_path / "lora"
     fit(run, tiny_corpus, "trainer.max_steps=2", "--strategy", "fsdp2", "trainer.devices=2", "data.num_workers=1",
@@ -133,6 +202,7 @@ def test_fsdp2_with_lora_on_a_frozen_bf16_llm(tiny_corpus, tmp_path):
     assert any(float(state[k].abs().sum()) > 0 for k in lora if "lora_B" in k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_bf16_accumulation_and_clipping_train_under_each_strategy(strategy, tiny_corpus, tmp_path):
     # Step 1 trains CTC alone (loss.ce_start_step=1): the LLM's gradient is zero, not missing, so DDP needs
@@ -147,6 +217,7 @@ def test_bf16_accumulation_and_clipping_train_under_each_strategy(strategy, tiny
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_sigterm_to_rank_0_stops_both_ranks_at_one_step_and_resumes_exactly(tiny_corpus, tmp_path):
     # `kill PID` reaches rank 0 only: the ranks agree at the next step's end, save once and stop together.
     import os

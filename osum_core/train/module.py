@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -40,6 +40,40 @@ def numpy_state_as_tensors() -> dict[str, Any]:
     """numpy's generator state in types a ``weights_only`` load accepts (no numpy arrays)."""
     kind, keys, *rest = numpy.random.get_state()
     return {"kind": kind, "keys": torch.from_numpy(keys.astype(numpy.int64)), "rest": list(rest)}
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random generators (torch, Python, numpy and `device`'s CUDA generator)."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state_as_tensors(),
+            **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})}
+
+
+def restore_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    numpy.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(numpy.uint32), *numpy_state["rest"]))
+    cuda = state.get("cuda")
+    if cuda is not None and device.type == "cuda":
+        if isinstance(cuda, list):  # a checkpoint from before per-rank states: every device's generator
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            torch.cuda.set_rng_state(cuda, device)
+
+
+def rank_rng_state(saved: list[Mapping[str, Any]] | Mapping[str, Any] | None, rank: int) -> Mapping[str, Any] | None:
+    """Rank `rank`'s generators in a checkpoint's ``rng_states``: a list in rank order, or (a checkpoint from
+    before per-rank states) rank 0's alone; None where the checkpoint has none for it."""
+    ranks = [saved] if isinstance(saved, Mapping) else list(saved or [])
+    return ranks[rank] if rank < len(ranks) else None
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Seeds this process's generators from `seed` and `rank` alone (numpy's SeedSequence mixes the two)."""
+    mixed = int(numpy.random.SeedSequence([seed, rank]).generate_state(1)[0])
+    torch.manual_seed(mixed)  # CUDA's generators too
+    random.seed(mixed)
+    numpy.random.seed(mixed)
 
 
 class SpeechLLMModule(L.LightningModule):
@@ -72,41 +106,46 @@ class SpeechLLMModule(L.LightningModule):
         self._started = time.monotonic()
         self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or gradient, this process
         self._nonfinite_in_a_row = 0
+        self._rng_to_restore: Any = None  # a resumed checkpoint's "rng_states", until the first training batch
+        self.epoch_steps: float | None = None  # an epoch-based run's optimiser steps per epoch (its schedule's)
 
     # -- exact resume ---------------------------------------------------------------------------------
     # Lightning's checkpoint holds weights, optimiser, schedule, loop and loader positions, but not the
-    # random generators: without them, dropout after a resume would differ from an uninterrupted run.
+    # random generators: without them, dropout after a resume would differ from an uninterrupted run. Each
+    # rank draws from its own, so the checkpoint holds every rank's ("rng_states", in rank order) and each
+    # rank restores its own. Resumed on more ranks than saved theirs, a rank without a saved state is seeded
+    # from the run's seed (torch.initial_seed(): seed_everything's) and its rank: the run goes on, reproducibly,
+    # but not as an uninterrupted run would have (the ranks' streams differ from any such run anyway).
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A collective: Lightning calls this hook on every rank (`dump_checkpoint`, under every strategy),
+        # and rank 0's dict is the one written (its unsharded part under fsdp2 and DeepSpeed). Gathered
+        # before the refusal below, so no rank is left waiting in it.
+        rng_states = self.gathered(rng_state(self.device))
         bad = [name for name, value in checkpoint.get("state_dict", {}).items()
                if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all())]
         if bad:
             raise TrainingDiverged(f"not saving a checkpoint at step {self.global_step}: {len(bad)} weight tensor(s) "
                                    f"are NaN or infinite ({', '.join(bad[:3])}); the previous checkpoint is kept")
         checkpoint["skipped_steps"] = self.skipped_steps
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            "python": random.getstate(),
-            "numpy": numpy_state_as_tensors(),
-            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
-        }
+        checkpoint["rng_states"] = rng_states
+        checkpoint["epoch_steps"] = self.epoch_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Applied at the first training batch, not now: restoring the loop and the loader still draws
         # from the generators (the loader's base seed), which an uninterrupted run did before the save.
-        self._rng_to_restore = checkpoint.get("rng_states")
+        self._rng_to_restore = checkpoint.get("rng_states", [])
         self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
+        self.epoch_steps = checkpoint.get("epoch_steps")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        states, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
-        if not states:
+        saved, self._rng_to_restore = self._rng_to_restore, None
+        if saved is None:
             return
-        torch.set_rng_state(states["torch"])
-        random.setstate(states["python"])
-        numpy_state = states["numpy"]
-        numpy.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(numpy.uint32),
-                                *numpy_state["rest"]))
-        if "cuda" in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
+        state = rank_rng_state(saved, self.global_rank)
+        if state is None:
+            seed_rank(torch.initial_seed(), self.global_rank)
+        else:
+            restore_rng_state(state, self.device)
 
     # -- sharding (trainer.strategy=fsdp2) -----------------------------------------------------------
     def configure_model(self) -> None:
@@ -181,16 +220,18 @@ class SpeechLLMModule(L.LightningModule):
         zero = torch.zeros((), device=self.device)
         return sum((p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad), zero)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """``loss`` to back-propagate (scaled by the step's normaliser) and ``batch_loss``, this batch's own
+        loss as ``train/loss`` logs it (for callbacks: ``outputs["batch_loss"]``; 0 for an empty batch)."""
         if not batch["keys"]:
-            return self.empty_batch_loss(batch)
+            return {"loss": self.empty_batch_loss(batch), "batch_loss": torch.zeros((), device=self.device)}
         loss, parts = self.batch_loss(batch)
         size = len(batch["keys"])
         logged = parts["ce"] + self.ctc_weight * parts["ctc"] if "ctc" in parts else parts["ce"]
         self.log("train/loss", logged, prog_bar=True, batch_size=size)
         for name, value in parts.items():
             self.log(f"train/{name}", value, batch_size=size)
-        return loss
+        return {"loss": loss, "batch_loss": logged.detach()}
 
     def gradients_finite(self, loss: Any) -> bool:
         """Whether this step's loss and every gradient are finite, on every rank (one device sync)."""
@@ -242,11 +283,26 @@ class SpeechLLMModule(L.LightningModule):
             eps=self.optim["eps"],
             weight_decay=self.optim["weight_decay"],
         )
-        multiplier = lr_multiplier(
-            self.optim["schedule"], self.optim["warmup_steps"], self.total_steps, self.optim["min_lr_ratio"]
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_schedule(self.total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_schedule(self, total_steps: float) -> Callable[[int], float]:
+        return lr_multiplier(self.optim["schedule"], self.optim["warmup_steps"], total_steps, self.optim["min_lr_ratio"])
+
+    def on_train_start(self) -> None:
+        # An epoch-based run (total_steps not positive: trainer.max_steps=-1) learns its length here, from
+        # Lightning's count of the optimiser steps in its first epoch (batches, accumulation,
+        # limit_train_batches) times its epochs. Epochs differ in length, so the count is kept in every
+        # checkpoint: a resumed run, whose loader is the current epoch's, decays on the same curve (over
+        # its own trainer.max_epochs). Not counted in configure_optimizers: asking there sets the train
+        # loader up before a resume restores its position, which is then lost (Lightning issue #20550).
+        # The rate before the first step does not depend on the length; a resume restores the one it had.
+        if self.total_steps > 0:
+            return
+        epochs = max(self.trainer.max_epochs or 1, 1)
+        if self.epoch_steps is None:
+            self.epoch_steps = self.trainer.estimated_stepping_batches / epochs
+        self.lr_schedulers().lr_lambdas = [self.lr_schedule(self.epoch_steps * epochs)]
 
     # -- evaluation -------------------------------------------------------------------------------------
     def decode(self, batch: dict[str, Any]) -> list[str]:

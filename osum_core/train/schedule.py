@@ -1,4 +1,9 @@
-"""Learning-rate schedules as multipliers of the base rate, for `torch.optim.lr_scheduler.LambdaLR`."""
+"""Learning-rate schedules as multipliers of the base rate, for `torch.optim.lr_scheduler.LambdaLR`.
+
+Not transformers' helpers (`get_cosine_with_min_lr_schedule_with_warmup`, `get_inverse_sqrt_schedule`): their
+warm-up starts at 0 (step / warmup: the first step does not train), their inverse square root is one step
+behind OSUM/WeNet's WarmupLR, and their cosine climbs again past its last step (an epoch-based run's length
+is an estimate from its first epoch)."""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import math
 from collections.abc import Callable
 
 
-def lr_multiplier(kind: str, warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
-    """``cosine``: linear warm-up, then cosine decay to `min_ratio` at `total_steps`.
+def lr_multiplier(kind: str, warmup_steps: int, total_steps: float, min_ratio: float) -> Callable[[int], float]:
+    """``cosine``: linear warm-up, then cosine decay to `min_ratio` at `total_steps` (the run's optimiser
+    steps; ``math.inf``, a run without end, keeps the peak), flat after it.
     ``inverse_sqrt``: OSUM/WeNet WarmupLR, linear warm-up then decay as sqrt(warmup / step).
     ``constant``: linear warm-up, then flat."""
     warmup_steps = max(warmup_steps, 0)
