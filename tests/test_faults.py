@@ -1,21 +1,30 @@
 """Faults during a run (issue 13): NaN or infinite steps, a corrupted corpus, a run directory that holds
-a run. (SIGTERM and a kill while saving: tests/test_exact_resume.py and tests/test_atomic_save.py.)"""
+a run, too many skipped items. (SIGTERM and a kill while saving: tests/test_exact_resume.py and
+tests/test_atomic_save.py.)"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import soundfile
 import torch
 from conftest import TINY, data_args
 
+from osum_core.cli.fit_checks import fit_config_problems
 from osum_core.cli.main import main
+from osum_core.config import load_config
+from osum_core.data.bad_items import BadItem, SkipLog
 from osum_core.train.module import SpeechLLMModule, TrainingDiverged
+from osum_core.train.skipped_items import SkipCeiling, SkippedItems, TooManySkipped
 
 
 def finite_checkpoints(run: Path) -> list[str]:
@@ -140,3 +149,126 @@ def test_a_corrupted_corpus_trains_with_exact_skip_counts(tiny_corpus, tmp_path)
     # Validation scored what was left: 12 dev items, 3 skipped.
     curve = [json.loads(line) for line in (run / "learning_curve.jsonl").read_text().splitlines()]
     assert sum(m["count"] for m in curve[-1]["metrics"].values()) == 9
+
+
+# -- the ceiling on skipped items (data.max_skipped_fraction) --------------------------------------------
+class Keyed(L.LightningModule):
+    """One weight, trained on batches shaped as osum's loader gives them (keys, skipped rows, a tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - batch["x"]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def skipping_batches(count: int, kept: int, skipped: int) -> list[dict]:
+    """`count` batches of `kept` items and `skipped` bad ones each, as `collate_examples` gives them."""
+    return [{"x": torch.ones(1), "keys": [f"k{b}.{i}" for i in range(kept)],
+             "skipped": [BadItem(f"train.jsonl:{b}.{i}: audio is all zeros", "audio_silent").to_json()
+                         for i in range(skipped)]} for b in range(count)]
+
+
+def fit_skipping(root: Path, batches: list[dict], *callbacks: L.Callback, ckpt_path: str | None = None) -> L.Trainer:
+    trainer = L.Trainer(max_steps=len(batches), callbacks=list(callbacks), logger=False, default_root_dir=root,
+                        accelerator="cpu", enable_model_summary=False, enable_progress_bar=False)
+    trainer.fit(Keyed(), torch.utils.data.DataLoader(batches, batch_size=None), ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_too_many_skipped_items_stop_training_with_counts_and_examples(tmp_path):
+    skips = SkipLog(tmp_path / "skipped.jsonl")
+    callback = SkippedItems(skips, SkipCeiling(max_fraction=0.05, min_items=6))
+    trainer = L.Trainer(max_steps=5, callbacks=[callback], logger=False, default_root_dir=tmp_path, accelerator="cpu",
+                        enable_model_summary=False, enable_progress_bar=False)
+    with pytest.raises(TooManySkipped) as stopped:  # 3 items a batch, 1 of them bad: judged at the 2nd batch
+        trainer.fit(Keyed(), torch.utils.data.DataLoader(skipping_batches(5, 2, 1), batch_size=None))
+    assert trainer.global_step == 1
+    assert str(stopped.value) == (
+        "2 of the 6 training items read so far were skipped (33.3%), more than data.max_skipped_fraction=0.05: the "
+        f"run stopped. The run's bad items by reason: {{'audio_silent': 2}} (all listed in {tmp_path / 'skipped.jsonl'}); "
+        "the first skipped in training: train.jsonl:0.0: audio is all zeros; train.jsonl:1.0: audio is all zeros")
+    assert len((tmp_path / "skipped.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("batches", [skipping_batches(10, 39, 1), skipping_batches(1, 0, 5)],
+                         ids=["a share under the ceiling", "fewer items than min_items"])
+def test_skipped_items_under_the_ceiling_train_on(batches, tmp_path):
+    callback = SkippedItems(SkipLog(), SkipCeiling(max_fraction=0.05, min_items=6))
+    assert fit_skipping(tmp_path, batches, callback).global_step == len(batches)
+    assert callback.skipped == sum(len(b["skipped"]) for b in batches)
+
+
+def test_the_skipped_items_count_goes_on_across_a_resume(tmp_path):
+    ceiling = SkipCeiling(max_fraction=0.05, min_items=9)  # 3 items a batch, 1 of them bad: judged at the 3rd
+    first = fit_skipping(tmp_path, skipping_batches(2, 2, 1), SkippedItems(SkipLog(), ceiling))
+    resumed = SkippedItems(SkipLog(), ceiling)
+    with pytest.raises(TooManySkipped, match=r"^3 of the 9 training items read so far"):
+        fit_skipping(tmp_path, skipping_batches(4, 2, 1), resumed, ckpt_path=first.checkpoint_callback.best_model_path)
+    assert resumed.local == [3, 1]  # stopped at its own first batch
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.max_skipped_fraction=1.5", "data.max_skipped_fraction must be a share from 0 to 1"),
+    ("data.min_items_before_skip_check=0", "data.min_items_before_skip_check must be 1 or more"),
+])
+def test_the_skipped_items_ceiling_is_checked_before_the_run(override, message):
+    problems = fit_config_problems(load_config(overrides=[override]))
+    assert [p for p in problems if p.startswith(message)] and not fit_config_problems(load_config())
+
+
+def test_a_corpus_whose_every_item_fails_to_load_stops_early_on_one_line(tiny_corpus, tmp_path, capsys):
+    """Needs osum fit to pass the ceiling to `SkippedItems` (`SkipCeiling` from the two data keys)."""
+    shutil.copytree(tiny_corpus, tmp_path / "corpus")
+    soundfile.write(tmp_path / "corpus" / "silent.wav", np.zeros(8000, dtype=np.float32), 16000)
+    train = [json.loads(line) for line in (tmp_path / "corpus" / "train.jsonl").read_text().splitlines()]
+    (tmp_path / "corpus" / "train.jsonl").write_text("".join(json.dumps({**x, "wav": "silent.wav"}) + "\n" for x in train))
+    run = tmp_path / "run"
+    args = ["fit", "--tasks", "asr,ved", "--out", str(run), *data_args(tmp_path / "corpus"), *TINY,
+            "data.min_items_before_skip_check=10", "trainer.max_steps=40"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "training items read so far were skipped (100.0%), more than data.max_skipped_fraction=0.05" in err[-1]
+    assert "'audio_silent': " in err[-1] and "silent.wav" in err[-1]
+    assert not (run / "checkpoints" / "last.ckpt").exists()  # stopped within the first epoch, before any save
+
+
+DDP_CEILING = """
+import sys
+import lightning as L
+import torch
+sys.path.insert(0, sys.argv[1])
+from test_faults import Keyed, skipping_batches
+from osum_core.data.bad_items import SkipLog
+from osum_core.train.skipped_items import SkipCeiling, SkippedItems, TooManySkipped
+
+class RankData(Keyed):
+    def train_dataloader(self):  # rank 1 reads only bad items, rank 0 none
+        batches = skipping_batches(6, 0, 3) if self.global_rank else skipping_batches(6, 3, 0)
+        return torch.utils.data.DataLoader(batches, batch_size=None)
+
+trainer = L.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_steps=6, use_distributed_sampler=False,
+                    callbacks=[SkippedItems(SkipLog(), SkipCeiling(max_fraction=0.05, min_items=12))], logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    default_root_dir=sys.argv[2])
+try:
+    trainer.fit(RankData())
+except TooManySkipped as error:
+    print(f"rank {trainer.global_rank} stopped at step {trainer.global_step}: {error}", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_every_rank_stops_at_the_same_step_when_one_rank_skips_too_many(tmp_path):
+    script = tmp_path / "ddp_ceiling.py"
+    script.write_text(DDP_CEILING)
+    done = subprocess.run([sys.executable, str(script), str(Path(__file__).parent), str(tmp_path)],
+                          capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    stops = sorted(line.split(":")[0] for line in done.stdout.splitlines() if " stopped at " in line)
+    # 3 items a batch on each rank: 12 read by the 2nd batch, 6 of them skipped (all on rank 1)
+    assert stops == ["rank 0 stopped at step 1", "rank 1 stopped at step 1"], done.stdout + done.stderr[-3000:]
+    assert "6 of the 12 training items read so far were skipped (50.0%)" in done.stdout

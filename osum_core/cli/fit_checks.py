@@ -179,7 +179,8 @@ def model_settings(cfg: dict[str, Any]) -> Iterator[str]:
 
 
 def data_settings(cfg: dict[str, Any]) -> Iterator[str]:
-    """Dataloader workers, torch threads, ``data.frames_per_token`` and the duration buckets."""
+    """Dataloader workers, torch threads, ``data.frames_per_token``, the skipped-items ceiling and the
+    duration buckets."""
     from osum_core.data.batching import check_buckets
 
     data = cfg["data"]
@@ -187,6 +188,10 @@ def data_settings(cfg: dict[str, Any]) -> Iterator[str]:
         yield f"data.num_workers must be 0 (load in the main process) or more, got {data['num_workers']}"
     if cfg["threads"] is not None and cfg["threads"] < 0:
         yield f"threads must be 1 or more (or null: torch's default), got {cfg['threads']}"
+    if not 0 <= data["max_skipped_fraction"] <= 1:
+        yield f"data.max_skipped_fraction must be a share from 0 to 1 (1: never stop), got {data['max_skipped_fraction']}"
+    if data["min_items_before_skip_check"] < 1:
+        yield f"data.min_items_before_skip_check must be 1 or more, got {data['min_items_before_skip_check']}"
     if data["frames_per_token"] is not None and data["frames_per_token"] < 0:
         yield f"data.frames_per_token must be a positive number (or null: the model's strides), got {data['frames_per_token']}"
     try:

@@ -1,5 +1,9 @@
 """`LearningCurve`: one line per validation in ``RUN_DIR/learning_curve.jsonl`` (step, minutes, mean
-training loss since the last validation, validation loss, every task's metrics)."""
+training loss since the last validation, validation loss, every task's metrics).
+
+A fresh run starts the file empty; a resumed run keeps the lines up to its checkpoint's step and appends
+(the lines of later steps are dropped: those steps are trained again), and its minutes go on from the
+last line kept."""
 
 from __future__ import annotations
 
@@ -20,8 +24,24 @@ class LearningCurve(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.monotonic()
+        if not trainer.is_global_zero:
+            return
+        resumed = trainer.global_step > 0 and self.path.is_file()
+        lines = self.path.read_text(encoding="utf-8").splitlines() if resumed else []
+        self.rows = [row for row in map(json.loads, filter(str.strip, lines)) if row["step"] <= trainer.global_step]
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text("".join(json.dumps(row) + "\n" for row in self.rows), encoding="utf-8")
+        partial.replace(self.path)
+        if self.rows:
+            self.started -= self.rows[-1]["minutes"] * 60
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # "batch_loss" is the batch's own loss; "loss" is scaled for the optimiser step (divided by the
+        # micro-batches it accumulates), so it stands in only for a module that returns no batch_loss.
+        if isinstance(outputs, dict) and "batch_loss" in outputs:
+            if batch["keys"]:  # an empty batch (every item skipped) has no loss of its own
+                self.losses.append(float(outputs["batch_loss"]))
+            return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss))
 
@@ -48,7 +68,8 @@ def curve_table(rows: list[dict[str, Any]]) -> str:
     header = ["step", "minutes", "train loss", "val loss"] + [f"{task} {name}" for task, name in metric_names]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [str(row["step"]), f"{row['minutes']:.1f}", f"{row['train_loss']:.3f}", f"{row['val_loss']:.3f}"]
+        train_loss = "-" if row["train_loss"] is None else f"{row['train_loss']:.3f}"  # no batch with an item
+        cells = [str(row["step"]), f"{row['minutes']:.1f}", train_loss, f"{row['val_loss']:.3f}"]
         cells += [f"{row['metrics'].get(task, {}).get(name, float('nan')):.3f}" for task, name in metric_names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
