@@ -54,3 +54,15 @@ def test_batch_loss_formula_and_ce_start_step():
     module.train()  # global_step is 0 < ce_start_step: only CTC trains
     loss, _ = module.batch_loss({})
     assert float(loss) == pytest.approx(0.5 * 2.0)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
+def test_training_step_returns_the_loss_to_train_and_the_batch_loss_it_logs():
+    module = SpeechLLMModule(FakeModel(), {}, None, {}, ctc_weight=0.5, generation=generation(max_new_tokens=1),
+                             total_steps=10, ce_start_step=0)
+    module.train()
+    out = module.training_step({"keys": ["a", "b"]}, 0)
+    assert out["loss"].requires_grad and not out["batch_loss"].requires_grad
+    assert float(out["batch_loss"]) == pytest.approx(8 / 4 + 0.5 * 2.0)  # train/loss: ce + ctc_weight * ctc
+    empty = module.training_step({"keys": []}, 0)
+    assert float(empty["loss"]) == 0 and float(empty["batch_loss"]) == 0

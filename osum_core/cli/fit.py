@@ -86,6 +86,9 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
         log(f"initialised from {cfg['init']}; fresh (not in it): {len(loaded['missing'])} tensors "
             f"{loaded['missing'][:4]}; in it but unused: {loaded['unexpected'][:4]}")
     trainable = set_trainable(model, cfg["model"]["train"])
+    if trainer.world_size > 1:
+        # Every rank has built the same weights from one seed; from here each draws its own dropout masks.
+        L.seed_everything(cfg["seed"] + trainer.global_rank, workers=True, verbose=False)
     total = sum(p.numel() for p in model.parameters())
     log(f"parameters: {total / 1e6:.2f}M, training {sum(trainable.values()) / 1e6:.2f}M {trainable}")
 
