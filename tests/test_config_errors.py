@@ -241,6 +241,8 @@ CONTRADICTIONS = [
     (["osum-7b"], ["trainer.strategy=fsdp2"], "trainer.strategy=fsdp2 needs trainer.devices as a number, got 'auto'"),
     (["demo"], ["trainer.strategy=deepspeed_zero2", "trainer.precision=16-mixed"], "deepspeed_zero2: use trainer.precision=bf16-mixed"),
     (["demo"], ["checkpoint.every_n_steps=-1"], "checkpoint.every_n_steps must be a number of steps"),
+    (["demo"], ["trainer.reload_dataloaders_every_n_epochs=0"], "trainer.reload_dataloaders_every_n_epochs must stay 1"),
+    (["demo"], ["trainer.max_steps=-1", "trainer.max_epochs=-1"], "optim.schedule=cosine needs an end to decay to"),
 ]
 
 

@@ -43,7 +43,7 @@ from osum_core.train.epoch_end_resume import EpochEndResume
 from osum_core.train.learning_curve import curve_table
 from osum_core.train.module import SpeechLLMModule
 from osum_core.train.preemption import PreemptionCheckpoint
-from osum_core.train.skipped_items import SkippedItems
+from osum_core.train.skipped_items import SkipCeiling, SkippedItems
 from osum_core.train.tokenizer import run_tokenizer
 from osum_core.train.trainer import build_trainer
 
@@ -72,7 +72,8 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
             atomic_write_text(run_dir / TASKS_FILE, json.dumps(list(tasks)) + "\n")
             (run_dir / SKIPPED).write_text("")  # the run's list of bad items starts empty
     skips = SkipLog(run_dir / SKIPPED, write=trainer.is_global_zero)
-    trainer.callbacks.insert(0, SkippedItems(skips))
+    ceiling = SkipCeiling(cfg["data"]["max_skipped_fraction"], cfg["data"]["min_items_before_skip_check"])
+    trainer.callbacks.insert(0, SkippedItems(skips, ceiling))
 
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
     if cfg["threads"]:

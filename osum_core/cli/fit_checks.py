@@ -254,6 +254,12 @@ def trainer_settings(cfg: dict[str, Any]) -> Iterator[str]:
             deepspeed_config(trainer, cfg["deepspeed"])
         except ValueError as error:
             yield str(error)
+    if trainer.get("reload_dataloaders_every_n_epochs") != 1:
+        yield ("trainer.reload_dataloaders_every_n_epochs must stay 1: epochs differ in length, and Lightning reads a "
+               "loader's length only when it builds it (another value trains part of some epochs)")
+    if cfg["optim"]["schedule"] == "cosine" and trainer.get("max_steps", -1) == -1 and trainer.get("max_epochs") in (-1, None):
+        yield ("optim.schedule=cosine needs an end to decay to: set trainer.max_steps or trainer.max_epochs "
+               "(or optim.schedule=constant / inverse_sqrt)")
     every = cfg["checkpoint"]["every_n_steps"]
     if every is not None and every < 0:
         yield f"checkpoint.every_n_steps must be a number of steps (or null: at the end only), got {every}"
