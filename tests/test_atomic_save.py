@@ -189,7 +189,7 @@ def test_an_interrupted_export_leaves_the_previous_export(tiny, tmp_path, monkey
     monkeypatch.setattr(directory, "save_file", failing_save_file(message))
     expected = DiskFullError if message == SAFETENSORS_FULL else RuntimeError
     with pytest.raises(expected) as raised:
-        export(tiny, out)
+        export(tiny, out, overwrite=True)
     if expected is DiskFullError:
         assert str(out) in str(raised.value) and "the previous folder at that path is intact" in str(raised.value)
     assert files_of(out) == before and os.listdir(tmp_path) == ["demo"]

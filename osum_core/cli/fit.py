@@ -28,6 +28,7 @@ from osum_core.checkpoints.run_dir import (
     next_resume_config,
     resume_checkpoint,
 )
+from osum_core.cli.console import quiet_console
 from osum_core.cli.fit_checks import check_fit_config
 from osum_core.config import configured_tasks, to_yaml
 from osum_core.data.bad_items import SkipLog
@@ -48,10 +49,17 @@ from osum_core.train.tokenizer import run_tokenizer
 from osum_core.train.trainer import build_trainer
 
 
+def absolute_paths(value: Any) -> Any:
+    if isinstance(value, list):
+        return [absolute_paths(item) for item in value]
+    return str(Path(value).absolute()) if isinstance(value, str) and value else value
+
+
 def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and test; returns the test metrics (also in the run's metrics.json, with the bad items
     skipped by reason under ``"skipped"``)."""
+    quiet_console()
     check_fit_config(cfg)  # every path and contradiction, before anything is built or written
     tasks = configured_tasks(registry, task_names, cfg["tasks"])
     resume = resume_checkpoint(cfg["resume"])
@@ -62,6 +70,8 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
                                    cfg["deepspeed"], extra_callbacks=[PreemptionCheckpoint(checkpoint), EpochEndResume()])
     claim_run_dir(run_dir, resume, cfg["overwrite"], trainer.global_rank)
     resolve_demo_data(cfg, tasks, registry.recipes, log)
+    for split in ("train", "val", "test"):  # the run's config means the same from any folder (a resume elsewhere)
+        cfg["data"][split] = absolute_paths(cfg["data"][split])
     if trainer.is_global_zero:  # the files every rank shares: written once
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -97,6 +107,9 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     datamodule = SpeechDataModule(data, tasks, tokenizer, cfg["seed"], cfg["loss"]["ctc_target"], model.sequence_length,
                                   known_tasks=list(registry.tasks.values()),
                                   max_input_frames=model.encoder.max_input_frames, skips=skips)
+    if trainer.is_global_zero:
+        unusable = f"; unusable so far: {skips.summary()} (listed in {run_dir / SKIPPED})" if skips.counts else ""
+        log(f"training data (data.train): {datamodule.plan('train').summary()}{unusable}")
     prompts = {name: task.prompt_bank(data["prompt_language"])[0] for name, task in tasks.items()}
     module = SpeechLLMModule(
         model, tasks, tokenizer, cfg["optim"], ctc_weight=cfg["loss"]["ctc_weight"],
@@ -125,4 +138,8 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
         log(f"bad items skipped: {skips.summary()} (each listed in {run_dir / SKIPPED})")
     if module.skipped_steps:
         log(f"optimiser steps skipped for a NaN or infinite loss or gradient: {module.skipped_steps}")
+    if trainer.is_global_zero:
+        log(f"next: osum export --ckpt {run_dir} --out DIR  (an osum checkpoint directory, for --init and sharing); "
+            f"osum test --ckpt {run_dir} --tasks {','.join(tasks)} data.test=FILE; "
+            f"osum predict --ckpt {run_dir} --task {next(iter(tasks))} AUDIO...")
     return {**evaluation.metrics, "skipped": skips.summary()}

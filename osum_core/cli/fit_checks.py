@@ -63,7 +63,9 @@ def data_paths(cfg: dict[str, Any]) -> Iterator[str]:
             if not isinstance(entry, str) or not entry:
                 yield f"{where}: expected a path, got {entry!r}"
             elif not Path(entry).exists():
-                yield f"{where}: {entry} not found"
+                # A --config file's relative paths were resolved against its folder already (`data_paths_from`).
+                searched = "" if Path(entry).is_absolute() else f" (a relative path on the command line is taken from the current folder, {Path.cwd()})"
+                yield f"{where}: {entry} not found{searched}"
             else:
                 try:
                     path_kind(Path(entry))
@@ -273,12 +275,18 @@ CHECKS: tuple[Check, ...] = (
 
 def fit_config_warnings(cfg: dict[str, Any]) -> list[str]:
     """Settings that are allowed but probably not meant: a short run (a smoke test) may stop before
-    ``loss.ce_start_step``."""
+    ``loss.ce_start_step``, or before its first validation."""
     steps, start = cfg["trainer"].get("max_steps", -1), cfg["loss"]["ce_start_step"]
+    found = []
     if isinstance(steps, int) and steps > 0 and isinstance(start, int) and start >= steps:
-        return [f"loss.ce_start_step={start} is not below trainer.max_steps={steps}: the LLM's loss never joins "
-                "the CTC loss in this run (loss.ce_start_step=0 trains it from the first step)"]
-    return []
+        found.append(f"loss.ce_start_step={start} is not below trainer.max_steps={steps}: the LLM's loss never joins "
+                     "the CTC loss in this run (loss.ce_start_step=0 trains it from the first step)")
+    interval = cfg["trainer"].get("val_check_interval")
+    if (isinstance(steps, int) and steps > 0 and isinstance(interval, int) and interval > steps
+            and cfg["trainer"].get("limit_val_batches") != 0):
+        found.append(f"trainer.val_check_interval={interval} is above trainer.max_steps={steps}: this run never "
+                     f"validates and writes no learning curve (e.g. trainer.val_check_interval={steps})")
+    return found
 
 
 def fit_config_problems(cfg: dict[str, Any]) -> list[str]:

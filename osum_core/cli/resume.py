@@ -95,8 +95,8 @@ def resume_config(resume: str, tasks: str | None, presets: Sequence[str] = (), s
         raise ResumeRefused(f"--resume {resume} continues the run in {run}; --out {out} names another folder "
                             "(leave --out out, or start a new run there with --init from an export)")
     old = load_config("fit", [base])
-    cfg = load_config("fit", [base, *preset_files(presets, stages, strategies), *files],
-                      [*overrides, f"out={run}", f"resume={resume}", "overwrite=false"])
+    cfg = load_config("fit", [base, *preset_files(presets, stages, strategies)],
+                      [*overrides, f"out={run}", f"resume={resume}", "overwrite=false"], user_files=files)
     run_tasks = json.loads((run / TASKS_FILE).read_text()) if (run / TASKS_FILE).is_file() else []
     names = tasks.split(",") if tasks else run_tasks
     problems = changed_fixed_keys(old, cfg)

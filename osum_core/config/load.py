@@ -278,14 +278,41 @@ def read_with_bases(file: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path,
     return [*read_with_bases(CONFIG_DIR / "presets" / f"{base}.yaml", (*seen, file.resolve())), (file, loaded)]
 
 
-def load_config(name: str = "fit", files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Defaults, merged with each file in `files`, then with the dotlist `overrides` (``a.b=1``); returned as
-    plain dicts and lists. Interpolations (``${...}``) are not resolved: a config is data."""
+DATA_PATH_KEYS = ("train", "val", "test")
+
+
+def data_paths_from(file: Path, loaded: dict[str, Any]) -> dict[str, Any]:
+    """`loaded` (a user's config file) with its relative ``data.train/val/test`` paths resolved against the
+    file's folder, as a mixture's paths are against the mixture's: a config file means the same wherever it
+    is used from."""
+    data = loaded.get("data")
+    if not isinstance(data, dict):
+        return loaded
+
+    def anchored(value: Any) -> Any:
+        if isinstance(value, list):
+            return [anchored(item) for item in value]
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str(file.parent.absolute() / value)
+        return value
+
+    return {**loaded, "data": {k: anchored(v) if k in DATA_PATH_KEYS else v for k, v in data.items()}}
+
+
+def load_config(name: str = "fit", files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
+                user_files: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """Defaults, merged with each file in `files`, then each of `user_files` (a user's ``--config`` files,
+    whose relative data paths are resolved against the file: `data_paths_from`), then the dotlist
+    `overrides` (``a.b=1``); returned as plain dicts and lists. Interpolations (``${...}``) are not resolved:
+    a config is data."""
     defaults = default_config(name)
     cfg = _lock(OmegaConf.create(defaults))
     for file in files:
         for path, loaded in read_with_bases(Path(file)):
             cfg = _merge(cfg, loaded, str(path), defaults)
+    for file in user_files:
+        for path, loaded in read_with_bases(Path(file)):
+            cfg = _merge(cfg, data_paths_from(path, loaded) if path == Path(file) else loaded, str(path), defaults)
     bad = [item for item in overrides if "=" not in item]
     if bad:
         raise ConfigError(f"overrides must be key=value, got {bad}")
@@ -310,9 +337,9 @@ def fit_config(
     strategies: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The config of an ``osum fit`` run: defaults, the presets (the demo preset when none is named), the
-    stages, the strategy presets, the user's files, the overrides."""
+    stages, the strategy presets, the user's files (their data paths relative to themselves), the overrides."""
     chosen = list(presets) or [DEFAULT_PRESET]
-    return load_config("fit", [*preset_files(chosen, stages, strategies), *files], overrides)
+    return load_config("fit", preset_files(chosen, stages, strategies), overrides, user_files=files)
 
 
 def to_yaml(cfg: dict[str, Any]) -> str:

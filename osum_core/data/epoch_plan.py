@@ -40,7 +40,7 @@ from typing import Any
 from osum_core.data.bad_items import BadItem
 from osum_core.data.batching import bucketed_batches
 from osum_core.data.dataset import ExamplePreparer, PlanItem, PreparedExample, assign_task
-from osum_core.data.length_index import NO_KEYS, shard_entries
+from osum_core.data.length_index import NO_KEYS, index_keys, shard_entries
 from osum_core.task import Task
 
 Keep = Callable[[int], bool]
@@ -96,6 +96,27 @@ class EpochPlan:
     @property
     def tasks(self) -> Sequence[Task]:
         return self.preparer.tasks
+
+    def summary(self) -> str:
+        """One line on what the split holds, from what planning has read: the manifests' examples per task
+        and their hours, and the shards' usable items (from their indexes; per task: ``osum data check``)."""
+        tasks: Counter[str] = Counter()
+        frames = shard_items = shards = 0
+        for source in self.sources:
+            for piece in source.pieces:
+                if piece.examples is not None:
+                    tasks.update(e.task for e in piece.examples)
+                    frames += sum(e.frames for e in piece.examples)
+                elif piece.shard_list is not None and piece.shard is not None:
+                    shards += 1
+                    shard_items += len(index_keys(piece.shard_list, piece.shard))
+        parts = []
+        if tasks:
+            by_task = ", ".join(f"{name} {count}" for name, count in sorted(tasks.items()))
+            parts.append(f"{sum(tasks.values())} manifest items, {frames / 100 / 3600:.2f} h ({by_task})")
+        if shards:
+            parts.append(f"{shard_items} items in {shards} shards")
+        return "; ".join(parts)
 
     # -- reading a piece ------------------------------------------------------------------------------
     def read(self, piece: Piece, keep: Keep, task: str | None, order_seed: str | None) -> Iterator[PreparedExample]:
