@@ -292,11 +292,17 @@ class EpochPlan:
             yield from self.stream_batches(epoch, rank, world_size)
             return
         workers = max(workers, 1)
-        streams = [self.stream_batches(epoch, rank * workers + w, world_size * workers) for w in range(workers)]
-        while streams:
-            for stream in list(streams):
-                batch = next(stream, None)
-                if batch is None:
-                    streams.remove(stream)
-                else:
-                    yield batch
+        yield from interleaved([self.stream_batches(epoch, rank * workers + w, world_size * workers)
+                                for w in range(workers)])
+
+
+def interleaved(sequences: list[Iterator[list[PlanItem]]]) -> Iterator[list[PlanItem]]:
+    """One batch of each sequence in turn, until all are exhausted (a rank's workers' streams, in the order
+    the DataLoader hands batches to its workers; the ranks' leftovers of an epoch, when dealt anew)."""
+    while sequences:
+        for sequence in list(sequences):
+            batch = next(sequence, None)
+            if batch is None:
+                sequences.remove(sequence)
+            else:
+                yield batch

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from osum_core.data.collate import collate_examples
 from osum_core.data.dataset import PlanItem
-from osum_core.data.epoch_plan import EpochPlan
+from osum_core.data.epoch_plan import EpochPlan, interleaved
 
 Batches = list[list[PlanItem]]
 
@@ -135,17 +135,6 @@ def evened(batches: Iterator[list[PlanItem]], length: int, split: set[int]) -> I
                 return
             produced += 1
             yield part
-
-
-def interleaved(sequences: list[Iterator[list[PlanItem]]]) -> Iterator[list[PlanItem]]:
-    """One batch of each sequence in turn, until all are exhausted."""
-    while sequences:
-        for sequence in list(sequences):
-            batch = next(sequence, None)
-            if batch is None:
-                sequences.remove(sequence)
-            else:
-                yield batch
 
 
 @dataclass
