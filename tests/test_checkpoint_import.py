@@ -384,3 +384,168 @@ def test_import_osum_cli_names_an_id_it_cannot_download(original, tmp_path, caps
     assert import_osum(tmp_path, original, f"{key}=no-such-org/no-such-model") == 2
     err = capsys.readouterr().err
     assert "no-such-org/no-such-model" in err and f"config key '{key}'" in err and "local directory" in err
+
+
+# --- against independent code and OSUM's stated facts ---------------------------------------------------------
+
+# OSUM.md 1.2: convert_whisper_to_wenet_config_and_ckpt.py's renames (the position table gets a leading 1).
+OSUM_MD_WENET_RENAMES = [
+    ("encoder.conv1", "encoder.embed.conv.0"), ("encoder.conv2", "encoder.embed.conv.2"),
+    ("encoder.blocks", "encoder.encoders"), (".attn.query", ".self_attn.linear_q"), (".attn.key", ".self_attn.linear_k"),
+    (".attn.value", ".self_attn.linear_v"), (".attn.out", ".self_attn.linear_out"), ("mlp.0", "feed_forward.w_1"),
+    ("mlp.2", "feed_forward.w_2"), ("attn_ln", "norm1"), ("mlp_ln", "norm2"), ("encoder.ln_post", "encoder.after_norm"),
+    ("encoder.positional_embedding", "encoder.embed.pos_enc.pe"),
+]
+
+
+def as_wenet_by_osum_md(openai_state):
+    state = {}
+    for key, tensor in openai_state.items():
+        if key.startswith("encoder."):
+            for old, new in OSUM_MD_WENET_RENAMES:
+                key = key.replace(old, new)
+            state[key] = tensor[None] if key == "encoder.embed.pos_enc.pe" else tensor
+    return state
+
+
+@pytest.mark.parametrize("layout", ["openai", "wenet"])
+def test_whisper_file_gives_openai_whispers_own_encoder_output(tmp_path, layout):
+    """openai-whisper's own `AudioEncoder` (the code that defines the layout), saved as its `.pt` files are
+    (dims + the whole model's state dict in float16), or converted to WeNet's names as OSUM.md says OSUM's
+    script does, gives what osum's encoder gives from that file."""
+    from dataclasses import asdict
+
+    from whisper.model import ModelDimensions, Whisper  # openai-whisper, the test extra
+
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=100, n_audio_state=64, n_audio_head=4, n_audio_layer=2,
+                           n_vocab=50, n_text_ctx=8, n_text_state=64, n_text_head=4, n_text_layer=1)
+    torch.manual_seed(0)
+    whisper = Whisper(dims)
+    with torch.no_grad():
+        for module in whisper.modules():
+            for name, param in module.named_parameters(recurse=False):
+                layer_norm_weight = isinstance(module, torch.nn.LayerNorm) and name == "weight"
+                param.normal_(mean=1.0 if layer_norm_weight else 0.0, std=0.1)
+    whisper.half()  # OpenAI's released files hold float16 weights
+    if layout == "openai":
+        torch.save({"dims": asdict(dims), "model_state_dict": whisper.state_dict()}, tmp_path / "tiny.pt")
+    else:
+        torch.save(as_wenet_by_osum_md(whisper.state_dict()), tmp_path / "tiny.pt")
+
+    # The head count: from dims (OpenAI), given for WeNet's file (64 is no Whisper width).
+    heads = None if layout == "openai" else 4
+    ours = SpeechEncoder.from_pretrained(str(tmp_path / "tiny.pt"), conv_strides=(1, 2), attention_heads=heads).eval()
+    assert ours.whisper.config.encoder_attention_heads == 4
+    mel = torch.randn(2, 80, 2 * dims.n_audio_ctx)  # openai-whisper takes exactly n_audio_ctx * 2 frames
+    with torch.no_grad():
+        theirs = whisper.float().encoder(mel)
+        states, lengths = ours(mel.transpose(1, 2), torch.tensor([mel.shape[-1]] * 2))
+    assert lengths.tolist() == [dims.n_audio_ctx] * 2
+    torch.testing.assert_close(states, theirs, atol=1e-5, rtol=1e-5)
+
+
+class WenetAttention(torch.nn.Module):
+    """WeNet's `MultiHeadedAttention` (OSUM.md 1.3: biases on q, k and v): scores over sqrt(d_k), padded
+    keys masked."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.linear_q, self.linear_k, self.linear_v, self.linear_out = (torch.nn.Linear(width, width) for _ in range(4))
+
+    def forward(self, x, keep):
+        batch, steps, width = x.shape
+
+        def split(linear):
+            return linear(x).view(batch, steps, self.heads, -1).transpose(1, 2)
+
+        q, k, v = split(self.linear_q), split(self.linear_k), split(self.linear_v)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(width // self.heads)
+        scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+        return self.linear_out((scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, steps, width))
+
+
+class WenetLayer(torch.nn.Module):
+    """Pre-norm `TransformerEncoderLayer` with WeNet's default ReLU feed-forward (OSUM.md 1.3)."""
+
+    def __init__(self, width, heads, ffn):
+        super().__init__()
+        self.self_attn = WenetAttention(width, heads)
+        self.feed_forward = torch.nn.Module()
+        self.feed_forward.w_1, self.feed_forward.w_2 = torch.nn.Linear(width, ffn), torch.nn.Linear(ffn, width)
+        self.norm1, self.norm2 = torch.nn.LayerNorm(width, eps=1e-5), torch.nn.LayerNorm(width, eps=1e-5)
+
+    def forward(self, x, keep):
+        x = x + self.self_attn(self.norm1(x), keep)
+        return x + self.feed_forward.w_2(torch.relu(self.feed_forward.w_1(self.norm2(x))))
+
+
+class OsumAdapter(torch.nn.Module):
+    """OSUM's adapter written from OSUM.md 1.3 alone, with its module names (so its state dict has OSUM's
+    keys): `down_sample_2` = 3 x (ConstantPad1d((2, 0)), Conv1d(k3, stride 1/2/2), GELU), its padding mask
+    subsampled by [0::2] twice; `speech_transformer` = Linear -> LayerNorm, x * sqrt(d) + sinusoids (max_len
+    5000), pre-norm layers, `after_norm`; `speech_llama_proj`. LayerNorm eps 1e-5 is WeNet's default
+    (`norm_eps`; OSUM.md does not state it)."""
+
+    def __init__(self, width, llm_width, heads, ffn, layers):
+        super().__init__()
+        self.down_sample_2 = torch.nn.Module()
+        self.down_sample_2.conv = torch.nn.Sequential(*[
+            part for stride in (1, 2, 2)
+            for part in (torch.nn.ConstantPad1d((2, 0), 0.0), torch.nn.Conv1d(width, width, 3, stride), torch.nn.GELU())
+        ])
+        self.speech_transformer = torch.nn.Module()
+        self.speech_transformer.embed = torch.nn.Module()
+        self.speech_transformer.embed.out = torch.nn.Sequential(
+            torch.nn.Linear(width, width), torch.nn.LayerNorm(width, eps=1e-5))
+        self.speech_transformer.embed.pos_enc = torch.nn.Module()
+        self.speech_transformer.embed.pos_enc.register_buffer("pe", wenet_positions(5000, width))
+        self.speech_transformer.encoders = torch.nn.ModuleList(WenetLayer(width, heads, ffn) for _ in range(layers))
+        self.speech_transformer.after_norm = torch.nn.LayerNorm(width, eps=1e-5)
+        self.speech_llama_proj = torch.nn.Linear(width, llm_width)
+
+    def forward(self, x, lengths):
+        keep = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+        x = self.down_sample_2.conv(x.transpose(1, 2)).transpose(1, 2)
+        keep = keep[:, 0::2][:, 0::2]
+        transformer = self.speech_transformer
+        x = transformer.embed.out(x) * math.sqrt(x.shape[-1]) + transformer.embed.pos_enc.pe[:, : x.shape[1]]
+        for layer in transformer.encoders:
+            x = layer(x, keep)
+        return self.speech_llama_proj(transformer.after_norm(x)), keep.sum(dim=1)
+
+
+def test_osum_adapter_imports_as_osum_md_describes_it():
+    from osum_core.model.adapter import SpeechAdapter
+    from osum_core.model.layout import build_layout
+
+    torch.manual_seed(0)
+    reference = OsumAdapter(32, 48, heads=4, ffn=64, layers=2).eval()
+    randomise(reference)
+    speech_token_num = 5  # OSUM: 4097; its table has speech_token_num + 2 rows
+    table = torch.randn(speech_token_num + 2, 48)
+    state = {**reference.state_dict(), "speech_token_emded.weight": table}
+    adapter = SpeechAdapter(32, 48, conv_strides=(1, 2, 2), layers=2, heads=4, ffn_size=64, dropout=0.0).eval()
+    expected = {"adapter." + key: tensor for key, tensor in adapter.state_dict().items()}
+    expected["speech_markers"] = torch.zeros(2, 48)
+
+    result = convert_osum_state_dict(state, expected, source="infer.pt")
+    assert (result.unmapped, result.missing, result.unexpected, result.notes) == ([], [], {}, []), result.report()
+    adapter.load_state_dict({key.removeprefix("adapter."): t for key, t in result.state.items() if key != "speech_markers"})
+    # LayerNorm eps 1e-5 everywhere, as WeNet's (OSUM.md does not state it).
+    assert {m.eps for m in adapter.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-5}
+
+    states, lengths = torch.randn(3, 23, 32), torch.tensor([23, 14, 1])
+    with torch.no_grad():
+        expected_out, expected_lengths = reference(states, lengths)
+        out, out_lengths = adapter(states, lengths)
+    assert expected_lengths.tolist() == out_lengths.tolist() == [6, 4, 1]  # ceil(ceil(T / 2) / 2)
+    keep = torch.arange(out.shape[1])[None, :] < out_lengths[:, None]
+    torch.testing.assert_close(out[keep], expected_out[keep], atol=1e-5, rtol=1e-5)
+
+    # Rows speech_token_num + 0 and + 1 are the speech BOS and EOS: BOS just before the speech, EOS after it.
+    markers = result.state["speech_markers"]
+    prompt, speech = torch.randn(1, 3, 48), torch.randn(1, 4, 48)
+    layout = build_layout(prompt, torch.tensor([3]), speech, torch.tensor([4]), markers)
+    assert torch.equal(layout.embeds[0, 3], table[speech_token_num])
+    assert torch.equal(layout.embeds[0, 3 + 1 + 4], table[speech_token_num + 1])

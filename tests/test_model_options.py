@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from osum_core.config import fit_config, load_config
+from osum_core.inference.scoring import Scorer
 from osum_core.model.build import build_speech_llm
 from osum_core.model.speech_llm import GenerationSettings
-from osum_core.task.normalize import normalize_transcript, transcript_normalizer
+from osum_core.task import Prediction, Target, TranscriptMetric
+from osum_core.task.normalize import normalize_pair, normalize_transcript, transcript_normalizer
 
 
 def generation(**changes) -> GenerationSettings:
@@ -23,6 +25,22 @@ def test_whisper_english_normaliser_for_english_and_cer_for_chinese():
     with pytest.raises(ValueError, match="eval.normalizer"):
         with transcript_normalizer("nope"):
             pass
+
+
+def test_whisper_english_normaliser_treats_a_code_switched_pair_alike(registry):
+    # The reference has Chinese, the hypothesis does not: one normaliser for both (the basic one, as a
+    # reference with CJK characters needs), never Whisper's English one for the hypothesis alone (which
+    # would write "it is 21" against the reference's "it s twenty one": 5 errors in 6 words, not 2).
+    hypothesis, reference = "it's twenty-one", "他说 it's twenty-one"
+    metric = TranscriptMetric()
+    with transcript_normalizer("whisper_en"):
+        assert normalize_pair(hypothesis, reference) == ("it s twenty one", "他 说 it s twenty one")
+        assert normalize_pair("it's twenty-one", "It is 21.") == ("it is 21", "it is 21")
+        metric.update([Prediction(hypothesis, hypothesis)], [Target(reference)])
+        scorer = Scorer({"asr": registry.tasks["asr"]})
+        scorer.add("asr", "key", hypothesis, Target(reference))
+    assert metric.compute()["wer"] == pytest.approx(2 / 6)
+    assert scorer.rows[0]["wer"] == pytest.approx(2 / 6, abs=1e-4)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -142,11 +142,8 @@ def source_line(key: str, kind: str, detail: str) -> str:
 def read_osum_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in `path`: a plain ``torch.save(state_dict)`` (OSUM's ``infer.pt``), or one under
     ``module`` (DeepSpeed's model states) or ``state_dict`` (Lightning)."""
-    try:
-        # Memory-mapped: a 7B checkpoint is paged in as it is copied, not read whole first.
-        checkpoint = safe_load(path, "OSUM checkpoint", mmap=True)
-    except RuntimeError:  # files written without the zip format cannot be mapped
-        checkpoint = safe_load(path, "OSUM checkpoint")
+    # Memory-mapped: a 7B checkpoint is paged in as it is copied, not read whole first.
+    checkpoint = safe_load(path, "OSUM checkpoint", mmap=True)
     if isinstance(checkpoint, dict):
         for container in ("module", "state_dict"):
             if isinstance(checkpoint.get(container), dict):

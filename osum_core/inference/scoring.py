@@ -11,7 +11,8 @@ from torchmetrics import Metric
 from torchmetrics.functional.text import word_error_rate
 
 from osum_core.inference.predict import DecodeStats
-from osum_core.task import Prediction, Target, Task, TaskMetric, normalize_transcript
+from osum_core.task import Prediction, Target, Task, TaskMetric
+from osum_core.task.normalize import normalize_pair
 
 
 @dataclass
@@ -24,18 +25,24 @@ class Evaluation:
     unselected: int = 0  # manifest lines no selected task takes
 
 
+def same_text(hypothesis: str, reference: str) -> bool:
+    """Whether two texts are equal after the scoring normaliser (decided for the pair)."""
+    normalized_hypothesis, normalized_reference = normalize_pair(hypothesis, reference)
+    return normalized_hypothesis == normalized_reference
+
+
 def example_scores(task: Task, prediction: Prediction, target: Target) -> dict[str, Any]:
     """The example's transcript WER (after the scoring normaliser; of the words an invalid answer's parser
     recovered) and whether its parsed answer (label and fields) equals the reference's parsed the same way
     (never for an invalid answer)."""
     scores: dict[str, Any] = {}
-    reference = normalize_transcript(target.transcript)
+    hypothesis, reference = normalize_pair(prediction.transcript, target.transcript)
     if reference:
-        scores["wer"] = round(float(word_error_rate(normalize_transcript(prediction.transcript), reference)), 4)
+        scores["wer"] = round(float(word_error_rate(hypothesis, reference)), 4)
     expected = task.parse_output(target.text)
     if expected.label is not None or expected.fields:
         scores["correct"] = prediction.valid and expected.label == prediction.label and all(
-            normalize_transcript(str(prediction.fields.get(k, ""))) == normalize_transcript(str(v))
+            same_text(str(prediction.fields.get(k, "")), v)
             for k, v in expected.fields.items()
             if isinstance(v, str)
         )

@@ -106,7 +106,10 @@ class SpeechEncoder(nn.Module):
         x = x + whisper.embed_positions.weight[:steps]
         x = nn.functional.dropout(x, p=whisper.dropout, training=self.training)
         keep = torch.arange(steps, device=x.device)[None, :] < out_lengths[:, None]
-        mask = keep[:, None, None, :]  # boolean, True = attend; padded keys are ignored
+        # Additive, which eager attention and SDPA both read alike: eager adds the mask to the scores
+        # (a boolean one would add 1 and 0, leaving padded keys attended).
+        mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
+        mask = mask[:, None, None, :]  # [B, 1, 1, T']: 0 where attended, the dtype's minimum at padded keys
         for layer in whisper.layers:
             x = layer(x, mask)
         return whisper.layer_norm(x), out_lengths

@@ -12,12 +12,12 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from osum_core.task.contract import Prediction, Target
-from osum_core.task.normalize import normalize_transcript
+from osum_core.task.normalize import normalize_pair
 from osum_core.task.tags import split_suffix_tags
 
 
 class TranscriptMetric:
-    """WER and CER of the transcript part, after `normalize_transcript` on both sides."""
+    """WER and CER of the transcript part, each pair normalised alike (`normalize_pair`)."""
 
     def __init__(self) -> None:
         self.wer = WordErrorRate()
@@ -26,10 +26,9 @@ class TranscriptMetric:
         self.scored = 0  # examples with a reference transcript (tasks without one report no WER)
 
     def update(self, predictions: Sequence[Prediction], targets: Sequence[Target]) -> None:
-        hyps = [normalize_transcript(p.transcript) for p in predictions]
-        refs = [normalize_transcript(t.transcript) for t in targets]
+        normalized = [normalize_pair(p.transcript, t.transcript) for p, t in zip(predictions, targets, strict=True)]
         # torchmetrics divides by reference words; an empty reference would count as zero words.
-        pairs = [(h, r) for h, r in zip(hyps, refs, strict=True) if r]
+        pairs = [(h, r) for h, r in normalized if r]
         self.scored += len(pairs)
         if pairs:
             self.wer.update([h for h, _ in pairs], [r for _, r in pairs])

@@ -31,19 +31,27 @@ def basic_normalizer(text: str) -> str:
     return " ".join(text.split())
 
 
-def whisper_english_normalizer(text: str) -> str:
+def english_normalizer(text: str) -> str:
     """Whisper's English normaliser (transformers' `EnglishTextNormalizer`: numbers to digits, "mister",
-    contractions, fillers removed) for text without CJK characters; the basic one (CER) otherwise. The
-    British-to-American spelling table ships with Whisper's tokenizer files, not with transformers, so it
-    is not applied."""
-    if re.search(rf"[{_CJK}]", text):
-        return basic_normalizer(text)
+    contractions, fillers removed). The British-to-American spelling table ships with Whisper's tokenizer
+    files, not with transformers, so it is not applied."""
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
     return " ".join(EnglishTextNormalizer({})(text).split())
 
 
-TRANSCRIPT_NORMALIZERS = {"basic": basic_normalizer, "whisper_en": whisper_english_normalizer}
+def whisper_english_normalizer(*texts: str) -> list[str]:
+    """Whisper's English normaliser for texts without CJK characters; the basic one (CER) for all of them
+    when any has one, so that the two sides of a code-switched pair are normalised alike."""
+    chosen = basic_normalizer if any(re.search(rf"[{_CJK}]", text) for text in texts) else english_normalizer
+    return [chosen(text) for text in texts]
+
+
+# Each takes the texts compared with each other (a hypothesis and its reference) and treats them alike.
+TRANSCRIPT_NORMALIZERS = {
+    "basic": lambda *texts: [basic_normalizer(text) for text in texts],
+    "whisper_en": whisper_english_normalizer,
+}
 _current = ContextVar("transcript_normalizer", default="basic")
 
 
@@ -60,6 +68,14 @@ def transcript_normalizer(name: str) -> Iterator[None]:
         _current.reset(token)
 
 
+def normalize_pair(hypothesis: str, reference: str) -> tuple[str, str]:
+    """A hypothesis and its reference normalised alike, by the normaliser in force (`transcript_normalizer`):
+    one decision for the pair, never one per side (a code-switched reference and an English-only hypothesis
+    would otherwise be scored one by words, the other by characters)."""
+    hypothesis, reference = TRANSCRIPT_NORMALIZERS[_current.get()](hypothesis, reference)
+    return hypothesis, reference
+
+
 def normalize_transcript(text: str) -> str:
-    """Scoring normalisation of a transcript, by the normaliser in force (`transcript_normalizer`)."""
-    return TRANSCRIPT_NORMALIZERS[_current.get()](text)
+    """Scoring normalisation of a transcript alone; compare two with `normalize_pair`."""
+    return TRANSCRIPT_NORMALIZERS[_current.get()](text)[0]
