@@ -12,8 +12,6 @@ import dataclasses
 import random
 
 import numpy as np
-import torch
-import torchaudio.functional
 
 from osum_core.plugins import CorpusSpec, DemoRecipe, Rendered, Utterance, hookimpl, with_prosody
 from osum_core.task import LabelField, Task, tagged_task
@@ -57,6 +55,9 @@ def draw(utt: Utterance, rng: random.Random, spec: CorpusSpec) -> Utterance:
 def render(utt: Utterance, speech: np.ndarray, rng: np.random.Generator) -> Rendered:
     age = FIELD.canonical(utt.labels["age"])
     if age == "child":
+        import torch  # imported by synthesis workers, not when osum lists tasks
+        import torchaudio.functional
+
         # Read 16 kHz audio as if it had been recorded at 16 kHz * speedup: shorter, higher, brighter. The
         # rate is a multiple of 400 Hz: resampling cost grows with the ratio's reduced denominator.
         source_rate = round(16000 * utt.labels["_speedup"] / 400) * 400

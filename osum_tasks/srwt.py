@@ -24,10 +24,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torchmetrics.aggregation import MeanMetric
-
 from osum_core.plugins import DemoRecipe, hookimpl
-from osum_core.task import Prediction, Target, Task, TranscriptMetric, is_garbled, normalize_target, strip_tags
+from osum_core.task import Prediction, Target, Task, is_garbled, normalize_target, strip_tags
 
 WORD_FORMAT = "<{start}>{word}<{end}>"
 RESOLUTION = 0.1
@@ -149,6 +147,11 @@ class TimestampMetric:
     """WER/CER, and the mean boundary shift in ms over matched words (see the module docstring)."""
 
     def __init__(self, read) -> None:
+        # torch and torchmetrics: imported when a run scores, not when osum lists tasks.
+        from torchmetrics.aggregation import MeanMetric
+
+        from osum_core.task import TranscriptMetric
+
         self.read = read
         self.transcript = TranscriptMetric()
         self.shift_ms = MeanMetric()

@@ -12,15 +12,11 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torchmetrics.aggregation import MeanMetric
-from torchmetrics.text import CHRFScore
-
 from osum_core.plugins import CorpusSpec, DemoRecipe, Utterance, hookimpl
 from osum_core.task import (
     Prediction,
     Target,
     Task,
-    TranscriptMetric,
     is_garbled,
     normalize_target,
     normalize_transcript,
@@ -81,6 +77,12 @@ class ReplyMetric:
     reply as read)."""
 
     def __init__(self) -> None:
+        # torch and torchmetrics: imported when a run scores, not when osum lists tasks.
+        from torchmetrics.aggregation import MeanMetric
+        from torchmetrics.text import CHRFScore
+
+        from osum_core.task import TranscriptMetric
+
         self.transcript = TranscriptMetric()
         self.exact = MeanMetric()
         self.chrf = CHRFScore()

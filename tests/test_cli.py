@@ -186,3 +186,39 @@ def test_tasks_lists_the_demo_recipes_options(capsys):
     assert main(["tasks", "--json"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["ser"]["demo_options"] == {"content_cues": 1.0} and rows["asr"]["demo_options"] == {}
+
+
+def test_tasks_shows_the_weights_training_uses_and_where_each_is_set(capsys, registry):
+    from osum_core.config import configured_tasks, fit_config
+
+    trained = configured_tasks(registry, ["ved", "srwt"], fit_config()["tasks"])
+    assert main(["tasks", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["ved"]["label_loss_weight"] == trained["ved"].label_loss_weight == 2.0  # the demo trains VED with 2
+    assert rows["ved"]["overrides"] == {"label_loss_weight": {"from": "configs/fit.yaml", "task_default": 1.0}}
+    assert rows["srwt"]["options"] == dict(trained["srwt"].options) == dict(registry.tasks["srwt"].options)
+    assert rows["srwt"]["overrides"] == {} and rows["asr"]["overrides"] == {}  # the tasks' own values
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "tasks.ved.label_loss_weight: from configs/fit.yaml (the task's own: 1)" in out
+    assert next(line for line in out.splitlines() if line.startswith("ved ")).split()[5] == "2*"
+
+
+def test_tasks_shows_the_values_of_a_config_file_and_of_overrides(tmp_path, capsys):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("tasks:\n  asr:\n    sampling_weight: 3\n")
+    assert main(["tasks", "--json", "--config", str(mine), "tasks.srwt.resolution=0.05",
+                 "tasks.ved.label_loss_weight=4"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["asr"]["sampling_weight"] == 3.0
+    assert rows["asr"]["overrides"] == {"sampling_weight": {"from": str(mine), "task_default": 1.0}}
+    assert rows["srwt"]["options"]["resolution"] == 0.05
+    assert rows["srwt"]["overrides"]["resolution"] == {"from": "the command line", "task_default": 0.1}
+    assert rows["ved"]["overrides"]["label_loss_weight"]["from"] == "the command line"
+
+
+def test_tasks_refuses_an_unknown_task_key_with_the_closest_one():
+    result = osum("tasks", "tasks.ved.label_los_weight=2")
+    assert result.returncode == 2
+    assert ("unknown config key 'tasks.ved.label_los_weight'; did you mean 'tasks.ved.label_loss_weight'? "
+            "task 'ved' takes") in result.stderr

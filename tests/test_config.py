@@ -81,3 +81,36 @@ def test_yaml_is_loaded_safely_and_interpolations_stay_text(tmp_path):
 def test_every_preset_and_stage_is_shipped_with_the_configs():
     names = {p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")}
     assert {"fit.yaml", "presets/demo.yaml", "presets/osum-7b.yaml", "stages/adapter.yaml"} <= names
+
+
+def test_the_tasks_section_holds_only_values_that_differ_from_the_tasks_own(registry):
+    from osum_core.config.load import default_config
+
+    section = default_config("fit")["tasks"]
+    for name, settings in section.items():
+        task = registry.tasks[name]
+        own = {"loss_weight": task.loss_weight, "label_loss_weight": task.label_loss_weight,
+               "sampling_weight": task.sampling_weight, **task.options}
+        for key, value in settings.items():
+            assert value != own[key], f"configs/fit.yaml tasks.{name}.{key}={value!r} repeats the task's own default"
+
+
+@pytest.mark.parametrize(("key", "closest"), [("max_step", "max_steps"), ("precison", "precision"),
+                                              ("acumulate_grad_batches", "accumulate_grad_batches")])
+def test_a_misspelt_trainer_key_names_the_closest_trainer_argument(key, closest):
+    from osum_core.config import trainer_arguments
+
+    with pytest.raises(ConfigError) as error:
+        trainer_arguments({"max_steps": 5, key: 1})
+    assert str(error.value) == (f"unknown config key 'trainer.{key}': not an argument of lightning.Trainer; "
+                                f"did you mean 'trainer.{closest}'?")
+
+
+def test_a_trainer_key_osum_sets_itself_says_so():
+    from osum_core.config import trainer_arguments
+
+    with pytest.raises(ConfigError, match="'trainer.logger': set by osum itself"):
+        trainer_arguments({"logger": False})
+    with pytest.raises(ConfigError, match=r"^unknown config key 'trainer.nothing_like_it': not an argument of "
+                                          r"lightning.Trainer$"):
+        trainer_arguments({"nothing_like_it": 1})

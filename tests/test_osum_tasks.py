@@ -156,3 +156,24 @@ def test_demo_corpus_realises_every_task_s_labels(all_tasks_corpus, registry):
         assert rate == 16000 and np.abs(audio).max() > 0.05
     corpus = json.loads((all_tasks_corpus / "corpus.json").read_text())
     assert corpus["counts"]["train"] == 6 * len(expected)
+
+
+@pytest.mark.parametrize(("name", "txt", "meant"), [
+    ("ser", "one two<angry>", "anger"),
+    ("ser", "one two<sadness>", "sad"),
+    ("sgc", "one two<femal>", "female"),
+    ("ved", "one two<laughter>", "laugh"),
+    ("ved", "one two<throat_clearing>", "throat clearing"),
+    ("sap", "one two<midle_age>", "middle_age"),  # a raw label the aliases take
+    ("ssr", "one two<新闻>", "新闻科普"),
+    ("asr_age_gender", "one two<adult><femal>", "female"),
+])
+def test_a_label_close_to_one_in_the_set_is_suggested(registry, name, txt, meant):
+    with pytest.raises(ValueError, match=f"is not one of .*; did you mean '{meant}'\\?$"):
+        registry.tasks[name].build_target({"txt": txt})
+
+
+def test_a_label_close_to_none_gets_no_suggestion(registry):
+    with pytest.raises(ValueError) as error:
+        registry.tasks["ser"].build_target({"txt": "one two<xyz>"})
+    assert "did you mean" not in str(error.value)

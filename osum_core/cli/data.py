@@ -1,20 +1,25 @@
-"""``osum data shard`` and ``osum data check``."""
+"""``osum data shard`` and ``osum data check``.
+
+`add_commands` runs whenever osum builds its parser (``osum --help`` too): each command imports the data
+pipeline (and torch with it) when it runs, not here."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
-from osum_core.data.check import check_data
-from osum_core.data.manifest import manifest_lines
-from osum_core.data.sharding import shard_manifests
-from osum_core.plugins import TaskRegistry
+if TYPE_CHECKING:
+    from osum_core.plugins import TaskRegistry
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from osum_core.data.manifest import manifest_lines
+    from osum_core.data.sharding import shard_manifests
+
     total = sum(1 for manifest in args.manifests for _ in manifest_lines(manifest))
     with tqdm(total=total, unit="utt", desc="sharding", disable=args.quiet) as bar:
         list_file = shard_manifests(args.manifests, args.out_dir, args.per_shard, progress=bar.update)
@@ -24,6 +29,10 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace, registry: TaskRegistry) -> int:
+    from tqdm import tqdm
+
+    from osum_core.data.check import check_data
+
     tasks = registry.select(args.tasks.split(","))
     with tqdm(unit="utt", desc="checking", disable=args.quiet) as bar:
         report = check_data(args.path, tasks, progress=bar.update, known_tasks=list(registry.tasks.values()))

@@ -7,29 +7,43 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from osum_core.plugins import TaskRegistry, load_tasks
+# Each command imports what it uses when it runs: building the parser (and answering --help) must not pay
+# for torch, Lightning or transformers, which the task contract's metrics and the models bring in.
+if TYPE_CHECKING:
+    from osum_core.plugins import TaskRegistry
+    from osum_core.task import Task
 
 
-def task_rows(registry: TaskRegistry) -> list[dict]:
-    return [
-        {
+def task_rows(registry: TaskRegistry, configured: dict[str, Task], origins: dict[str, str]) -> list[dict]:
+    """One row per installed task: its weights and options as `configured` (the tasks with the config's
+    ``tasks:`` section applied: the values training uses), and under ``overrides`` each value a config sets,
+    with where (`override_origins`) and the task's own default; every other value is the task's own."""
+    from osum_core.config.tasks import TASK_WEIGHTS
+
+    rows = []
+    for task in registry.tasks.values():
+        used = configured[task.name]
+        own = {**{key: getattr(task, key) for key in TASK_WEIGHTS}, **task.options}
+        rows.append({
             "name": task.name,
             "tag": task.tag,
             "labels": list(task.labels),
             "metric": task.metric,
-            "loss_weight": task.loss_weight,
-            "label_loss_weight": task.label_loss_weight,
-            "sampling_weight": task.sampling_weight,
-            "options": dict(task.options),
+            **{key: getattr(used, key) for key in TASK_WEIGHTS},
+            "options": dict(used.options),
+            "overrides": {
+                key: {"from": origins[f"{task.name}.{key}"], "task_default": own[key]}
+                for key in own if f"{task.name}.{key}" in origins
+            },
             "prompts": {language: len(bank) for language, bank in task.prompts.items()},
             "demo_data": task.tag in registry.recipes,
             "demo_options": dict(registry.recipes[task.tag].options) if task.tag in registry.recipes else {},
             "package": registry.packages[task.name],
             "defined_at": registry.origins.get(task.name, "?"),
-        }
-        for task in registry.tasks.values()
-    ]
+        })
+    return rows
 
 
 def report_problems(registry: TaskRegistry) -> None:
@@ -38,28 +52,47 @@ def report_problems(registry: TaskRegistry) -> None:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
+    from osum_core.config import configured_tasks, fit_config
+    from osum_core.config.tasks import TASK_WEIGHTS, override_origins
+    from osum_core.plugins import load_tasks
+
     registry = load_tasks()
     report_problems(registry)
-    rows = task_rows(registry)
+    cfg = fit_config(args.preset, (), args.config, args.overrides)
+    configured = configured_tasks(registry, list(registry.tasks), cfg["tasks"])
+    rows = task_rows(registry, configured, override_origins(args.preset, args.config, args.overrides))
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
+
+    def value(row: dict, key: str) -> str:  # a value a config sets is starred (listed below the table)
+        shown = f"{row[key]:g}" if key in TASK_WEIGHTS else repr(row["options"][key])
+        return shown + ("*" if key in row["overrides"] else "")
+
     columns = ("name", "tag", "metric", "loss", "label", "sample", "package", "labels")
     table = [
-        (
-            row["name"], row["tag"], row["metric"], f"{row['loss_weight']:g}", f"{row['label_loss_weight']:g}",
-            f"{row['sampling_weight']:g}", row["package"], ", ".join(row["labels"]) or "-",
-        )
+        (row["name"], row["tag"], row["metric"], *(value(row, key) for key in TASK_WEIGHTS), row["package"],
+         ", ".join(row["labels"]) or "-")
         for row in rows
     ]
     widths = [max(len(str(cell)) for cell in column) for column in zip(columns, *table)]
     for line in [columns, *table]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
+    print("\nloss, label, sample: the task's loss_weight, label_loss_weight and sampling_weight "
+          "(set as tasks.<name>.<key>=value)")
     with_options = [row for row in rows if row["options"]]
     if with_options:
         print("\noptions (set as tasks.<name>.<option>=value):")
         for row in with_options:
-            print(f"  {row['name']}: " + ", ".join(f"{k}={v!r}" for k, v in row["options"].items()))
+            print(f"  {row['name']}: " + ", ".join(f"{k}={value(row, k)}" for k in row["options"]))
+    overridden = [(row, key) for row in rows for key in row["overrides"]]
+    if overridden:
+        print("\n* set by a config (every other value is the task's own, from its module):")
+        for row, key in overridden:
+            override = row["overrides"][key]
+            default = override["task_default"]
+            shown = f"{default:g}" if key in TASK_WEIGHTS else repr(default)
+            print(f"  tasks.{row['name']}.{key}: from {override['from']} (the task's own: {shown})")
     with_demo_options = [row for row in rows if row["demo_options"]]
     if with_demo_options:
         print("\ndemo-corpus options (set as data.demo.options.<option>=value):")
@@ -76,6 +109,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     from osum_core.config import load_config
     from osum_core.demo.prepare import synthesize_demo
+    from osum_core.plugins import load_tasks
 
     overrides = [f"data.demo.{item}" for item in args.overrides]
     if args.workers is not None:
@@ -116,6 +150,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    from osum_core.plugins import load_tasks
+
     registry = load_tasks()
     report_problems(registry)
     registry.select(task_names)  # fail on an unknown task before anything heavy starts
@@ -130,6 +166,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def with_registry(command):
     def run(args: argparse.Namespace) -> int:
+        from osum_core.plugins import load_tasks
+
         registry = load_tasks()
         report_problems(registry)
         return command(args, registry)
@@ -235,8 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.llm.path=/models/Qwen2-7B")
     importer.set_defaults(run=cmd_import_osum_lazy)
 
-    tasks = commands.add_parser("tasks", help="list installed tasks")
+    tasks = commands.add_parser(
+        "tasks", help="list installed tasks with the weights and options `osum fit` uses, and where each is set"
+    )
     tasks.add_argument("--json", action="store_true", help="print a JSON list")
+    tasks.add_argument("--preset", action="append", default=[], help="as for osum fit (default: demo)")
+    tasks.add_argument("--config", action="append", default=[], help="as for osum fit: a YAML merged over the defaults")
+    tasks.add_argument("overrides", nargs="*", metavar="key=value", help="as for osum fit, e.g. tasks.ved.loss_weight=2")
     tasks.set_defaults(run=cmd_tasks)
 
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
@@ -269,9 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if preemption is not None and isinstance(error, preemption.Preempted):
             print(f"osum: {error}; continue with --resume", file=sys.stderr)
             return 0
-        from osum_core.checkpoints.atomic import DiskFullError
-
-        if not isinstance(error, ValueError | FileNotFoundError | DiskFullError):
+        atomic = sys.modules.get("osum_core.checkpoints.atomic")  # imported by whatever writes checkpoints
+        disk_full = atomic is not None and isinstance(error, atomic.DiskFullError)
+        if not (isinstance(error, ValueError | FileNotFoundError) or disk_full):
             raise
         # Our errors name the file, line or key; a traceback would only bury that.
         print(f"osum: error: {error}", file=sys.stderr)

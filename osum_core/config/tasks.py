@@ -1,31 +1,52 @@
-"""The ``tasks:`` section: per-task weights and task options applied to the installed tasks."""
+"""The ``tasks:`` section: per-task weights and task options applied to the installed tasks.
+
+A task's defaults live in its module (`Task`'s weights and `Task.options`), where a third-party task can
+set them too; the section holds only what a config deliberately sets differently. `override_origins` says
+which file (or the command line) set each value, for `osum tasks`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from osum_core.config.load import ConfigError
+from omegaconf import OmegaConf
+
+from osum_core.config.load import (
+    CONFIG_DIR,
+    DEFAULT_PRESET,
+    ConfigError,
+    closest_key,
+    default_config,
+    preset_files,
+    read_with_bases,
+)
 from osum_core.plugins import TaskRegistry
 from osum_core.task import Task
 
 TASK_WEIGHTS = ("loss_weight", "label_loss_weight", "sampling_weight")
+COMMAND_LINE = "the command line"
 
 
 def configured_tasks(registry: TaskRegistry, names: Sequence[str], overrides: Mapping[str, Any]) -> dict[str, Task]:
     """The selected tasks with the config's overrides applied: ``tasks.<name>.<weight>`` for the weights
     every task has, ``tasks.<name>.<option>`` for a task's own options (`Task.options`). A key for a task
-    that is not installed, or that the task does not take, is a `ConfigError` naming it."""
+    that is not installed, or that the task does not take, is a `ConfigError` naming it (and the closest key
+    the task takes)."""
     tasks = {task.name: task for task in registry.select(names)}
     for name, settings in overrides.items():
         if name not in registry.tasks:
             raise ConfigError(f"config key 'tasks.{name}': no installed task {name!r} ({', '.join(sorted(registry.tasks))})")
         settings = dict(settings or {})
         task = registry.tasks[name]
-        unknown = [k for k in settings if k not in TASK_WEIGHTS and k not in task.options]
+        takes = [*TASK_WEIGHTS, *task.options]
+        unknown = [k for k in settings if k not in takes]
         if unknown:
-            takes = ", ".join([*TASK_WEIGHTS, *task.options])
-            raise ConfigError(f"unknown config key 'tasks.{name}.{unknown[0]}'; task {name!r} takes {takes}")
+            key = f"tasks.{name}.{unknown[0]}"
+            suggestion = closest_key(key, [f"tasks.{name}.{k}" for k in takes])
+            hint = f"did you mean '{suggestion}'? " if suggestion else ""
+            raise ConfigError(f"unknown config key '{key}'; {hint}task {name!r} takes {', '.join(takes)}")
         if name in tasks:
             weights = {k: float(v) for k, v in settings.items() if k in TASK_WEIGHTS}
             options = {k: v for k, v in settings.items() if k not in TASK_WEIGHTS}
@@ -34,3 +55,32 @@ def configured_tasks(registry: TaskRegistry, names: Sequence[str], overrides: Ma
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"config key 'tasks.{name}': {error}") from None
     return tasks
+
+
+def shown_path(path: Path) -> str:
+    """A shipped config as ``configs/...`` (where it is in the repository), any other file as given."""
+    try:
+        return f"configs/{path.resolve().relative_to(CONFIG_DIR.resolve()).as_posix()}"
+    except ValueError:
+        return str(path)
+
+
+def override_origins(presets: Sequence[str] = (), files: Sequence[str | Path] = (),
+                     overrides: Sequence[str] = ()) -> dict[str, str]:
+    """``<name>.<key>`` -> where the ``osum fit`` config of these presets (the demo preset when none is
+    named), files and ``key=value`` overrides sets ``tasks.<name>.<key>``: the last of configs/fit.yaml, the
+    preset files (with their ``extends:`` bases), the files and `COMMAND_LINE` that sets it. Keys no layer
+    sets are absent: their values are the tasks' own."""
+    layers: list[tuple[str, Any]] = [(shown_path(CONFIG_DIR / "fit.yaml"), default_config("fit"))]
+    for file in [*preset_files(list(presets) or [DEFAULT_PRESET]), *files]:
+        layers += [(shown_path(path), data) for path, data in read_with_bases(Path(file))]
+    given = [item for item in overrides if item.split("=", 1)[0].split(".", 1)[0] == "tasks"]
+    if given:
+        layers.append((COMMAND_LINE, OmegaConf.to_container(OmegaConf.from_dotlist(given), resolve=False)))
+    origins: dict[str, str] = {}
+    for origin, data in layers:
+        section = data.get("tasks") if isinstance(data, Mapping) else None
+        for name, settings in (section or {}).items():
+            for key in settings or {}:
+                origins[f"{name}.{key}"] = origin
+    return origins

@@ -27,7 +27,7 @@ from osum_core.data.bad_items import BadItem
 from osum_core.data.features import HOP_LENGTH, SAMPLE_RATE, LogMel, SpecAugment
 from osum_core.data.shards import duration_frames, read_wav_member
 from osum_core.task import Target, Task
-from osum_core.task.contract import TARGET_ERRORS
+from osum_core.task.contract import TARGET_ERRORS, tag_hint
 
 
 class ExampleError(BadItem):
@@ -216,10 +216,11 @@ class ExamplePreparer:
     def select(self, record: Mapping[str, Any]) -> Task | None:
         task = assign_task(record, self.tasks)
         if task is None and self.known_tasks and assign_task(record, self.known_tasks) is None:
+            given = str(record.get("task"))
             tags = ", ".join(sorted({t.tag for t in self.known_tasks}))
-            raise ExampleError(f"{example_source(record)}: key {record.get('key')}: unknown task tag "
-                               f"{str(record.get('task'))!r} (installed tasks' tags: {tags})", "unknown_task",
-                               key=str(record.get("key")))
+            hint = tag_hint(given, self.known_tasks) or f"installed tasks' tags: {tags}"
+            raise ExampleError(f"{example_source(record)}: key {record.get('key')}: unknown task tag {given!r}; {hint}",
+                               "unknown_task", key=str(record.get("key")))
         return task
 
     def prepare(self, record: Mapping[str, Any], task: Task | None = None) -> PreparedExample | None:

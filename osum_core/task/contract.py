@@ -8,6 +8,7 @@ training target, how generated text becomes a prediction, and which metric score
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -108,8 +109,32 @@ def read_only(value: Any) -> Any:
 
 
 def normalize_task_tag(tag: str) -> str:
-    """OSUM writes tags with or without spaces between them (``<A><B>``); compare them in one spelling."""
+    """A task tag in the one spelling osum compares (a manifest line's ``task`` with a task's `tag`):
+    whitespace around and between the ``<...>`` parts is optional, any amount of it is one space
+    (``<TRANSCRIBE><EMOTION>``, as OSUM's inference script takes it, is ``<TRANSCRIBE> <EMOTION>``, as its
+    data writes it). Case counts, as in OSUM's prompt file where the tag is a key: a tag that differs only in
+    case is another tag (`tag_hint` points to the right one)."""
     return re.sub(r">\s*<", "> <", tag.strip())
+
+
+def tag_hint(given: str, tasks: Sequence[Task]) -> str:
+    """For a manifest ``task`` value that no task takes, which of `tasks`' tags was likely meant, as
+    ``did you mean '<TRANSCRIBE> <GENDER>' (task sgc)?`` and why when it is not a typo: the tag of a task
+    named that way (``sgc``), the tag that differs only in case, or the closest tag; empty when none is
+    close."""
+    spelled = normalize_task_tag(given)
+    by_folded_tag = {task.tag.casefold(): task for task in tasks}
+    named = {task.name: task for task in tasks}.get(spelled.casefold().strip("<>"))
+    if named is not None:
+        task, why = named, " the task field holds a task's tag, not its name"
+    elif spelled.casefold() in by_folded_tag:
+        task, why = by_folded_tag[spelled.casefold()], " tags are case-sensitive"
+    else:
+        close = difflib.get_close_matches(spelled.casefold(), list(by_folded_tag), n=1, cutoff=0.8)
+        if not close:
+            return ""
+        task, why = by_folded_tag[close[0]], ""
+    return f"did you mean {task.tag!r} (task {task.name})?{why}"
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ name, tag, label fields and prompts.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from osum_core.task.contract import Prediction, Target, Task, TaskMetric
-from osum_core.task.metrics import FieldsMetric, LabelMetric
 from osum_core.task.normalize import normalize_target
 from osum_core.task.tags import is_garbled, split_suffix_tags, strip_tags
 
@@ -35,6 +35,12 @@ class LabelField:
     def canonical(self, raw: Any) -> str:
         label = normalize_target(str(raw)).strip("<>").strip()
         return self.aliases.get(label, label)
+
+    def hint(self, label: str) -> str:
+        """``; did you mean 'anger'?`` for a label outside the set close to one in it (or to a raw label the
+        aliases take, ``midle_age``); empty when none is close."""
+        close = difflib.get_close_matches(label, [*self.labels, *self.aliases], n=1)
+        return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def tagged_task(
@@ -65,6 +71,7 @@ def tagged_task(
             if label not in label_field.labels:
                 raise ValueError(
                     f"label {label!r} (field '{label_field.name}') is not one of {list(label_field.labels)}"
+                    + label_field.hint(label)
                 )
             suffix += f"<{label}>"
         return Target(normalize_target(transcript) if transcribe else "", suffix)
@@ -92,6 +99,8 @@ def tagged_task(
     labels = tuple(label for f in fields for label in f.labels)
 
     def make_metric() -> TaskMetric:
+        from osum_core.task.metrics import FieldsMetric, LabelMetric  # torch: when a run scores, not at load
+
         if len(fields) == 1:
             return LabelMetric(fields[0].labels)
         return FieldsMetric({f.name: f.labels for f in fields})
