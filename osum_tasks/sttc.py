@@ -18,8 +18,8 @@ from osum_core.task import (
     Target,
     Task,
     is_garbled,
+    normalize_pair,
     normalize_target,
-    normalize_transcript,
     strip_tags,
 )
 
@@ -89,8 +89,10 @@ class ReplyMetric:
 
     def update(self, predictions: Sequence[Prediction], targets: Sequence[Target]) -> None:
         self.transcript.update(predictions, targets)
-        replies = [normalize_transcript(p.fields.get("reply", "")) for p in predictions]
-        references = [normalize_transcript(t.suffix.removeprefix(ANSWER)) for t in targets]
+        # Each reply and its reference normalised alike (a code-switched pair: one normaliser for both).
+        pairs = [normalize_pair(p.fields.get("reply", ""), t.suffix.removeprefix(ANSWER))
+                 for p, t in zip(predictions, targets, strict=True)]
+        replies, references = [reply for reply, _ in pairs], [reference for _, reference in pairs]
         for prediction, reply, reference in zip(predictions, replies, references, strict=True):
             self.exact.update(float(prediction.valid and reply == reference))
         self.chrf.update(replies, [[r] for r in references])

@@ -195,12 +195,12 @@ def test_tasks_shows_the_weights_training_uses_and_where_each_is_set(capsys, reg
     assert main(["tasks", "--json"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["ved"]["label_loss_weight"] == trained["ved"].label_loss_weight == 2.0  # the demo trains VED with 2
-    assert rows["ved"]["overrides"] == {"label_loss_weight": {"from": "configs/fit.yaml", "task_default": 1.0}}
+    assert rows["ved"]["overrides"] == {"label_loss_weight": {"from": "configs/presets/demo.yaml", "task_default": 1.0}}
     assert rows["srwt"]["options"] == dict(trained["srwt"].options) == dict(registry.tasks["srwt"].options)
     assert rows["srwt"]["overrides"] == {} and rows["asr"]["overrides"] == {}  # the tasks' own values
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
-    assert "tasks.ved.label_loss_weight: from configs/fit.yaml (the task's own: 1)" in out
+    assert "tasks.ved.label_loss_weight: from configs/presets/demo.yaml (the task's own: 1)" in out
     assert next(line for line in out.splitlines() if line.startswith("ved ")).split()[5] == "2*"
 
 

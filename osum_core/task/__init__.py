@@ -14,7 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from osum_core.task.contract import Prediction, RecordView, Target, Task, TaskMetric
-from osum_core.task.normalize import normalize_target, normalize_transcript
+from osum_core.task.normalize import normalize_pair, normalize_target, normalize_transcript
 from osum_core.task.tagged import LabelField, tagged_task
 from osum_core.task.tags import is_garbled, split_suffix_tags, strip_tags, suffix_label
 
@@ -42,6 +42,7 @@ __all__ = [
     "TranscriptMetric",
     "is_garbled",
     "suffix_label",
+    "normalize_pair",
     "normalize_target",
     "normalize_transcript",
     "split_suffix_tags",
