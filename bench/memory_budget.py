@@ -15,6 +15,19 @@ Parameters are counted per part, in the dtype each part gets; memory is
                    vocabulary entry (bf16, fp32 copy, gradient), and a trained encoder keeps its fp32 layer
                    inputs (frames/2 x width x 4 B per layer) plus one layer's working set
 
+Checkpoint sizes (a second table): what ``last.ckpt`` holds per preset and stage, computed from the same
+models (tied tensors once, persistent buffers included; Lightning's other keys are tens of KB):
+
+    before         every weight in its dtype + AdamW's two moments (in the trained parameter's dtype, fp32)
+    now            every weight except the frozen parameters of a part read from a source, which
+                   osum_core.checkpoints.frozen_parts leaves out (the LLM: model.llm.path; the encoder is kept,
+                   since it does not record its source), + AdamW's two moments
+    ZeRO-2         the folder DeepSpeed writes under bf16: "module" with every weight in bf16, the frozen ones
+                   again as "frozen_param_fragments", and per trained parameter its fp32 master copy and two fp32
+                   moments (12 B); with exclude_frozen_parameters=True, the trained weights in bf16 + 12 B each
+
+Lightning's bf16-mixed keeps no master copy: the trained weights are fp32 themselves.
+
 Measured (`--measure`, needs a CUDA GPU): the same models materialised with random weights on the GPU, one
 optimiser step on a synthetic micro-batch at the budget (4 utterances of 975 mel frames, 20 prompt and 300
 target tokens each: 1,776 LLM tokens), peak `torch.cuda.max_memory_allocated`; and for inference, bf16
@@ -37,6 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from osum_core.checkpoints.frozen_parts import frozen_keys  # noqa: E402
 from osum_core.config import load_config, preset_files  # noqa: E402
 from osum_core.model.build import build_speech_llm  # noqa: E402
 from osum_core.model.freezing import set_trainable  # noqa: E402
@@ -131,8 +145,31 @@ def budget(preset: str, stage: str | None) -> dict:
         return row
     state = trained_count * (4 + 8)
     act = activation_estimate(cfg, vocab, "encoder" in cfg["model"]["train"])
-    row.update(optimiser_and_grads_gib=state / GIB, activations_gib=act / GIB, total_gib=(weights + state + act) / GIB)
+    row.update(optimiser_and_grads_gib=state / GIB, activations_gib=act / GIB, total_gib=(weights + state + act) / GIB,
+               checkpoint_gib=checkpoint_sizes(model, cfg["model"]))
     return row
+
+
+def checkpoint_sizes(model, model_cfg: dict) -> dict[str, float]:
+    """last.ckpt before and now, and DeepSpeed's ZeRO-2 folder (bf16) without and with exclude_frozen_parameters,
+    in GiB (module docstring)."""
+    # The presets' paths; the encoder does not record its source, so a frozen encoder stays in checkpoints.
+    sources = {"encoder": None, "llm": model_cfg["llm"]["path"]}
+    left_out = {key for keys in frozen_keys(model, sources).values() for key in keys}
+    params = dict(model.named_parameters())  # tied tensors once, as torch.save stores them
+    names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    buffers = sum(t.numel() * t.element_size() for name, t in model.state_dict().items() if name not in names)  # persistent
+    size = {name: p.numel() * p.element_size() for name, p in params.items()}
+    trained = [name for name, p in params.items() if p.requires_grad]
+    moments = sum(2 * size[name] for name in trained)
+    trained_count = sum(params[name].numel() for name in trained)
+    frozen_count = sum(p.numel() for p in params.values() if not p.requires_grad)
+    return {
+        "before": (sum(size.values()) + buffers + moments) / GIB,
+        "now": (sum(v for name, v in size.items() if name not in left_out) + buffers + moments) / GIB,
+        "zero2": (2 * (trained_count + 2 * frozen_count) + 12 * trained_count) / GIB,
+        "zero2_excluded": 14 * trained_count / GIB,
+    }
 
 
 def reset_peak(device: str) -> None:
@@ -208,6 +245,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def checkpoint_markdown(rows: list[dict]) -> str:
+    lines = ["| preset | stage | trained | last.ckpt before | last.ckpt now | DeepSpeed ZeRO-2 folder (bf16) | "
+             "with exclude_frozen_parameters |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "checkpoint_gib" in r:
+            c = r["checkpoint_gib"]
+            lines.append(f"| {r['preset']} | {r['stage']} | {r['trained'] / 1e6:.1f}M | {c['before']:.1f} GiB | "
+                         f"**{c['now']:.2f} GiB** | {c['zero2']:.1f} GiB | {c['zero2_excluded']:.2f} GiB |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--measure", action="store_true", help="measure peaks on the GPU too")
@@ -227,6 +275,8 @@ def main() -> int:
                       file=sys.stderr, flush=True)
             rows.append(row)
     print(markdown(rows))
+    print()
+    print(checkpoint_markdown(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0

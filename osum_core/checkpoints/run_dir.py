@@ -4,7 +4,9 @@
     DIR/config.resume-N.yaml    the resolved config of its N-th resume (`osum test`/`export` read the latest)
     DIR/tasks.json              the names of the tasks trained
     DIR/tokenizer/              the tokenizer (save_pretrained)
-    DIR/checkpoints/last.ckpt   Lightning's checkpoint (weights, optimiser, schedule, step): --resume reads it
+    DIR/checkpoints/last.ckpt   Lightning's checkpoint (weights, optimiser, schedule, step): --resume reads it;
+                                without the frozen parts read from a source (`osum_core.checkpoints.frozen_parts`);
+                                under DeepSpeed a folder (`osum_core.checkpoints.deepspeed_dir`)
     DIR/metrics.csv             Lightning's CSV log; DIR/tensorboard/ when tensorboard is installed
     DIR/learning_curve.jsonl    each validation's metrics by step
     DIR/metrics.json            each task's metrics on data.test after training
@@ -21,17 +23,27 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from osum_core.checkpoints.deepspeed_dir import (
+    check_deepspeed_checkpoint,
+    deepspeed_lightning_checkpoint,
+    is_deepspeed_checkpoint,
+    model_states_file,
+)
 from osum_core.checkpoints.directory import (
     CONFIG_FILE,
     INFO_FILE,
     LoadedCheckpoint,
     file_sha256,
+    init_from_checkpoint,
     is_export,
     load_tokenizer,
 )
+from osum_core.checkpoints.frozen_parts import RECORD_KEY, check_frozen_parts, check_state_keys, frozen_record
 from osum_core.config import load_config
 from osum_core.model.build import build_for_tokenizer
+from osum_core.model.freezing import set_trainable
 from osum_core.model.safe_load import safe_load
 
 RUN_CONFIG = "config.yaml"
@@ -102,17 +114,22 @@ def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool, rank: int 
 
 
 def run_of_checkpoint(path: Path) -> Path:
-    """The run directory a .ckpt file belongs to."""
+    """The run directory a checkpoint (a .ckpt file, or DeepSpeed's .ckpt folder) belongs to."""
     return path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
 
 
+def is_checkpoint(path: Path) -> bool:
+    """Whether `path` is a Lightning checkpoint: a file, or the folder DeepSpeed's engine writes."""
+    return path.is_file() or is_deepspeed_checkpoint(path)
+
+
 def find_run_checkpoint(path: Path) -> tuple[Path, Path]:
-    """(run directory, .ckpt file) for a run directory or a .ckpt inside one."""
-    if path.is_file():
+    """(run directory, checkpoint) for a run directory or a checkpoint inside one."""
+    if is_checkpoint(path):
         return run_of_checkpoint(path), path
     ckpt = path / CHECKPOINT_DIR / LAST_CHECKPOINT
-    if not ckpt.is_file():
-        candidates = sorted((path / CHECKPOINT_DIR).glob("*.ckpt"))
+    if not is_checkpoint(ckpt):
+        candidates = sorted(c for c in (path / CHECKPOINT_DIR).glob("*.ckpt") if is_checkpoint(c))
         if not candidates:
             raise FileNotFoundError(f"{path}: no {CONFIG_FILE} (export) and no {CHECKPOINT_DIR}/*.ckpt (run)")
         ckpt = candidates[-1]
@@ -120,28 +137,53 @@ def find_run_checkpoint(path: Path) -> tuple[Path, Path]:
 
 
 def resume_checkpoint(resume: str | None) -> str | None:
-    """The Lightning checkpoint to continue from: a .ckpt file, or a run directory's checkpoints/last.ckpt."""
+    """The Lightning checkpoint to continue from: a .ckpt file or DeepSpeed's folder, or a run directory's
+    checkpoints/last.ckpt; refused here, before Lightning (or DeepSpeed) unpickles it, unless every file of
+    it holds tensors and plain data only."""
     if not resume:
         return None
     path = Path(resume)
-    if path.is_dir():
+    if path.is_dir() and not is_deepspeed_checkpoint(path):
         path = path / CHECKPOINT_DIR / LAST_CHECKPOINT
-    if not path.is_file():
+    if is_deepspeed_checkpoint(path):
+        check_deepspeed_checkpoint(path)
+    elif path.is_file():
+        safe_load(path, "checkpoint to resume", mmap=True)
+    else:
         raise FileNotFoundError(f"resume={resume}: no {path}")
-    safe_load(path, "checkpoint to resume", mmap=True)  # refused here, before Lightning unpickles it
     return str(path)
 
 
+def read_run_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """Lightning's checkpoint from a .ckpt file or DeepSpeed's folder, tensors and plain data only."""
+    return deepspeed_lightning_checkpoint(ckpt) if is_deepspeed_checkpoint(ckpt) else safe_load(ckpt, mmap=True)
+
+
 def load_run_checkpoint(path: Path, overrides: Sequence[str] = (), device: str = "cpu") -> LoadedCheckpoint:
-    """A Lightning checkpoint of an ``osum fit`` run, with the run's config.yaml and tokenizer/."""
+    """A Lightning checkpoint of an ``osum fit`` run, with the run's config.yaml and tokenizer/. The frozen
+    parts the checkpoint left out are rebuilt as the run built them (their source, then the run's --init)
+    and must be the weights it was trained with."""
     run, ckpt = find_run_checkpoint(Path(path))
     if not (run / RUN_CONFIG).is_file():
         raise FileNotFoundError(f"{run}: no {RUN_CONFIG} next to {ckpt} (is it an osum fit run directory?)")
     cfg = load_config("fit", [latest_run_config(run)], list(overrides))
     tokenizer = load_tokenizer(run / TOKENIZER_DIR)
     model = build_for_tokenizer(cfg["model"], tokenizer)
-    state = safe_load(ckpt)["state_dict"]
-    model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
+    checkpoint = read_run_checkpoint(ckpt)
+    state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    recorded = checkpoint.get(RECORD_KEY) or {}
+    where = str(ckpt)
+    if recorded:
+        init = cfg["init"]
+        if init and (Path(init) / CONFIG_FILE).is_file():
+            init_from_checkpoint(model, init)
+        elif init:
+            where += f" (its run started from init={init}, which is gone)"
+        set_trainable(model, cfg["model"]["train"])
+        check_frozen_parts(recorded, frozen_record(model, parts=recorded), where)
+    check_state_keys(model.state_dict().keys(), state.keys(), recorded, where)
+    model.load_state_dict(state, strict=False)
     tasks_file = run / TASKS_FILE
     tasks = json.loads(tasks_file.read_text()) if tasks_file.is_file() else []
-    return LoadedCheckpoint(model.to(device).eval(), tokenizer, cfg, tasks, str(ckpt), file_sha256([ckpt]))
+    weights = model_states_file(ckpt) if is_deepspeed_checkpoint(ckpt) else ckpt
+    return LoadedCheckpoint(model.to(device).eval(), tokenizer, cfg, tasks, str(ckpt), file_sha256([weights]))

@@ -24,6 +24,7 @@ from osum_core.checkpoints.run_dir import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
     TASKS_FILE,
+    is_checkpoint,
     latest_run_config,
     run_of_checkpoint,
 )
@@ -46,13 +47,14 @@ class ResumeRefused(ValueError):
 
 
 def resumed_run(resume: str) -> Path:
-    """The run directory that ``--resume`` names (the directory, or a .ckpt inside it)."""
+    """The run directory that ``--resume`` names (the directory, or a checkpoint inside it: a .ckpt file, or
+    the folder DeepSpeed writes)."""
     path = Path(resume)
-    if path.is_file():
+    if is_checkpoint(path):
         return run_of_checkpoint(path)
     if not path.is_dir():
         raise FileNotFoundError(f"--resume {resume}: no such run directory or checkpoint")
-    if not (path / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file():
+    if not is_checkpoint(path / CHECKPOINT_DIR / LAST_CHECKPOINT):
         raise FileNotFoundError(f"--resume {resume}: no {path / CHECKPOINT_DIR / LAST_CHECKPOINT} (a run writes it every "
                                 "checkpoint.every_n_steps steps, when stopped by a signal, and at its end)")
     return path

@@ -25,6 +25,14 @@ import lightning as L
 import numpy
 import torch
 
+from osum_core.checkpoints.frozen_parts import (
+    RECORD_KEY,
+    check_frozen_parts,
+    check_state_keys,
+    frozen_keys,
+    frozen_record,
+    part_sources,
+)
 from osum_core.inference.scoring import Evaluation, Scorer
 from osum_core.model.speech_llm import GenerationSettings, SpeechLLM
 from osum_core.task import Task
@@ -108,6 +116,7 @@ class SpeechLLMModule(L.LightningModule):
         self._nonfinite_in_a_row = 0
         self._rng_to_restore: Any = None  # a resumed checkpoint's "rng_states", until the first training batch
         self.epoch_steps: float | None = None  # an epoch-based run's optimiser steps per epoch (its schedule's)
+        self._frozen: dict[str, dict[str, Any]] | None = None  # this model's frozen_record, once taken
 
     # -- exact resume ---------------------------------------------------------------------------------
     # Lightning's checkpoint holds weights, optimiser, schedule, loop and loader positions, but not the
@@ -121,7 +130,14 @@ class SpeechLLMModule(L.LightningModule):
         # and rank 0's dict is the one written (its unsharded part under fsdp2 and DeepSpeed). Gathered
         # before the refusal below, so no rank is left waiting in it.
         rng_states = self.gathered(rng_state(self.device))
-        bad = [name for name, value in checkpoint.get("state_dict", {}).items()
+        state = checkpoint.get("state_dict", {})
+        record = self.frozen_record() if self.global_rank == 0 and self.leaves_out_frozen() else {}
+        if record:
+            for part in record.values():
+                for key in part["keys"]:
+                    state.pop(f"model.{key}", None)
+            checkpoint[RECORD_KEY] = record
+        bad = [name for name, value in state.items()
                if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all())]
         if bad:
             raise TrainingDiverged(f"not saving a checkpoint at step {self.global_step}: {len(bad)} weight tensor(s) "
@@ -131,11 +147,48 @@ class SpeechLLMModule(L.LightningModule):
         checkpoint["epoch_steps"] = self.epoch_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning loads the weights without strict checking (`strict_loading`): the frozen parts the
+        # checkpoint left out must be the ones it was trained with, and nothing else may be missing.
+        # (Under fsdp2 the strategy has loaded them already; DeepSpeed loads them itself, after this hook.)
+        where = f"checkpoint {self._trainer.ckpt_path}" if self._trainer is not None else "checkpoint"
+        recorded = checkpoint.get(RECORD_KEY) or {}
+        if recorded:
+            check_frozen_parts(recorded, self.frozen_record(), where)
+        if "state_dict" in checkpoint:  # absent from DeepSpeed's (its engine holds the weights)
+            check_state_keys(self.model.state_dict().keys(), [k.removeprefix("model.") for k in checkpoint["state_dict"]],
+                             recorded, where)
         # Applied at the first training batch, not now: restoring the loop and the loader still draws
         # from the generators (the loader's base seed), which an uninterrupted run did before the save.
         self._rng_to_restore = checkpoint.get("rng_states", [])
         self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
         self.epoch_steps = checkpoint.get("epoch_steps")
+
+    @property
+    def strict_loading(self) -> bool:
+        # Lightning checks the weights it loads, except where this model's checkpoints leave frozen parts out
+        # (osum_core.checkpoints.frozen_parts: rebuilt from their source before a checkpoint is loaded); then
+        # on_load_checkpoint checks the rest.
+        return not (isinstance(self.model, SpeechLLM) and frozen_keys(self.model, part_sources(self.model)))
+
+    def setup(self, stage: str) -> None:
+        # fsdp2 shards the model next (configure_model); the fingerprints need whole tensors: taken now.
+        if stage == "fit" and getattr(self, "_device_mesh", None) is not None:
+            self.frozen_record()
+
+    def frozen_record(self) -> dict[str, dict[str, Any]]:
+        """The frozen parts this model's checkpoints leave out, with their fingerprints (taken once: frozen
+        weights do not change)."""
+        if self._frozen is None:
+            self._frozen = frozen_record(self.model) if isinstance(self.model, SpeechLLM) else {}
+        return self._frozen
+
+    def leaves_out_frozen(self) -> bool:
+        """Whether this run's checkpoints leave the frozen parts out: always, except under DeepSpeed, whose
+        engine saves every parameter unless told otherwise (DeepSpeedStrategy(exclude_frozen_parameters=True))."""
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return not isinstance(strategy, DeepSpeedStrategy) or strategy.exclude_frozen_parameters
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         saved, self._rng_to_restore = self._rng_to_restore, None
