@@ -108,24 +108,25 @@ def test_an_oversized_example_gets_a_batch_of_its_own():
 
 
 def test_dataset_items_carry_weights_and_the_chosen_ctc_target(tiny_corpus):
-    from osum_core.data.dataset import PlanItem, SpeechDataset
+    from osum_core.data.dataset import PlanItem, SpeechDataset, TaskPrompts
 
     tasks = {t.name: t.with_weights(label_loss_weight=2.0) if t.name == "ved" else t
              for t in load_tasks().select(["asr", "ved"])}
     examples, _ = prepare_examples(read_manifest(tiny_corpus / "train.jsonl"), list(tasks.values()), WordTokenizer())
     ved_index = next(i for i, e in enumerate(examples) if e.task == "ved")
     example = examples[ved_index]
-    common = dict(n_mels=80, prompt_language="en", train=True, seed=1, spec_augment=None)
-    item = SpeechDataset(tasks, WordTokenizer(), ctc_target="transcript", **common)[PlanItem(example, 0, "0")]
+    prompts = TaskPrompts.of_tasks(tasks, WordTokenizer(), "en")
+    common = dict(n_mels=80, train=True, seed=1, spec_augment=None)
+    item = SpeechDataset(tasks, prompts, 1, ctc_target="transcript", **common)[PlanItem(example, 0, "0")]
     n = len(example.transcript_ids)
     assert item["target_ids"].tolist() == [*example.transcript_ids, *example.suffix_ids, 1]
     assert item["target_weights"].tolist() == [1.0] * n + [2.0] * (len(example.suffix_ids) + 1)
     assert item["ctc_ids"].tolist() == list(example.transcript_ids)
     assert item["features"].shape == (example.frames, 80)
-    with_tags = SpeechDataset(tasks, WordTokenizer(), ctc_target="target", **common)[PlanItem(example, 0, "0")]
+    with_tags = SpeechDataset(tasks, prompts, 1, ctc_target="target", **common)[PlanItem(example, 0, "0")]
     assert with_tags["ctc_ids"].tolist() == [*example.transcript_ids, *example.suffix_ids]
     with pytest.raises(ValueError, match="loss.ctc_target"):
-        SpeechDataset(tasks, WordTokenizer(), ctc_target="labels", **common)
+        SpeechDataset(tasks, prompts, 1, ctc_target="labels", **common)
 
 
 def test_buckets_group_by_duration_each_with_its_own_batch_size():

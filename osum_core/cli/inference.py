@@ -5,21 +5,22 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from osum_core.checkpoints.directory import load_checkpoint
+from osum_core.checkpoints.directory import LoadedCheckpoint, load_checkpoint
 from osum_core.config import ConfigError, configured_tasks
+from osum_core.data.bad_items import SkipLog
+from osum_core.data.dataset import TaskPrompts
 from osum_core.data.manifest import read_manifest
-from osum_core.data.sources import split_records
 from osum_core.demo.prepare import resolve_demo_data
 from osum_core.inference.evaluate import evaluate
-from osum_core.inference.predict import DecodeStats, Request, predict
-from osum_core.inference.report import write_report
+from osum_core.inference.predict import DecodeStats, Request, decoding_buckets, predict
+from osum_core.inference.report import metrics_json, write_report
 from osum_core.model.speech_llm import GenerationSettings
 from osum_core.plugins import TaskRegistry
 from osum_core.task.normalize import transcript_normalizer
+from osum_core.train.datamodule import SpeechDataModule
 
 
 def pick_device(name: str) -> str:
@@ -35,19 +36,26 @@ def stats_line(stats: DecodeStats, batch_size: int) -> str:
     )
 
 
-def prediction_requests(args, cfg: dict[str, Any], registry: TaskRegistry) -> list[Request]:
+def prediction_requests(args, loaded: LoadedCheckpoint, registry: TaskRegistry) -> list[Request]:
+    cfg = loaded.config
     task = None
     if args.task:
         task = configured_tasks(registry, [args.task], cfg["tasks"])[args.task]
     elif not args.prompt:
-        raise ConfigError("give --task NAME (its prompt and parser), --prompt TEXT (free-form), or both")
-    prompt = args.prompt or task.prompt_bank(cfg["data"]["prompt_language"])[0]
-    sources = [(Path(f).stem, f) for f in args.files]
+        trained = f"; this checkpoint's tasks: {', '.join(loaded.tasks)}" if loaded.tasks else ""
+        raise ConfigError(f"give --task NAME (its prompt and parser{trained}), --prompt TEXT (free-form), or both")
+    if args.prompt:
+        prompt = args.prompt
+    else:
+        prompts = TaskPrompts.of_tasks({task.name: task}, loaded.tokenizer, cfg["data"]["prompt_language"])
+        prompt = prompts.evaluation_text(task.name)
+    requests = [Request(Path(f).stem, f, task, prompt) for f in args.files]
     if args.manifest:
-        sources += [(str(line["key"]), str(line["wav"])) for line in read_manifest(args.manifest)]
-    if not sources:
+        requests += [Request(str(line["key"]), str(line["wav"]), task, prompt, source=line["_source"])
+                     for line in read_manifest(args.manifest)]
+    if not requests:
         raise ConfigError("no input: give audio files or --manifest FILE")
-    return [Request(key, file, task, prompt) for key, file in sources]
+    return requests
 
 
 def eval_settings(args, cfg) -> tuple[str, int]:
@@ -60,16 +68,18 @@ def eval_settings(args, cfg) -> tuple[str, int]:
 def cmd_predict(args, registry: TaskRegistry) -> int:
     loaded = load_checkpoint(args.ckpt, [f"eval.generation.{item}" for item in args.set])
     cfg = loaded.config
+    data = cfg["data"]
     device, batch_size = eval_settings(args, cfg)
     loaded.model.to(device)
-    requests = prediction_requests(args, cfg, registry)
+    requests = prediction_requests(args, loaded, registry)
     settings = GenerationSettings(**cfg["eval"]["generation"])
     stats = DecodeStats()
     output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         answers = predict(
-            loaded.model, loaded.tokenizer, requests, settings, n_mels=cfg["data"]["n_mels"],
-            batch_size=batch_size, device=device, stats=stats, progress=args.output is not None,
+            loaded.model, loaded.tokenizer, requests, settings, n_mels=data["n_mels"], batch_size=batch_size,
+            device=device, stats=stats, progress=args.output is not None, workers=data["num_workers"],
+            too_long=data["too_long"], frames_per_token=data["frames_per_token"],
         )
         for answer in answers:
             output.write(json.dumps(answer.as_json(), ensure_ascii=False) + "\n")
@@ -95,11 +105,19 @@ def cmd_test(args, registry: TaskRegistry) -> int:
         resolve_demo_data(cfg, tasks, registry.recipes, lambda m: print(m, file=sys.stderr))
     manifests = data["test"] if isinstance(data["test"], list) else [data["test"]]
     settings = GenerationSettings(**cfg["eval"]["generation"])
+    # The test loader of `osum fit`, its batches `batch_size` utterances each. Bad items are handed back
+    # rather than raised inside a dataloader worker, where the message would be lost in a traceback; the
+    # evaluation stops at the first (osum test is strict), so none is ever skipped.
+    skips = SkipLog()
+    decoding = {**cfg, "data": {**data, "on_error": "skip", "buckets": decoding_buckets(batch_size)}}
+    datamodule = SpeechDataModule.for_model(decoding, tasks, loaded.tokenizer, loaded.model,
+                                            known_tasks=list(registry.tasks.values()), skips=skips)
+    loader = datamodule.loader("test")
     with transcript_normalizer(cfg["eval"]["normalizer"]):
         evaluation = evaluate(
-            loaded.model, loaded.tokenizer, tasks, list(split_records(manifests, "data.test")), settings,
-            prompt_language=data["prompt_language"], n_mels=data["n_mels"], batch_size=batch_size, device=device,
-            progress=True,
+            loaded.model, loaded.tokenizer, tasks, loader, settings,
+            prompts={name: datamodule.prompts.evaluation_text(name) for name in tasks}, skips=skips,
+            unselected=datamodule.unselected["test"], device=device, progress=True,
         )
     if not evaluation.metrics:
         raise ConfigError(f"no line of {manifests} belongs to the tasks {names}")
@@ -115,8 +133,8 @@ def cmd_test(args, registry: TaskRegistry) -> int:
         "device": device,
     }
     out = Path(args.out)
-    write_report(out, evaluation, report_settings)
+    write_report(out, evaluation, report_settings, skipped=skips.summary())
     print(stats_line(evaluation.stats, batch_size), file=sys.stderr)
     print(f"test metrics ({out}/metrics.json, report {out}/report.md):")
-    print(json.dumps(evaluation.metrics, indent=2))
+    print(json.dumps(metrics_json(evaluation, skips.summary()), indent=2))
     return 0

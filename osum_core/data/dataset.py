@@ -1,5 +1,5 @@
 """From manifest lines and shard entries to model-ready examples: task assignment, targets and token ids,
-features.
+prompts, features.
 
 A *record* is one utterance's label fields as a manifest line holds them (``key``, ``wav``, ``txt``,
 ``task``, ``duration``, ...), plus ``_source`` (``file:line`` or ``shard: key``) and, for an utterance
@@ -14,7 +14,7 @@ import os
 import random
 from array import array
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,14 +42,28 @@ class PreparedExample:
 
     key: str
     wav: str
-    task: str
-    target: Target
+    task: str  # the name its prompts have in the dataset's `TaskPrompts` (the task's; `osum predict`'s own prompt's)
+    target: Target | None  # None: an utterance to answer (`prediction_example`), not to learn from
     transcript_ids: tuple[int, ...]  # the words alone (the CTC head's target)
     body_ids: tuple[int, ...]  # what the LLM writes before the suffix (the transcript, or e.g. timestamped words)
     suffix_ids: tuple[int, ...]
     frames: int
     source: str
     member: tuple[int, int] | None = None  # (offset, size) of the audio inside the tar `wav`, for shards
+
+    def target_ids(self, end_of_text: int) -> tuple[int, ...]:
+        """What the LLM learns to write: the body, the suffix, then end-of-text."""
+        return self.body_ids + self.suffix_ids + (end_of_text,)
+
+    @property
+    def target_length(self) -> int:
+        """The length of `target_ids`, counted without building them (planning counts every example's)."""
+        return len(self.body_ids) + len(self.suffix_ids) + 1
+
+    @property
+    def audio(self) -> str:
+        """Where its audio is, in messages and reports: the file, or the shard and key."""
+        return self.wav if self.member is None else f"{self.wav}: key {self.key}"
 
 
 @dataclass(frozen=True)
@@ -134,23 +148,29 @@ def assign_task(record: Mapping[str, Any], tasks: Sequence[Task]) -> Task | None
     return next((t for t in tasks if t.selects(record)), None)
 
 
-def prepare_example(record: Mapping[str, Any], task: Task, tokenizer: Any, max_frames: int | None = None,
-                    too_long: str = "skip") -> PreparedExample:
-    """`task`'s target and its token ids for one record, and its length in frames (`record_frames`). An
-    utterance longer than `max_frames` (the model's maximum input) is an error with ``too_long: skip``,
-    and is cut to it with ``crop``."""
-    source = example_source(record)
-    key = str(record["key"])
-    target = task_target(record, task)
-    if not (target.body or target.transcript).strip() and not target.suffix.strip():
-        raise ExampleError(f"{source}: key {key}: the transcript is empty and task {task.name} adds no label: "
-                           "nothing to learn", "empty_transcript", key=key)
+def checked_frames(record: Mapping[str, Any], source: str, key: str, max_frames: int | None,
+                   too_long: str) -> int:
+    """The record's length in frames (`record_frames`), held to `max_frames` (the model's longest input): a
+    longer utterance is an error with ``too_long: skip``, and is cut to it with ``crop``."""
     frames = record_frames(record, source, key)
     if max_frames is not None and frames > max_frames:
         if too_long != "crop":
             raise ExampleError(f"{source}: key {key}: the audio is {frames / 100:.1f} s, longer than the model's "
                                f"{max_frames / 100:.1f} s (data.too_long=crop cuts it instead)", "too_long", key=key)
         frames = max_frames
+    return frames
+
+
+def prepare_example(record: Mapping[str, Any], task: Task, tokenizer: Any, max_frames: int | None = None,
+                    too_long: str = "skip") -> PreparedExample:
+    """`task`'s target and its token ids for one record, and its length in frames (`checked_frames`)."""
+    source = example_source(record)
+    key = str(record["key"])
+    target = task_target(record, task)
+    if not (target.body or target.transcript).strip() and not target.suffix.strip():
+        raise ExampleError(f"{source}: key {key}: the transcript is empty and task {task.name} adds no label: "
+                           "nothing to learn", "empty_transcript", key=key)
+    frames = checked_frames(record, source, key, max_frames, too_long)
     member = record.get("_member")
     return PreparedExample(
         key=key,
@@ -164,6 +184,63 @@ def prepare_example(record: Mapping[str, Any], task: Task, tokenizer: Any, max_f
         source=source,
         member=tuple(member) if member is not None else None,  # type: ignore[arg-type]
     )
+
+
+def prediction_example(record: Mapping[str, Any], prompt: str, max_frames: int | None = None,
+                       too_long: str = "skip") -> PreparedExample:
+    """An utterance to answer rather than learn from (``osum predict``): its length, checked as
+    `prepare_example` checks it, and no target. `prompt` is the name of its prompt in the dataset's
+    `TaskPrompts`."""
+    source = example_source(record)
+    key = str(record["key"])
+    member = record.get("_member")
+    return PreparedExample(
+        key=key, wav=str(record["wav"]), task=prompt, target=None, transcript_ids=(), body_ids=(), suffix_ids=(),
+        frames=checked_frames(record, source, key, max_frames, too_long), source=source,
+        member=tuple(member) if member is not None else None,  # type: ignore[arg-type]
+    )
+
+
+class TaskPrompts:
+    """Prompt banks as text and as token ids (the tokenizer's, without special tokens), by name (a task's,
+    or ``osum predict``'s own prompt's): training draws one at random, evaluation uses the first, and the
+    token budget counts the longest. Prompts are tokenised here and nowhere else."""
+
+    def __init__(self, banks: Mapping[str, Sequence[str]], tokenizer: Any) -> None:
+        self.texts = {name: tuple(bank) for name, bank in banks.items()}
+        self.ids = {name: tuple(tuple(tokenizer.encode(text, add_special_tokens=False)) for text in bank)
+                    for name, bank in self.texts.items()}
+
+    @classmethod
+    def of_tasks(cls, tasks: Mapping[str, Task], tokenizer: Any, language: str) -> TaskPrompts:
+        """Each task's bank in `language` (``data.prompt_language``)."""
+        return cls({name: task.prompt_bank(language) for name, task in tasks.items()}, tokenizer)
+
+    def evaluation_text(self, name: str) -> str:
+        return self.texts[name][0]
+
+    def longest(self, name: str) -> int:
+        return max(len(ids) for ids in self.ids[name])
+
+    def pick(self, name: str, rng: random.Random | None) -> tuple[int, ...]:
+        """A prompt drawn with `rng` (training), or without one the first (evaluation)."""
+        bank = self.ids[name]
+        return bank[rng.randrange(len(bank))] if rng is not None else bank[0]
+
+
+@dataclass(frozen=True)
+class ExampleLength:
+    """The LLM sequence length of an example with its longest prompt (the token budget's unit), as the
+    model lays it out: `sequence_length(frames, prompt_tokens, target_tokens, frames_per_step)`
+    (`SpeechLLM.sequence_length`), with ``data.frames_per_token``."""
+
+    prompts: TaskPrompts
+    sequence_length: Callable[..., int]
+    frames_per_token: int | None = None
+
+    def __call__(self, example: PreparedExample) -> int:
+        return self.sequence_length(example.frames, self.prompts.longest(example.task), example.target_length,
+                                    self.frames_per_token)
 
 
 # About 360 bytes a text of 76 characters and 15 ids, the text included (tracemalloc): 370 MB when full.
@@ -247,23 +324,23 @@ def load_example_audio(example: PreparedExample) -> torch.Tensor:
     if example.member is None:
         return load_audio(example.wav)
     offset, size = example.member
-    return load_audio(io.BytesIO(read_wav_member(example.wav, offset, size)), name=f"{example.wav}: key {example.key}")
+    return load_audio(io.BytesIO(read_wav_member(example.wav, offset, size)), name=example.audio)
 
 
 class SpeechDataset(Dataset):
     """Turns the items of an epoch's plan (`PlanItem`) into tensors: loads audio, computes features, picks
-    a prompt.
+    a prompt, and for an example with a target its ids and weights.
 
     Training draws one prompt per example and epoch at random (seeded by seed, epoch and index, so a run
-    is reproducible) and applies SpecAugment; evaluation always uses each task's first prompt."""
+    is reproducible) and applies SpecAugment; evaluation always uses the first prompt of the bank."""
 
     def __init__(
         self,
         tasks: Mapping[str, Task],
-        tokenizer: Any,
+        prompts: TaskPrompts,
+        end_of_text: int,
         *,
         n_mels: int,
-        prompt_language: str,
         train: bool,
         spec_augment: SpecAugment | None,
         seed: int,
@@ -271,13 +348,16 @@ class SpeechDataset(Dataset):
         max_frames: int | None = None,
         on_error: str = "raise",
     ) -> None:
-        """`max_frames`: features are cut to this many frames (``data.too_long: crop``). `on_error`: with
-        ``skip``, an item that fails to load comes back as ``{"skipped": BadItem.to_json()}``, which
-        `collate_examples` sets aside, instead of raising inside the dataloader worker."""
+        """`tasks` give the loss weights of targets, `prompts` each example's prompts (by `PreparedExample.task`),
+        `end_of_text` the token every target ends with. `max_frames`: features are cut to this many frames
+        (``data.too_long: crop``). `on_error`: with ``skip``, an item that fails to load comes back as
+        ``{"skipped": BadItem.to_json()}``, which `collate_examples` sets aside, instead of raising inside
+        the dataloader worker."""
         self.tasks = dict(tasks)
+        self.prompts = prompts
         self.max_frames = max_frames
         self.on_error = on_error
-        self.eos_id = tokenizer.eos_token_id
+        self.eos_id = end_of_text
         self.log_mel = LogMel(n_mels)
         self.train = train
         self.spec_augment = spec_augment if train else None
@@ -285,13 +365,6 @@ class SpeechDataset(Dataset):
         if ctc_target not in ("transcript", "target"):
             raise ValueError(f"loss.ctc_target must be transcript or target, got {ctc_target!r}")
         self.ctc_includes_suffix = ctc_target == "target"
-        self.prompt_ids = {
-            name: [tuple(tokenizer.encode(p, add_special_tokens=False)) for p in task.prompt_bank(prompt_language)]
-            for name, task in self.tasks.items()
-        }
-
-    def max_prompt_tokens(self, task: str) -> int:
-        return max(len(p) for p in self.prompt_ids[task])
 
     def __getitem__(self, item: PlanItem) -> dict[str, Any]:
         """Features, prompt and target tensors of one item of an epoch's plan (or why it was skipped)."""
@@ -318,22 +391,30 @@ class SpeechDataset(Dataset):
         if self.spec_augment is not None:
             generator = torch.Generator().manual_seed(rng.randrange(2**31))
             features = self.spec_augment(features, generator)
-        prompts = self.prompt_ids[example.task]
-        prompt = prompts[rng.randrange(len(prompts))] if self.train else prompts[0]
-        task = self.tasks[example.task]
-        target_ids = example.body_ids + example.suffix_ids + (self.eos_id,)
-        suffix_weight = task.loss_weight * task.label_loss_weight
-        weights = [task.loss_weight] * len(example.body_ids) + [suffix_weight] * len(example.suffix_ids)
-        weights.append(suffix_weight if example.suffix_ids else task.loss_weight)  # end-of-text follows the label
-        return {
+        prompt = self.prompts.pick(example.task, rng if self.train else None)
+        row = {
             "step_tokens": item.step_tokens,
             "step_items": item.step_items,
             "key": example.key,
             "task": example.task,
             "target": example.target,
+            "source": example.source,
+            "file": example.audio,
+            "seconds": len(wave) / SAMPLE_RATE,
             "features": features,
             "prompt_ids": torch.tensor(prompt, dtype=torch.long),
-            "target_ids": torch.tensor(target_ids, dtype=torch.long),
+        }
+        if example.target is not None:
+            row.update(self.target_tensors(example))
+        return row
+
+    def target_tensors(self, example: PreparedExample) -> dict[str, torch.Tensor]:
+        task = self.tasks[example.task]
+        suffix_weight = task.loss_weight * task.label_loss_weight
+        weights = [task.loss_weight] * len(example.body_ids) + [suffix_weight] * len(example.suffix_ids)
+        weights.append(suffix_weight if example.suffix_ids else task.loss_weight)  # end-of-text follows the label
+        return {
+            "target_ids": torch.tensor(example.target_ids(self.eos_id), dtype=torch.long),
             "target_weights": torch.tensor(weights, dtype=torch.float32),
             "ctc_ids": torch.tensor(
                 example.transcript_ids + (example.suffix_ids if self.ctc_includes_suffix else ()), dtype=torch.long

@@ -95,10 +95,6 @@ class EpochCounter:
         self.epoch = epoch
 
 
-def target_tokens(item: PlanItem) -> int:
-    return len(item.example.body_ids) + len(item.example.suffix_ids) + 1  # + end-of-text
-
-
 def agreed_count(counts: Sequence[tuple[int, int]]) -> int:
     """The batch count every rank yields, from each rank's (batches, items): the largest rank's count,
     unless some rank has fewer items than that, then the smallest item count."""
@@ -261,7 +257,7 @@ class PlanBatchSampler(Sampler[list[PlanItem]]):
         _, done = self.resumed_here()
         produced = 0
         while group := list(islice(batches, self.layout.accumulate)):
-            tokens = sum(target_tokens(item) for batch in group for item in batch)
+            tokens = sum(item.example.target_length for batch in group for item in batch)
             items = sum(len(batch) for batch in group)
             for batch in group:
                 produced += 1

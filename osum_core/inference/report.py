@@ -1,6 +1,6 @@
 """Writing an evaluation report (``osum test --out DIR``):
 
-    DIR/metrics.json        each task's metrics (the schema of ``osum fit``'s metrics.json)
+    DIR/metrics.json        each task's metrics and the bad items skipped (the schema of ``osum fit``'s)
     DIR/report.json         the metrics plus what makes them reproducible (checkpoint hash, prompts,
                             normaliser, decoding settings, manifests) and the real-time factor
     DIR/report.md           the same for people: a table per task, WER by task, the worst examples
@@ -86,11 +86,19 @@ def markdown_report(evaluation: Evaluation, settings: Mapping[str, Any], figures
     return "\n".join(lines) + "\n"
 
 
+def metrics_json(evaluation: Evaluation, skipped: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """What metrics.json holds: each task's metrics, and under ``"skipped"`` the bad items passed over by
+    reason (``{}`` for none, and always for ``osum test``, which stops at the first)."""
+    return {**evaluation.metrics, "skipped": dict(sorted((skipped or {}).items()))}
+
+
 def write_report(
-    out: Path, evaluation: Evaluation, settings: Mapping[str, Any], predictions: str = "predictions.jsonl"
+    out: Path, evaluation: Evaluation, settings: Mapping[str, Any], predictions: str = "predictions.jsonl",
+    skipped: Mapping[str, int] | None = None,
 ) -> list[Path]:
     """Write the report files into `out` (``osum test``'s report directory, or a run directory after the
-    test, where the predictions file is ``test_predictions.jsonl``); returns their paths."""
+    test, where the predictions file is ``test_predictions.jsonl``); returns their paths. `skipped`: the
+    bad items passed over, by reason (`metrics_json`)."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
@@ -98,7 +106,7 @@ def write_report(
         (out / name).write_text(text, encoding="utf-8")
         written.append(out / name)
 
-    write("metrics.json", json.dumps(evaluation.metrics, indent=2) + "\n")
+    write("metrics.json", json.dumps(metrics_json(evaluation, skipped), indent=2) + "\n")
     write("confusion.json", json.dumps(evaluation.confusions, indent=1, ensure_ascii=False) + "\n")
     write(predictions, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in evaluation.rows))
     figures = []

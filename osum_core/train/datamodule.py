@@ -10,7 +10,14 @@ import lightning as L
 
 from osum_core.data.bad_items import BadItem, SkipLog, check_on_error, error_handler
 from osum_core.data.batching import check_buckets
-from osum_core.data.dataset import ExamplePreparer, PreparedExample, SpeechDataset, check_new_key
+from osum_core.data.dataset import (
+    ExampleLength,
+    ExamplePreparer,
+    PreparedExample,
+    SpeechDataset,
+    TaskPrompts,
+    check_new_key,
+)
 from osum_core.data.epoch_plan import EpochPlan, Piece, PlanSource
 from osum_core.data.features import SpecAugment
 from osum_core.data.length_index import repeated_keys
@@ -61,15 +68,17 @@ class SpeechDataModule(L.LightningDataModule):
         self.train_loader: PlanLoader | None = None  # this epoch's (rebuilt each epoch)
         self.resumed: EpochPosition | None = None  # where a checkpoint's epoch stood, until that epoch is over
         self.unselected: dict[str, int] = {}  # manifest lines no selected task takes, per split
-        self.prompt_tokens = {
-            name: max(len(tokenizer.encode(p, add_special_tokens=False)) for p in task.prompt_bank(cfg["prompt_language"]))
-            for name, task in self.tasks.items()
-        }
+        self.prompts = TaskPrompts.of_tasks(self.tasks, tokenizer, cfg["prompt_language"])
+        self.example_length = ExampleLength(self.prompts, sequence_length, cfg["frames_per_token"])
 
-    def example_length(self, example: PreparedExample) -> int:
-        """The LLM sequence length of an example with its task's longest prompt (the token budget's unit)."""
-        targets = len(example.body_ids) + len(example.suffix_ids) + 1
-        return self.sequence_length(example.frames, self.prompt_tokens[example.task], targets, self.cfg["frames_per_token"])
+    @classmethod
+    def for_model(cls, cfg: Mapping[str, Any], tasks: Mapping[str, Task], tokenizer: Any, model: Any,
+                  known_tasks: Sequence[Task] = (), skips: SkipLog | None = None) -> SpeechDataModule:
+        """The data module of a run's resolved config `cfg` (its ``data`` section, seed and CTC target) for
+        `model` (a `SpeechLLM`: how it lays out a sequence, its encoder's longest input): what ``osum fit``
+        trains and tests on, and ``osum test`` decodes."""
+        return cls(cfg["data"], tasks, tokenizer, cfg["seed"], cfg["loss"]["ctc_target"], model.sequence_length,
+                   known_tasks, model.encoder.max_input_frames, skips)
 
     def manifest_examples(self, path: Any, keys: set[str]) -> tuple[list[PreparedExample], int]:
         """The prepared examples of one manifest, every line checked now (a bad one is skipped or raises
@@ -131,9 +140,9 @@ class SpeechDataModule(L.LightningDataModule):
         augment = self.cfg["spec_augment"]
         return SpeechDataset(
             self.tasks,
-            self.tokenizer,
+            self.prompts,
+            self.tokenizer.eos_token_id,
             n_mels=self.cfg["n_mels"],
-            prompt_language=self.cfg["prompt_language"],
             train=split == "train",
             spec_augment=SpecAugment(**{k: v for k, v in augment.items() if k != "enabled"}) if augment["enabled"] else None,
             seed=self.seed,
