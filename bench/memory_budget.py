@@ -154,7 +154,7 @@ def checkpoint_sizes(model, model_cfg: dict) -> dict[str, float]:
     """last.ckpt before and now, and DeepSpeed's ZeRO-2 folder (bf16) without and with exclude_frozen_parameters,
     in GiB (module docstring)."""
     # The presets' paths; the encoder does not record its source, so a frozen encoder stays in checkpoints.
-    sources = {"encoder": None, "llm": model_cfg["llm"]["path"]}
+    sources = {"encoder": model_cfg["encoder"]["path"], "llm": model_cfg["llm"]["path"]}
     left_out = {key for keys in frozen_keys(model, sources).values() for key in keys}
     params = dict(model.named_parameters())  # tied tensors once, as torch.save stores them
     names = {name for name, _ in model.named_parameters(remove_duplicate=False)}

@@ -309,7 +309,7 @@ def bench_loader(train_short: dict, args) -> dict:
     from torch.utils.data import DataLoader
 
     from osum_core.data.collate import collate_examples
-    from osum_core.data.dataset import PlanItem, SpeechDataset, prepare_examples
+    from osum_core.data.dataset import PlanItem, SpeechDataset, TaskPrompts, prepare_examples
     from osum_core.data.manifest import read_manifest
     from osum_core.demo.tokenizer import train_demo_tokenizer
     from osum_core.plugins import load_tasks
@@ -327,8 +327,8 @@ def bench_loader(train_short: dict, args) -> dict:
         (root / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
         tokenizer = train_demo_tokenizer(["one two three four"], [], 60)
         examples, _ = prepare_examples(read_manifest(root / "train.jsonl"), [asr], tokenizer)
-        dataset = SpeechDataset({"asr": asr}, tokenizer, n_mels=80, prompt_language="en", train=True,
-                                spec_augment=None, seed=0, ctc_target="transcript")
+        dataset = SpeechDataset({"asr": asr}, TaskPrompts.of_tasks({"asr": asr}, tokenizer, "en"), tokenizer.eos_token_id,
+                                n_mels=80, train=True, spec_augment=None, seed=0, ctc_target="transcript")
         items = [PlanItem(example, 0, str(i)) for i, example in enumerate(examples)]
         size = LENGTHS["short"]["count"]
         batches = [items[i : i + size] for i in range(0, len(items), size)]

@@ -12,13 +12,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import LambdaCallback
 
 from osum_core.checkpoints.atomic import atomic_write_text
 from osum_core.checkpoints.directory import init_from_checkpoint, load_tokenizer
 from osum_core.checkpoints.run_dir import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
-    METRICS,
     RUN_CONFIG,
     SKIPPED,
     TASKS_FILE,
@@ -74,13 +74,15 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
         cfg["data"][split] = absolute_paths(cfg["data"][split])
     if trainer.is_global_zero:  # the files every rank shares: written once
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            # config.yaml stays the run's original; other nodes' ranks may be reading the latest right now.
-            atomic_write_text(next_resume_config(run_dir), to_yaml(cfg))
-        else:
+        if not resume:
             atomic_write_text(run_dir / RUN_CONFIG, to_yaml(cfg))
             atomic_write_text(run_dir / TASKS_FILE, json.dumps(list(tasks)) + "\n")
             (run_dir / SKIPPED).write_text("")  # the run's list of bad items starts empty
+    if resume and trainer.is_global_zero:
+        # Written once the checkpoint is restored and checked (its frozen parts among them), so that a refused
+        # resume leaves the run as it was; config.yaml stays the run's original.
+        trainer.callbacks.append(LambdaCallback(
+            on_train_start=lambda *_: atomic_write_text(next_resume_config(run_dir), to_yaml(cfg))))
     skips = SkipLog(run_dir / SKIPPED, write=trainer.is_global_zero)
     ceiling = SkipCeiling(cfg["data"]["max_skipped_fraction"], cfg["data"]["min_items_before_skip_check"])
     trainer.callbacks.insert(0, SkippedItems(skips, ceiling))
@@ -104,13 +106,12 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     log(f"parameters: {total / 1e6:.2f}M, training {sum(trainable.values()) / 1e6:.2f}M {trainable}")
 
     data = cfg["data"]
-    datamodule = SpeechDataModule(data, tasks, tokenizer, cfg["seed"], cfg["loss"]["ctc_target"], model.sequence_length,
-                                  known_tasks=list(registry.tasks.values()),
-                                  max_input_frames=model.encoder.max_input_frames, skips=skips)
+    datamodule = SpeechDataModule.for_model(cfg, tasks, tokenizer, model, known_tasks=list(registry.tasks.values()),
+                                            skips=skips)
     if trainer.is_global_zero:
         unusable = f"; unusable so far: {skips.summary()} (listed in {run_dir / SKIPPED})" if skips.counts else ""
         log(f"training data (data.train): {datamodule.plan('train').summary()}{unusable}")
-    prompts = {name: task.prompt_bank(data["prompt_language"])[0] for name, task in tasks.items()}
+    prompts = {name: datamodule.prompts.evaluation_text(name) for name in tasks}
     module = SpeechLLMModule(
         model, tasks, tokenizer, cfg["optim"], ctc_weight=cfg["loss"]["ctc_weight"],
         generation=GenerationSettings(**cfg["eval"]["generation"]), total_steps=max(trainer.max_steps, 0),
@@ -130,9 +131,7 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
         "step": trainer.global_step,
     }
     if trainer.is_global_zero:
-        write_report(run_dir, evaluation, settings, predictions=TEST_PREDICTIONS)
-        metrics = json.loads((run_dir / METRICS).read_text())
-        (run_dir / METRICS).write_text(json.dumps({**metrics, "skipped": skips.summary()}, indent=2) + "\n")
+        write_report(run_dir, evaluation, settings, predictions=TEST_PREDICTIONS, skipped=skips.summary())
     log("learning curve (validation on data.val):\n" + curve_table(curve.rows))
     if skips.counts:
         log(f"bad items skipped: {skips.summary()} (each listed in {run_dir / SKIPPED})")

@@ -86,10 +86,12 @@ def checkpoint_paths(cfg: dict[str, Any]) -> Iterator[str]:
         elif not (init / CONFIG_FILE).is_file():
             yield f"init={cfg['init']}: not an osum checkpoint directory (no {CONFIG_FILE}; `osum export RUN` writes one)"
     if cfg["resume"]:
+        from osum_core.checkpoints.run_dir import is_checkpoint
+
         resume = Path(cfg["resume"])
-        if not resume.is_file() and not (resume / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file():
-            yield (f"resume={cfg['resume']}: neither a checkpoint file nor a run directory with "
-                   f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT}")
+        if not is_checkpoint(resume) and not is_checkpoint(resume / CHECKPOINT_DIR / LAST_CHECKPOINT):
+            yield (f"resume={cfg['resume']}: neither a checkpoint (a file, or DeepSpeed's folder) nor a run directory "
+                   f"with {CHECKPOINT_DIR}/{LAST_CHECKPOINT}")
 
 
 def model_paths(cfg: dict[str, Any]) -> Iterator[str]:

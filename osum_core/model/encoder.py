@@ -57,7 +57,7 @@ class SpeechEncoder(nn.Module):
             state, config = read_encoder_checkpoint(path, attention_heads)  # complete, or an error naming the key
             encoder = cls(config, conv_strides)
             encoder.whisper.load_state_dict(state)
-            return encoder.to(dtype)
+            return encoder.read_from(path).to(dtype)
         directory = Path(path)
         if not directory.is_dir():
             from huggingface_hub import snapshot_download
@@ -77,7 +77,14 @@ class SpeechEncoder(nn.Module):
         missing, unexpected = encoder.whisper.load_state_dict(state, strict=False)
         if missing:
             raise ValueError(f"{directory}: Whisper encoder weights missing from the checkpoint: {missing[:5]}")
-        return encoder.to(dtype)
+        return encoder.read_from(path).to(dtype)
+
+    def read_from(self, path: str) -> SpeechEncoder:
+        """Record where the weights came from, as transformers does for a model it loads (`name_or_path`): a
+        checkpoint then leaves these frozen weights out and a resume reads them from here again
+        (`osum_core.checkpoints.frozen_parts`)."""
+        self.whisper.name_or_path = self.whisper.config.name_or_path = str(path)
+        return self
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return conv_output_lengths(lengths, self.conv_strides)

@@ -33,6 +33,7 @@ from osum_core.checkpoints.frozen_parts import (
     frozen_record,
     part_sources,
 )
+from osum_core.inference.predict import generated_texts
 from osum_core.inference.scoring import Evaluation, Scorer
 from osum_core.model.speech_llm import GenerationSettings, SpeechLLM
 from osum_core.task import Task
@@ -251,6 +252,10 @@ class SpeechLLMModule(L.LightningModule):
         if training:
             tokens, items = self.step_totals(batch)
             factor = self.world_size * self.trainer.accumulate_grad_batches
+            if self.trainer.strategy.handles_gradient_accumulation:
+                # DeepSpeed's engine divides by the accumulation once more (Lightning has divided already:
+                # loops/optimization/automatic.py), so the gradient and its clipping match the formula.
+                factor *= self.trainer.accumulate_grad_batches
             ce_term = out["token_loss"].sum() * factor / tokens.clamp(min=1)
             ctc_term = ctc.sum() * factor / items.clamp(min=1) if ctc is not None else None
         else:
@@ -359,16 +364,14 @@ class SpeechLLMModule(L.LightningModule):
 
     # -- evaluation -------------------------------------------------------------------------------------
     def decode(self, batch: dict[str, Any]) -> list[str]:
-        if getattr(self, "_sharded", False):
-            # generate() reaches the model's own parameters outside its forward: gather them first.
-            self.model.unshard()  # type: ignore[operator]
-            try:
-                ids = self.model.generate(settings=self.generation, **batch)
-            finally:
-                self.model.reshard()  # type: ignore[operator]
-        else:
-            ids = self.model.generate(settings=self.generation, **batch)
-        return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        if not getattr(self, "_sharded", False):
+            return generated_texts(self.model, self.tokenizer, batch, self.generation)
+        # generate() reaches the model's own parameters outside its forward: gather them first.
+        self.model.unshard()  # type: ignore[operator]
+        try:
+            return generated_texts(self.model, self.tokenizer, batch, self.generation)
+        finally:
+            self.model.reshard()  # type: ignore[operator]
 
     def evaluate_batch(self, stage: str, batch: dict[str, Any]) -> None:
         if not batch["keys"]:
