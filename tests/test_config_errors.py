@@ -181,7 +181,7 @@ def test_an_init_directory_that_is_no_osum_export_is_named(tmp_path):
 
 def test_a_missing_resume_checkpoint_is_named(tmp_path):
     message = problems_of(f"resume={tmp_path}")
-    assert f"resume={tmp_path}: neither a checkpoint file nor a run directory with checkpoints/last.ckpt" in message
+    assert f"resume={tmp_path}: neither a checkpoint (a file, or DeepSpeed's folder) nor a run directory with checkpoints/last.ckpt" in message
 
 
 def test_given_checkpoint_paths_pass(tmp_path):
