@@ -124,3 +124,15 @@ def test_runs_and_exports_refuse_each_others_folders(run_dir, exported, tmp_path
     assert main(["export", "--ckpt", str(run), "--out", str(export)]) == 2
     assert "give --overwrite" in capsys.readouterr().err
     assert main(["export", "--ckpt", str(run), "--out", str(export), "--overwrite"]) == 0
+
+
+def test_the_original_command_plus_resume_is_not_refused(own_data_run, tiny_corpus, monkeypatch):
+    # A requeued job repeats its whole command: relative data paths and task names as first given.
+    from osum_core.cli.resume import resume_config
+
+    monkeypatch.chdir(tiny_corpus)
+    cfg, tasks = resume_config(str(own_data_run), "ved,asr", overrides=[
+        "data.train=train.jsonl", "data.val=dev.jsonl", "data.test=test.jsonl", *TINY])
+    assert tasks == ["asr", "ved"] and cfg["data"]["train"] == str(tiny_corpus / "train.jsonl")
+    with pytest.raises(ValueError, match=r"--tasks asr,ved -> .*langid"):
+        resume_config(str(own_data_run), "all")

@@ -31,6 +31,7 @@ from osum_core.checkpoints.run_dir import (
 from osum_core.cli.console import quiet_console
 from osum_core.cli.fit_checks import check_fit_config
 from osum_core.config import configured_tasks, to_yaml
+from osum_core.config.load import absolute_data_paths
 from osum_core.data.bad_items import SkipLog
 from osum_core.demo.prepare import resolve_demo_data
 from osum_core.inference.report import write_report
@@ -49,12 +50,6 @@ from osum_core.train.tokenizer import run_tokenizer
 from osum_core.train.trainer import build_trainer
 
 
-def absolute_paths(value: Any) -> Any:
-    if isinstance(value, list):
-        return [absolute_paths(item) for item in value]
-    return str(Path(value).absolute()) if isinstance(value, str) and value else value
-
-
 def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and test; returns the test metrics (also in the run's metrics.json, with the bad items
@@ -70,8 +65,7 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
                                    cfg["deepspeed"], extra_callbacks=[PreemptionCheckpoint(checkpoint), EpochEndResume()])
     claim_run_dir(run_dir, resume, cfg["overwrite"], trainer.global_rank)
     resolve_demo_data(cfg, tasks, registry.recipes, log)
-    for split in ("train", "val", "test"):  # the run's config means the same from any folder (a resume elsewhere)
-        cfg["data"][split] = absolute_paths(cfg["data"][split])
+    cfg = absolute_data_paths(cfg)  # the run's config means the same from any folder (a resume elsewhere)
     if trainer.is_global_zero:  # the files every rank shares: written once
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:

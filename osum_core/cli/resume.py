@@ -29,6 +29,8 @@ from osum_core.checkpoints.run_dir import (
     run_of_checkpoint,
 )
 from osum_core.config import load_config, preset_files
+from osum_core.config.load import absolute_data_paths
+from osum_core.plugins import load_tasks
 
 # Keys whose change would re-plan the epoch (seed, data, budgets, buckets, accumulation) or rebuild a
 # model the checkpoint does not fit; each entry covers the keys below it. `FREE_KEYS` are the exceptions.
@@ -96,11 +98,14 @@ def resume_config(resume: str, tasks: str | None, presets: Sequence[str] = (), s
     if out is not None and Path(out).resolve() != run.resolve():
         raise ResumeRefused(f"--resume {resume} continues the run in {run}; --out {out} names another folder "
                             "(leave --out out, or start a new run there with --init from an export)")
-    old = load_config("fit", [base])
-    cfg = load_config("fit", [base, *preset_files(presets, stages, strategies)],
-                      [*overrides, f"out={run}", f"resume={resume}", "overwrite=false"], user_files=files)
+    old = absolute_data_paths(load_config("fit", [base]))  # (a run of an older osum stored them as given)
+    # Compared as the run stored them: data paths absolute, `--tasks all` as the names it stands for (the
+    # whole original command plus --resume, as a requeued job repeats it, changes nothing).
+    cfg = absolute_data_paths(load_config("fit", [base, *preset_files(presets, stages, strategies)],
+                                          [*overrides, f"out={run}", f"resume={resume}", "overwrite=false"],
+                                          user_files=files))
     run_tasks = json.loads((run / TASKS_FILE).read_text()) if (run / TASKS_FILE).is_file() else []
-    names = tasks.split(",") if tasks else run_tasks
+    names = [task.name for task in load_tasks().select(tasks.split(","))] if tasks else run_tasks
     problems = changed_fixed_keys(old, cfg)
     if run_tasks and sorted(names) != sorted(run_tasks):
         problems.insert(0, f"--tasks {','.join(run_tasks)} -> {','.join(names)}")

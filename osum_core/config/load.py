@@ -299,6 +299,18 @@ def data_paths_from(file: Path, loaded: dict[str, Any]) -> dict[str, Any]:
     return {**loaded, "data": {k: anchored(v) if k in DATA_PATH_KEYS else v for k, v in data.items()}}
 
 
+def absolute_data_paths(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` with its ``data.train/val/test`` paths made absolute (relative ones taken from the current
+    folder): how a run stores them, so that its config means the same from any folder."""
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, list):
+            return [absolute(item) for item in value]
+        return str(Path(value).absolute()) if isinstance(value, str) and value else value
+
+    return {**cfg, "data": {k: absolute(v) if k in DATA_PATH_KEYS else v for k, v in cfg["data"].items()}}
+
+
 def load_config(name: str = "fit", files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
                 user_files: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Defaults, merged with each file in `files`, then each of `user_files` (a user's ``--config`` files,
