@@ -156,3 +156,16 @@ def test_a_resume_with_other_ranks_or_workers_trains_exactly_the_items_its_epoch
     expected.update(key for batches in plan.epoch(1, *after) for batch in batches for key in batch)
     assert Counter(key for keys in trained.values() for key in keys) == expected
     assert (killed / "config.resume-1.yaml").is_file()
+
+
+def test_a_run_stopped_mid_epoch_by_its_step_budget_continues_that_epoch_when_resumed(two_sources, tiny_corpus,
+                                                                                      tmp_path):
+    # Lightning counts the epoch as finished when max_steps stops it; the data position says where it was.
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    run(command(whole, two_sources["manifest"], tiny_corpus, *layout_args(1, 2)))
+    run(command(stopped, two_sources["manifest"], tiny_corpus, *layout_args(1, 2), "trainer.max_steps=10"))
+    run(command(stopped, two_sources["manifest"], tiny_corpus, *layout_args(1, 2), "--resume", str(stopped)))
+    assert step_keys(stopped) == step_keys(whole)
+    a, b = weights(whole), weights(stopped)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)

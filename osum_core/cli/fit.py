@@ -41,8 +41,8 @@ from osum_core.model.speech_llm import GenerationSettings
 from osum_core.plugins import TaskRegistry
 from osum_core.task.normalize import transcript_normalizer
 from osum_core.train.datamodule import SpeechDataModule
-from osum_core.train.epoch_end_resume import EpochEndResume
 from osum_core.train.learning_curve import curve_table
+from osum_core.train.loop_state import LoopStateResume
 from osum_core.train.module import SpeechLLMModule
 from osum_core.train.preemption import PreemptionCheckpoint
 from osum_core.train.skipped_items import SkipCeiling, SkippedItems
@@ -62,7 +62,7 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     checkpoint = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     # Lightning checks its own arguments here (trainer.max_step=5): still nothing written.
     trainer, curve = build_trainer(cfg["trainer"], run_dir, cfg["checkpoint"]["every_n_steps"], cfg["data"]["log_keys"],
-                                   cfg["deepspeed"], extra_callbacks=[PreemptionCheckpoint(checkpoint), EpochEndResume()])
+                                   cfg["deepspeed"], extra_callbacks=[PreemptionCheckpoint(checkpoint), LoopStateResume()])
     claim_run_dir(run_dir, resume, cfg["overwrite"], trainer.global_rank)
     resolve_demo_data(cfg, tasks, registry.recipes, log)
     cfg = absolute_data_paths(cfg)  # the run's config means the same from any folder (a resume elsewhere)

@@ -69,15 +69,17 @@ class EpochPosition:
 
     epoch: int
     segments: tuple[Segment, ...] = ()
+    finished: bool = False  # the loader ran out of the epoch's batches (Lightning may stop before it asks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "segments": [{**asdict(s.layout), "batches": s.batches} for s in self.segments]}
+        return {"epoch": self.epoch, "segments": [{**asdict(s.layout), "batches": s.batches} for s in self.segments],
+                "finished": self.finished}
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> EpochPosition:
         segments = tuple(Segment(Layout(s["world_size"], s["workers"], s["accumulate"]), int(s["batches"]))
                          for s in state["segments"])
-        return cls(int(state["epoch"]), segments)
+        return cls(int(state["epoch"]), segments, bool(state.get("finished", False)))
 
     @property
     def trained(self) -> int:
@@ -269,10 +271,10 @@ class PlanBatchSampler(Sampler[list[PlanItem]]):
         history, _ = self.resumed_here()
         return sum(s.batches for s in history) + self.layout_here()[0]
 
-    def position(self, yielded: int) -> EpochPosition:
+    def position(self, yielded: int, finished: bool = False) -> EpochPosition:
         """Where this epoch stands after the loader has yielded `yielded` of this sampler's batches."""
         history, done = self.resumed_here()
-        return EpochPosition(self.epoch, (*history, Segment(self.layout, done + yielded)))
+        return EpochPosition(self.epoch, (*history, Segment(self.layout, done + yielded)), finished)
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -298,16 +300,17 @@ class PlanLoader(DataLoader):
                          persistent_workers=persistent and workers > 0,
                          worker_init_fn=ignore_stop_signals if workers > 0 else None,
                          generator=torch.Generator().manual_seed(seed + sampler.epoch))
-        self.yielded = 0
+        self.yielded, self.finished = 0, False
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        self.yielded = 0
+        self.yielded, self.finished = 0, False
         for batch in super().__iter__():
             self.yielded += 1
             yield batch
+        self.finished = True
 
     def position(self) -> EpochPosition:
-        return self.batch_sampler.position(self.yielded)
+        return self.batch_sampler.position(self.yielded, self.finished)
 
 
 def plan_loader(dataset: Any, sampler: PlanBatchSampler, workers: int, persistent: bool, seed: int = 0) -> PlanLoader:
