@@ -170,13 +170,23 @@ class EpochPlan:
             random.Random(f"{self.seed}:{epoch}:{source.name}:pieces").shuffle(pieces)
         if streams == 1:
             return [(p, keep_all) for p in pieces]
-        if len(pieces) >= streams:
-            return [(p, keep_all) for p in pieces[stream::streams]]
 
         def keeper(offset: int) -> Keep:
             return lambda index: (index + offset) % streams == stream
 
-        return [(p, keeper(j)) for j, p in enumerate(pieces)]
+        # Shards, when there are enough, are dealt whole (each stream reads its own files); a manifest's examples
+        # are in memory already and are dealt item by item, so manifests of any sizes give streams of equal size.
+        whole = sum(p.examples is None for p in pieces) >= streams
+        dealt, shards, split = [], 0, 0
+        for piece in pieces:
+            if piece.examples is None and whole:
+                if shards % streams == stream:
+                    dealt.append((piece, keep_all))
+                shards += 1
+            else:
+                dealt.append((piece, keeper(split)))
+                split += 1
+        return dealt
 
     def shuffled(self, items: Iterator[PreparedExample], rng: random.Random) -> Iterator[PreparedExample]:
         """A shuffle buffer of ``shuffle_buffer`` items (OSUM's is 1500)."""

@@ -116,23 +116,32 @@ def agreed_length(batches: int, items: int) -> int:
     return min(int(counts[0]), -int(counts[1]))
 
 
-def splits(sizes: Sequence[int], length: int) -> set[int]:
-    """Which of a rank's planned batches (of `sizes` items) to split in two to yield `length` batches."""
-    splittable = [i for i, size in enumerate(sizes) if size > 1]
+def splits(sizes: Sequence[int], length: int) -> dict[int, int]:
+    """Into how many parts to cut which of a rank's planned batches (of `sizes` items) to yield `length`
+    batches: the last batches of two or more items in two, and again while more are needed (a rank with at
+    least `length` items always gets there)."""
+    parts: dict[int, int] = {}
     deficit = max(length - len(sizes), 0)
-    return set(splittable[len(splittable) - deficit :] if deficit else ())
+    while deficit:
+        splittable = [i for i, size in enumerate(sizes) if size > parts.get(i, 1)]
+        if not splittable:
+            break
+        for index in splittable[max(len(splittable) - deficit, 0) :]:
+            parts[index] = parts.get(index, 1) + 1
+            deficit -= 1
+    return parts
 
 
-def evened(batches: Iterator[list[PlanItem]], length: int, split: set[int]) -> Iterator[list[PlanItem]]:
-    """`length` batches: the planned ones, those in `split` cut in two."""
+def evened(batches: Iterator[list[PlanItem]], length: int, split: dict[int, int]) -> Iterator[list[PlanItem]]:
+    """`length` batches: the planned ones, those in `split` cut into that many parts."""
     produced = 0
     for index, batch in enumerate(batches):
-        parts = [batch[: len(batch) // 2], batch[len(batch) // 2 :]] if index in split else [batch]
-        for part in parts:
+        count = split.get(index, 1)
+        for part in range(count):
             if produced >= length:
                 return
             produced += 1
-            yield part
+            yield batch[part * len(batch) // count : (part + 1) * len(batch) // count]
 
 
 @dataclass
@@ -152,11 +161,11 @@ class EpochBatches:
         return islice(self.left_after(history), rank, None, layout.world_size)
 
     def even_layout(self, rank: int, layout: Layout, history: tuple[Segment, ...],
-                    agree: Callable[[int, int], int] | None) -> tuple[int, set[int]]:
+                    agree: Callable[[int, int], int] | None) -> tuple[int, dict[int, int]]:
         """(batches `rank` yields, which planned batches it splits). `agree` is the running job's
         collective (each rank counts only itself); without it every rank's counts are computed here."""
         if layout.world_size == 1:
-            return sum(1 for _ in self.planned(rank, layout, history)), set()
+            return sum(1 for _ in self.planned(rank, layout, history)), {}
         if agree is not None:
             sizes = [len(batch) for batch in self.planned(rank, layout, history)]
             length = agree(len(sizes), sum(sizes))
@@ -180,7 +189,7 @@ class EpochBatches:
 
     def rank_batches(self, rank: int, layout: Layout, history: tuple[Segment, ...],
                      agree: Callable[[int, int], int] | None = None,
-                     even: tuple[int, set[int]] | None = None) -> Iterator[list[PlanItem]]:
+                     even: tuple[int, dict[int, int]] | None = None) -> Iterator[list[PlanItem]]:
         length, split = even or self.even_layout(rank, layout, history, agree)
         return evened(self.planned(rank, layout, history), length, split)
 
@@ -203,7 +212,7 @@ class PlanBatchSampler(Sampler[list[PlanItem]]):
         self.sampler = EpochCounter(epoch)
         self.resumed = resumed
         self._epochs: dict[int, EpochBatches] = {}
-        self._lengths: dict[int, tuple[int, set[int]]] = {}
+        self._lengths: dict[int, tuple[int, dict[int, int]]] = {}
 
     @property
     def world_size(self) -> int:
@@ -231,14 +240,14 @@ class PlanBatchSampler(Sampler[list[PlanItem]]):
             self._epochs = {self.epoch: EpochBatches(self.plan, self.epoch)}
         return self._epochs[self.epoch]
 
-    def layout_here(self) -> tuple[int, set[int]]:
+    def layout_here(self) -> tuple[int, dict[int, int]]:
         """(batches this rank yields this epoch under its layout, which planned batches it splits)."""
         if self.epoch not in self._lengths:
             history, _ = self.resumed_here()
             if not self.plan.training:
                 # Evaluation has no collective per batch: each rank evaluates all of its items, however many.
                 count = sum(1 for _ in self.plan.batches(self.epoch, self.rank, self.world_size))
-                self._lengths[self.epoch] = (count, set())
+                self._lengths[self.epoch] = (count, {})
             else:
                 # The running layout agrees by a collective; a replayed one is computed here alike on every rank.
                 agree = agreed_length if not history else None
