@@ -88,7 +88,8 @@ def test_a_killed_run_resumes_exactly(kind, tiny_corpus, tmp_path):
     fit_loop = checkpoint["loops"]["fit_loop"]
     assert not fit_loop["epoch_loop.batch_progress"]["is_last_batch"]  # killed in the middle of the epoch
     position = checkpoint["SpeechDataModule"]["train_position"]  # the data position is saved
-    assert position == {"epoch": 0, "segments": [{"world_size": 1, "workers": 2, "accumulate": 1, "batches": 4}]}
+    assert position == {"epoch": 0, "segments": [{"world_size": 1, "workers": 2, "accumulate": 1, "batches": 4}],
+                        "finished": False}
     resumed = subprocess.run(fit_command(killed, train, tiny_corpus, "--resume", str(killed)), capture_output=True)
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
 
