@@ -54,6 +54,8 @@ def test_a_run_on_own_data_says_what_it_trains_on_what_will_not_happen_and_what_
     saved = load_config("fit", [out / "config.yaml"])["data"]
     assert saved["train"] == str(tiny_corpus / "train.jsonl") and saved["test"] == str(tiny_corpus / "test.jsonl")
     assert json.loads((out / "tasks.json").read_text()) == ["asr", "ved"]
+    report = (out / "report.md").read_text()  # the test's real-time factor is measured, as osum test's is
+    assert "| real-time factor | 0.0000" not in report and "s of audio)" in report
 
 
 def test_fit_without_tasks_or_resume_is_refused_in_one_line(capsys):

@@ -87,7 +87,8 @@ def assign_tasks(examples: Sequence[Mapping[str, Any]], tasks: Sequence[Task]) -
 
 
 def missing_audio(path: str, source: str, key: str | None) -> AudioError:
-    return AudioError(f"{source}: audio file {path} is missing", "audio_missing", key=key)
+    return AudioError(f"{source}: audio file {path} is missing (a relative `wav` is taken from the manifest's folder)",
+                      "audio_missing", key=key)
 
 
 def audio_frames(path: str, source: str, key: str | None = None) -> int:

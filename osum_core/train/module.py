@@ -33,7 +33,8 @@ from osum_core.checkpoints.frozen_parts import (
     frozen_record,
     part_sources,
 )
-from osum_core.inference.predict import generated_texts
+from osum_core.data.batching import FRAMES_PER_SECOND
+from osum_core.inference.predict import DecodeStats, generated_texts
 from osum_core.inference.scoring import Evaluation, Scorer
 from osum_core.model.speech_llm import GenerationSettings, SpeechLLM
 from osum_core.task import Task
@@ -112,6 +113,7 @@ class SpeechLLMModule(L.LightningModule):
         self.eval_prompts = dict(eval_prompts or {})  # task -> the prompt evaluation uses (for reports)
         self.eval_loss: dict[str, float] = {}
         self._loss_sums: dict[str, list[float]] = {}
+        self._decode_stats: dict[str, list[float]] = {}  # stage -> [decode seconds, audio seconds, utterances]
         self._started = time.monotonic()
         self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or gradient, this process
         self._nonfinite_in_a_row = 0
@@ -380,7 +382,13 @@ class SpeechLLMModule(L.LightningModule):
         sums = self._loss_sums.setdefault(stage, [0.0, 0])
         sums[0] += float(loss) * len(batch["keys"])
         sums[1] += len(batch["keys"])
+        began = time.perf_counter()
         texts = self.decode(batch)
+        # The report's real-time factor, as `osum test` measures it: decoding time per second of audio.
+        stats = self._decode_stats.setdefault(stage, [0.0, 0.0, 0])
+        stats[0] += time.perf_counter() - began
+        stats[1] += float(batch["feature_lengths"].sum()) / FRAMES_PER_SECOND
+        stats[2] += len(texts)
         answers = self._answers.setdefault(stage, [])
         answers.extend(zip(batch["tasks"], batch["keys"], texts, batch["targets"], strict=True))
 
@@ -401,7 +409,10 @@ class SpeechLLMModule(L.LightningModule):
         for answers in self.gathered(self._answers.pop(stage, [])):
             for task_name, key, text, target in answers:
                 scorer.add(task_name, key, text, target)
-        evaluation = scorer.evaluation(prompts=self.eval_prompts)
+        decoded = self.gathered(self._decode_stats.pop(stage, [0.0, 0.0, 0]))
+        stats = DecodeStats(audio_seconds=sum(d[1] for d in decoded), decode_seconds=sum(d[0] for d in decoded),
+                            utterances=sum(d[2] for d in decoded))
+        evaluation = scorer.evaluation(prompts=self.eval_prompts, stats=stats)
         sums = self.gathered(self._loss_sums.pop(stage, [0.0, 0]))
         loss_sum, count = sum(s[0] for s in sums), sum(s[1] for s in sums)
         if count:
