@@ -27,3 +27,16 @@ def test_manifests_of_very_different_sizes_give_two_ranks_equal_shares(tiny_corp
     shares = [epoch_items(plan, 0, rank, 2, 1) for rank in (0, 1)]
     assert abs(len(shares[0]) - len(shares[1])) <= 2  # was 45 against 3: one manifest per stream
     assert sorted(i.example.key for share in shares for i in share) == sorted(x["key"] for x in rows)
+
+
+def test_a_mixtures_sources_may_share_keys(tiny_corpus, tmp_path):
+    # OSUM's task sources label the same utterances, under the same keys, for different tasks.
+    lines = [json.loads(x) for x in (tiny_corpus / "train.jsonl").read_text().splitlines()]
+    asr = [{**x, "wav": str(tiny_corpus / x["wav"])} for x in lines if x["task"] == "<TRANSCRIBE>"]
+    ved = [{**x, "key": a["key"], "wav": str(tiny_corpus / x["wav"])}
+           for x, a in zip([x for x in lines if x["task"] != "<TRANSCRIBE>"], asr, strict=True)]
+    for name, rows in (("asr", asr), ("ved", ved)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    (tmp_path / "mix.yaml").write_text("asr: {path: asr.jsonl}\nved: {path: ved.jsonl}\n")
+    plan = plan_for(str(tmp_path / "mix.yaml"))
+    assert sum(len(p.examples) for s in plan.sources for p in s.pieces) == len(asr) + len(ved)

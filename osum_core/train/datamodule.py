@@ -103,8 +103,10 @@ class SpeechDataModule(L.LightningDataModule):
         if split not in self.plans:
             tasks = list(self.tasks.values())
             sources, unselected, manifest_items = [], 0, 0
-            keys: set[str] = set()
             for source in resolve_sources(self.cfg[split], f"data.{split}", self.handle):
+                # A key repeats within a source, not across a mixture's sources: OSUM's task sources label the
+                # same utterances (same keys) for different tasks.
+                keys: set[str] = set()
                 pieces = []
                 for path in source.manifests:
                     examples, skipped = self.manifest_examples(path, keys)
@@ -112,7 +114,7 @@ class SpeechDataModule(L.LightningDataModule):
                     manifest_items += len(examples)
                     if examples:
                         pieces.append(Piece(str(path), examples=examples))
-                repeats = repeated_keys(source.shards, keys)  # the split's keys, in order: manifests, then shards
+                repeats = repeated_keys(source.shards, keys)  # the source's keys, in order: manifests, then shards
                 pieces += [Piece(str(shard), shard_list=lst, shard=shard, repeats=r)
                            for (lst, shard), r in zip(source.shards, repeats, strict=True)]
                 sources.append(PlanSource(source.name, source.weight, pieces))
