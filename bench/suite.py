@@ -11,6 +11,9 @@ config and vocabulary, all parameters trained) and get the same utterances, prom
   head), its batched left-padded `generate`. `osum_25hz` is the same with one stride-2 convolution, so the
   LLM gets exactly as many speech steps as Qwen2-Audio's (25 Hz): the training lines report its ratio too
   (`ratio_25hz`), which separates the engineering (no padding) from OSUM's shorter speech sequence.
+  osum trains packed (`model.packed`: the batch in one row, no padding computed); `osum_padded` is the same
+  model on the batch padded to its longest member (`ratio_padded`), what packing gains.
+  Both systems step with torch's fused AdamW (osum's `optim.fused`; the Hugging Face Trainer's default).
 
 Benchmarks (one line each: name, figures, ``ratio=`` osum's throughput over Qwen2-Audio's):
   train_short / train_long  forward + backward + AdamW step; audio seconds and target tokens per second;
@@ -69,7 +72,7 @@ MAX_FRAMES = 3000  # Qwen2-Audio's fixed input: 30 s
 
 
 # -- the two systems ---------------------------------------------------------------------------------------
-ADAPTER_STRIDES = {"osum": [1, 2, 2], "osum_25hz": [2]}  # OSUM's 12.5 Hz; Qwen2-Audio's 25 Hz
+ADAPTER_STRIDES = {"osum": [1, 2, 2], "osum_25hz": [2], "osum_padded": [1, 2, 2]}  # OSUM's 12.5 Hz; Qwen2-Audio's 25 Hz
 
 
 def osum_model(size: str, device: str, system: str = "osum"):
@@ -79,6 +82,7 @@ def osum_model(size: str, device: str, system: str = "osum"):
         "model.encoder.conv_strides=[1,2]", f"model.adapter.conv_strides=[{strides}]", "model.adapter.layers=0",
         "model.ctc_head=false", "model.ctc_compression=false", "model.ctc_embeddings=false",
         "model.time_embeddings=false", "model.train=[encoder,adapter,speech_markers,llm]",
+        f"model.packed={str(system != 'osum_padded').lower()}",
     ])["model"]
     cfg["encoder"]["config"] = dict(spec["encoder"], num_mel_bins=80, max_source_positions=1500, dropout=0.0)
     cfg["llm"]["config"] = dict(spec["llm"], max_position_embeddings=4096, tie_word_embeddings=False)
@@ -166,7 +170,7 @@ def autocast(device: str):
 
 
 def train_step_fn(system: str, model, batch, device: str):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     model.train()
 
     def step():
@@ -227,12 +231,12 @@ def interleaved(fns: dict, warmup: int, repeats: int, device: str) -> dict[str, 
 def bench_train(kind: str, size: str, args) -> dict:
     waves = make_waves(kind)
     ours, theirs = make_batches(waves, size, LENGTHS[kind]["target"], args.device)
-    batches = {"osum": ours, "osum_25hz": ours, "qwen2_audio": theirs}
+    batches = {"osum": ours, "osum_25hz": ours, "osum_padded": ours, "qwen2_audio": theirs}
     audio = sum(len(w) for w in waves) / SAMPLE_RATE
     tokens = len(waves) * LENGTHS[kind]["target"]
     result = {"utterances": len(waves), "audio_seconds": audio, "target_tokens": tokens}
     models = {"osum": osum_model(size, args.device), "osum_25hz": osum_model(size, args.device, "osum_25hz"),
-              "qwen2_audio": qwen2_audio_model(size, args.device)}
+              "osum_padded": osum_model(size, args.device, "osum_padded"), "qwen2_audio": qwen2_audio_model(size, args.device)}
     steps = {name: train_step_fn(name, model, batches[name], args.device) for name, model in models.items()}
     for system, times in interleaved(steps, args.warmup, args.repeats, args.device).items():
         median = statistics.median(times)
@@ -244,6 +248,7 @@ def bench_train(kind: str, size: str, args) -> dict:
             result[system]["peak_mib"] = peak_memory(system, size, kind, args.device)
     result["ratio"] = result["osum"]["audio_s_per_s"] / result["qwen2_audio"]["audio_s_per_s"]
     result["ratio_25hz"] = result["osum_25hz"]["audio_s_per_s"] / result["qwen2_audio"]["audio_s_per_s"]
+    result["ratio_padded"] = result["osum_padded"]["audio_s_per_s"] / result["qwen2_audio"]["audio_s_per_s"]
     return result
 
 
@@ -388,7 +393,8 @@ def main() -> int:
                     report(name, size, r, f"audio_s/s osum={r['osum']['audio_s_per_s']:.1f} "
                            f"osum_25hz={r['osum_25hz']['audio_s_per_s']:.1f} "
                            f"qwen2_audio={r['qwen2_audio']['audio_s_per_s']:.1f} tokens/s osum={r['osum']['tokens_per_s']:.0f} "
-                           f"qwen2_audio={r['qwen2_audio']['tokens_per_s']:.0f}{memory} ratio_25hz={r['ratio_25hz']:.2f}", out)
+                           f"qwen2_audio={r['qwen2_audio']['tokens_per_s']:.0f}{memory} ratio_25hz={r['ratio_25hz']:.2f} "
+                           f"ratio_padded={r['ratio_padded']:.2f}", out)
         if "generate" in only:
             r = bench_generate(size, args)
             report("generate", size, r, f"utterances/s osum={r['osum']['utterances_per_s']:.2f} "

@@ -37,7 +37,11 @@ def test_batch_sizes_on_cpu_are_measured_steps_written_as_config(tmp_path, capsy
                  *TINY_MODEL]) == 0
     assert "3 s x 4: fits" in capsys.readouterr().err
     buckets = fit_config(files=[out])["data"]["buckets"]
-    assert buckets == [{"max_seconds": 3.0, "batch_size": 3}]  # 4 x safety 0.9, rounded down
+    # 4 x safety 0.9, rounded down: 3 utterances of 3 s, as a packed model's budget (model.packed, the default):
+    # their frames and LLM tokens, so that shorter utterances fill a batch with more of them.
+    [bucket] = buckets
+    assert bucket["max_seconds"] == 3.0 and bucket["max_frames"] == 3 * 300 and "batch_size" not in bucket
+    assert bucket["max_tokens"] % 3 == 0 and bucket["max_tokens"] // 3 > 300 // 16  # prompt + speech + target
     # A cap below what one step needs: refused, naming the bucket.
     assert main(["data", "batch-sizes", "--buckets", "3", "--memory-cap", "50MB", "--limit", "4", *TINY_MODEL]) == 2
     assert "not even one 3 s utterance" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from osum_core.train.module import SpeechLLMModule
 from osum_core.train.schedule import lr_multiplier
 
 OPTIM = {"lr": 1.0, "betas": [0.9, 0.98], "eps": 1e-8, "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 2,
-         "min_lr_ratio": 0.1, "max_nonfinite_steps": 10}
+         "min_lr_ratio": 0.1, "max_nonfinite_steps": 10, "fused": True}
 LENGTHS = [6, 4, 6]  # batches in each epoch: epochs differ in length, as osum's do
 ACCUMULATE = 2
 ESTIMATE = LENGTHS[0] // ACCUMULATE * len(LENGTHS)  # the run's length as its first epoch tells it: 9 steps

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from osum_core.checkpoints.run_dir import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
@@ -42,6 +44,10 @@ FIXED_KEYS = (
 # Inside `model`: where a part's weights are read from (a moved folder) and how, not what it is.
 FREE_KEYS = ("model.encoder.path", "model.llm.path", "model.llm.tokenizer", "model.llm.attention",
              "model.gradient_checkpointing")
+
+
+# Settings added to osum after a run may have started, with the value that run was planned and trained under.
+EARLIER_DEFAULTS = {"model.packed": "false"}
 
 
 class ResumeRefused(ValueError):
@@ -98,11 +104,13 @@ def resume_config(resume: str, tasks: str | None, presets: Sequence[str] = (), s
     if out is not None and Path(out).resolve() != run.resolve():
         raise ResumeRefused(f"--resume {resume} continues the run in {run}; --out {out} names another folder "
                             "(leave --out out, or start a new run there with --init from an export)")
-    old = absolute_data_paths(load_config("fit", [base]))  # (a run of an older osum stored them as given)
+    stored = flat(OmegaConf.to_container(OmegaConf.load(base)) or {})
+    earlier = [f"{key}={value}" for key, value in EARLIER_DEFAULTS.items() if key not in stored]
+    old = absolute_data_paths(load_config("fit", [base], earlier))  # (a run of an older osum stored them as given)
     # Compared as the run stored them: data paths absolute, `--tasks all` as the names it stands for (the
     # whole original command plus --resume, as a requeued job repeats it, changes nothing).
     cfg = absolute_data_paths(load_config("fit", [base, *preset_files(presets, stages, strategies)],
-                                          [*overrides, f"out={run}", f"resume={resume}", "overwrite=false"],
+                                          [*earlier, *overrides, f"out={run}", f"resume={resume}", "overwrite=false"],
                                           user_files=files))
     run_tasks = json.loads((run / TASKS_FILE).read_text()) if (run / TASKS_FILE).is_file() else []
     names = [task.name for task in load_tasks().select(tasks.split(","))] if tasks else run_tasks

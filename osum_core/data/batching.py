@@ -1,5 +1,7 @@
-"""Dynamic batching by duration: each batch holds as many utterances as fit a budget of padded frames and
-padded tokens (OSUM: 3900 frames / 1900 tokens), instead of a fixed count.
+"""Dynamic batching by duration: each batch holds as many utterances as fit a budget of frames and LLM
+tokens (OSUM: 3900 frames / 1900 tokens), instead of a fixed count. A budget counts what a step computes:
+padded sizes (the longest member times the batch size) for a padded batch, the sum of the members'
+sizes for a packed one (``model.packed``), which then grows to use what padding would have wasted.
 
 With buckets (``data.buckets``), utterances are first grouped by duration, and each bucket has its own
 budget or a fixed batch size (what ``osum data batch-sizes`` measures on the device): a list of
@@ -24,10 +26,12 @@ def duration_batches(
     sort_window: int = 500,
     seed: int | None = None,
     max_items: int | None = None,
+    packed: bool = False,
 ) -> list[list[int]]:
-    """Group example indices into batches whose padded size stays within both budgets.
+    """Group example indices into batches whose size stays within both budgets.
 
-    Padded size is the longest member times the batch size, for frames and for tokens alike. `order` is
+    Size is the longest member times the batch size (padded), or with `packed` the sum of the members'
+    sizes, for frames and for tokens alike. `order` is
     the sequence of example indices to batch (default: all, in order; repeats allowed). Within windows of
     `sort_window` consecutive indices, examples are sorted by length so that batches waste little padding;
     with a `seed`, the batch order is shuffled (a training epoch), otherwise it is kept (evaluation). An
@@ -38,17 +42,22 @@ def duration_batches(
     for start in range(0, len(order), max(sort_window, 1)):
         window = sorted(order[start : start + sort_window], key=lambda i: (frames[i], tokens[i]))
         batch: list[int] = []
-        longest_frames = longest_tokens = 0
+        longest_frames = longest_tokens = sum_frames = sum_tokens = 0
         for index in window:
             grown_frames = max(longest_frames, frames[index])
             grown_tokens = max(longest_tokens, tokens[index])
             size = len(batch) + 1
+            if packed:
+                cost_frames, cost_tokens = sum_frames + frames[index], sum_tokens + tokens[index]
+            else:
+                cost_frames, cost_tokens = grown_frames * size, grown_tokens * size
             full = max_items is not None and size > max_items
-            if batch and (full or grown_frames * size > max_frames or grown_tokens * size > max_tokens):
+            if batch and (full or cost_frames > max_frames or cost_tokens > max_tokens):
                 batches.append(batch)
-                batch, grown_frames, grown_tokens = [], frames[index], tokens[index]
+                batch, grown_frames, grown_tokens, sum_frames, sum_tokens = [], frames[index], tokens[index], 0, 0
             batch.append(index)
             longest_frames, longest_tokens = grown_frames, grown_tokens
+            sum_frames, sum_tokens = sum_frames + frames[index], sum_tokens + tokens[index]
         if batch:
             batches.append(batch)
     if seed is not None:
@@ -71,11 +80,12 @@ def bucketed_batches(
     seed: int | None = None,
 ) -> list[list[int]]:
     """`duration_batches` per duration bucket of ``budget["buckets"]`` (or one budget when there are none);
-    with a `seed` the batches of all buckets are shuffled together."""
+    with a `seed` the batches of all buckets are shuffled together. ``budget["packed"]``: sizes are sums."""
     buckets = budget.get("buckets") or []
+    packed = bool(budget.get("packed"))
     if not buckets:
         return duration_batches(frames, tokens, budget["max_frames"], budget["max_tokens"], sort_window=len(frames) or 1,
-                                seed=seed)
+                                seed=seed, packed=packed)
     groups: dict[int, list[int]] = {}
     for index, length in enumerate(frames):
         groups.setdefault(bucket_of(length, buckets), []).append(index)
@@ -85,7 +95,7 @@ def bucketed_batches(
         batches += duration_batches(
             frames, tokens,
             int(bucket.get("max_frames") or budget["max_frames"]), int(bucket.get("max_tokens") or budget["max_tokens"]),
-            order=groups[number], sort_window=len(groups[number]), max_items=bucket.get("batch_size"),
+            order=groups[number], sort_window=len(groups[number]), max_items=bucket.get("batch_size"), packed=packed,
         )
     if seed is not None:
         random.Random(seed).shuffle(batches)

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, WhisperConfig
 
 from osum_core.model.adapter import SpeechAdapter
 from osum_core.model.encoder import SpeechEncoder
+from osum_core.model.packing import use_packed_attention
 from osum_core.model.pretrained import pretrained
 from osum_core.model.speech_llm import SpeechLLM
 
@@ -36,6 +37,7 @@ def build_llm(cfg: dict[str, Any], vocab_size: int):
         config = AutoConfig.for_model(cfg["model_type"], vocab_size=vocab_size, **cfg["config"])
         config._attn_implementation = cfg["attention"]
         llm = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    use_packed_attention(llm.config)  # SDPA that also takes packed rows (packing.py)
     if cfg["lora"]["enabled"]:
         from peft import LoraConfig, TaskType, get_peft_model
 
@@ -75,7 +77,7 @@ def build_speech_llm(cfg: dict[str, Any], vocab_size: int, eos_token_id: int, pa
     return SpeechLLM(
         encoder, adapter, llm, eos_token_id, pad_token_id, ctc_vocab_size=ctc_vocab,
         ctc_compression=cfg["ctc_compression"], ctc_embeddings=cfg["ctc_embeddings"],
-        ctc_max_run=cfg["ctc_max_run"], time_embeddings=cfg["time_embeddings"],
+        ctc_max_run=cfg["ctc_max_run"], time_embeddings=cfg["time_embeddings"], packed=cfg["packed"],
     )
 
 

@@ -17,6 +17,8 @@ from torch import nn
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from osum_core.model.packing import PackedSequences, use_packed_attention
+
 
 def conv_output_lengths(lengths: torch.Tensor, strides: Sequence[int]) -> torch.Tensor:
     """Lengths after the kernel-3, padding-1 convolutions with the given strides."""
@@ -34,6 +36,7 @@ class SpeechEncoder(nn.Module):
     def __init__(self, config: WhisperConfig, conv_strides: Sequence[int] = (1, 2)) -> None:
         super().__init__()
         self.whisper = WhisperEncoder(config)
+        use_packed_attention(self.whisper.config)
         self.conv_strides = tuple(conv_strides)
         self.whisper.conv1.stride = (self.conv_strides[0],)
         self.whisper.conv2.stride = (self.conv_strides[1],)
@@ -95,7 +98,11 @@ class SpeechEncoder(nn.Module):
         positions = self.whisper.embed_positions.num_embeddings
         return positions * int(torch.tensor(self.conv_strides).prod())
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, features: torch.Tensor, lengths: torch.Tensor, packed: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`packed`: the Transformer layers run over the utterances packed into one row, so no padded step
+        is computed there (needs the ``osum_packed`` attention, which `__init__` selects for SDPA)."""
         whisper = self.whisper
         x = features.transpose(1, 2)  # [B, n_mels, T]
         x = nn.functional.gelu(whisper.conv1(x))
@@ -113,6 +120,8 @@ class SpeechEncoder(nn.Module):
         x = x + whisper.embed_positions.weight[:steps]
         x = nn.functional.dropout(x, p=whisper.dropout, training=self.training)
         keep = torch.arange(steps, device=x.device)[None, :] < out_lengths[:, None]
+        if packed:
+            return self.packed_layers(x, keep, out_lengths), out_lengths
         # Additive, which eager attention and SDPA both read alike: eager adds the mask to the scores
         # (a boolean one would add 1 and 0, leaving padded keys attended).
         mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
@@ -120,3 +129,15 @@ class SpeechEncoder(nn.Module):
         for layer in whisper.layers:
             x = layer(x, mask)
         return whisper.layer_norm(x), out_lengths
+
+    def packed_layers(self, x: torch.Tensor, keep: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The Transformer layers over the real steps only, packed into one row (packing.py); padded steps
+        of the result are zeros."""
+        batch, steps, width = x.shape
+        packing = PackedSequences.of(lengths.tolist(), x.device)
+        rows = keep.reshape(-1).nonzero().squeeze(1)  # real steps of the padded batch, in packed order
+        packed = x.reshape(-1, width)[rows][None]
+        for layer in self.whisper.layers:
+            packed = layer(packed, None, packing=packing)
+        packed = self.whisper.layer_norm(packed)[0]
+        return packed.new_zeros(batch * steps, width).index_copy(0, rows, packed).view(batch, steps, width)

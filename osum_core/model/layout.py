@@ -5,6 +5,7 @@ plus the assistant's opening between the speech and the target: ``[before] [prom
 Each example is laid out contiguously, then the batch is padded: on the right for training, on the left
 for generation (so every sequence ends where generation continues). Position ids count real tokens only,
 so padding never shifts a sequence's positions and a padded batch computes what single examples would.
+Packed (training), the examples follow one another in a single row with no padding at all (packing.py).
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from dataclasses import dataclass
 
 import torch
 
+from osum_core.model.packing import PackedSequences
+
 
 @dataclass
 class Layout:
-    embeds: torch.Tensor  # [B, L, D]
-    attention_mask: torch.Tensor  # [B, L], 1 = real
-    position_ids: torch.Tensor  # [B, L]
-    target_start: torch.Tensor  # [B], index of the first target token (right padding only)
+    embeds: torch.Tensor  # [B, L, D]; packed: [1, N, D]
+    attention_mask: torch.Tensor  # [B, L], 1 = real; packed: [1, N], all ones
+    position_ids: torch.Tensor  # [B, L]; packed: [1, N], restarting at each example
+    target_start: torch.Tensor  # [B], row of each example's first target token in embeds.view(-1, D) (not pad_left)
+    packing: PackedSequences | None = None  # packed: where each example lies
 
 
 def layout_length(prompt_tokens: int, speech_steps: int, target_tokens: int, turn_tokens: int = 0) -> int:
@@ -39,10 +43,12 @@ def build_layout(
     pad_left: bool = False,
     before: torch.Tensor | None = None,
     after: torch.Tensor | None = None,
+    packed: bool = False,
 ) -> Layout:
     """Lay out prompt embeds [B, Lp, D], speech embeds [B, Ls, D] between the two marker vectors
     `markers` [2, D], and optionally target embeds [B, Lt, D]; lengths say how much of each is real.
-    `before` / `after` [L, D]: the same for every example (a chat template's turn markers)."""
+    `before` / `after` [L, D]: the same for every example (a chat template's turn markers).
+    `packed`: the examples in one row, without padding."""
     batch = prompt.shape[0]
     pieces = []
     for i in range(batch):
@@ -54,6 +60,16 @@ def build_layout(
         if target is not None:
             parts.append(target[i, : target_lengths[i]])
         pieces.append(torch.cat(parts))
+    extra = sum(len(part) for part in (before, after) if part is not None)
+    target_start = prompt_lengths + speech_lengths + 2 + extra  # layout_length up to the target
+    if packed:
+        if pad_left:
+            raise ValueError("a packed layout has no padding side")
+        packing = PackedSequences.of([len(p) for p in pieces], prompt.device)
+        embeds = torch.cat(pieces)[None]
+        starts = packing.index[:, 0]  # each example's first row
+        ones = torch.ones(embeds.shape[:2], dtype=torch.long, device=prompt.device)
+        return Layout(embeds, ones, packing.position_ids, starts + target_start, packing)
     lengths = torch.tensor([len(p) for p in pieces], device=prompt.device)
     width = int(lengths.max())
     embeds = prompt.new_zeros(batch, width, prompt.shape[-1])
@@ -63,6 +79,5 @@ def build_layout(
         embeds[i, start : start + len(piece)] = piece
         mask[i, start : start + len(piece)] = 1
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    extra = sum(len(part) for part in (before, after) if part is not None)
-    target_start = prompt_lengths + speech_lengths + 2 + extra  # layout_length up to the target
-    return Layout(embeds, mask, positions, target_start)
+    rows = torch.arange(batch, device=prompt.device) * width
+    return Layout(embeds, mask, positions, rows + target_start)

@@ -13,6 +13,7 @@ from osum_core.model.adapter import SpeechAdapter
 from osum_core.model.ctc_compression import merge_ctc_runs, time_features
 from osum_core.model.encoder import SpeechEncoder
 from osum_core.model.layout import build_layout, layout_length
+from osum_core.model.packing import ATTENTION
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class SpeechLLM(nn.Module):
         ctc_embeddings: bool = False,
         ctc_max_run: int = 0,
         time_embeddings: bool = False,
+        packed: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -73,6 +75,11 @@ class SpeechLLM(nn.Module):
             # embeddings the speech steps carry and kept the LLM from reading them.
             nn.init.zeros_(self.time_embedding.weight)
             nn.init.zeros_(self.time_embedding.bias)
+        for config in (encoder.whisper.config, self.causal_lm.config):
+            if packed and config._attn_implementation != ATTENTION:
+                raise ValueError(f"packed training needs SDPA attention; {config.model_type} has "
+                                 f"{config._attn_implementation!r} (set model.packed=false)")
+        self.packed = packed
         self.ctc_compression = ctc_compression
         self.ctc_embeddings = ctc_embeddings
         self.ctc_max_run = ctc_max_run
@@ -116,9 +123,13 @@ class SpeechLLM(nn.Module):
         turn = self.turn_before.numel() + self.turn_after.numel()
         return layout_length(prompt_tokens, speech, target_tokens, turn)
 
-    def encode_speech(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode_speech(
+        self, features: torch.Tensor, feature_lengths: torch.Tensor, packed: bool = False
+    ) -> dict[str, torch.Tensor]:
         # Parts may sit in different dtypes (a frozen bf16 encoder and LLM around an fp32 adapter).
-        states, state_lengths = self.encoder(features.to(self.encoder.whisper.conv1.weight.dtype), feature_lengths)
+        states, state_lengths = self.encoder(
+            features.to(self.encoder.whisper.conv1.weight.dtype), feature_lengths, packed=packed
+        )
         states = states.to(self.adapter.projection.weight.dtype)
         adapter_input, adapter_lengths = states, state_lengths
         # Computed once: the CTC loss and the compression read the same logits.
@@ -165,32 +176,48 @@ class SpeechLLM(nn.Module):
         target_weights: torch.Tensor,
         ctc_ids: torch.Tensor | None = None,
         ctc_lengths: torch.Tensor | None = None,
+        ctc_only: bool = False,
         **_: Any,
     ) -> dict[str, torch.Tensor]:
         """Per-example loss terms: ``token_loss`` (sum over target tokens of weight x cross-entropy),
-        ``token_count`` (number of target tokens) and, with a CTC head, ``ctc_loss`` (per target token)."""
-        speech = self.encode_speech(features, feature_lengths)
+        ``token_count`` (number of target tokens) and, with a CTC head, ``ctc_loss`` (per target token).
+        `ctc_only`: the encoder and its CTC loss alone (``token_loss`` zero), for steps whose LLM loss does
+        not count (``loss.ce_start_step``)."""
+        if ctc_only:
+            states, lengths = self.encoder(features.to(self.encoder.whisper.conv1.weight.dtype), feature_lengths,
+                                           packed=self.packed)
+            zeros = torch.zeros(target_lengths.shape, dtype=states.dtype, device=states.device)
+            out = {"token_loss": zeros, "token_count": target_lengths.to(zeros.dtype)}
+            return self.add_ctc_loss(out, self.ctc_head(states.to(self.ctc_head.weight.dtype)), lengths, ctc_ids,
+                                     ctc_lengths)
+        speech = self.encode_speech(features, feature_lengths, packed=self.packed)
         markers = self.speech_markers.to(speech["speech"].dtype)
         layout = build_layout(
             self.embed_tokens(prompt_ids), prompt_lengths, speech["speech"], speech["speech_lengths"], markers,
-            self.embed_tokens(target_ids), target_lengths, **self.turn_embeds(),
+            self.embed_tokens(target_ids), target_lengths, **self.turn_embeds(), packed=self.packed,
         )
         hidden = self.causal_lm.model(
-            inputs_embeds=layout.embeds, attention_mask=layout.attention_mask, position_ids=layout.position_ids
+            inputs_embeds=layout.embeds, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
+            **({"packing": layout.packing} if layout.packing is not None else {}),
         ).last_hidden_state
         # Logits only where a target token is predicted: the step before each target token.
         steps = torch.arange(target_ids.shape[1], device=hidden.device)
         valid = steps[None, :] < target_lengths[:, None]
-        rows = (layout.target_start[:, None] - 1 + steps[None, :]).clamp(max=hidden.shape[1] - 1)
-        picked = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))[valid]
+        rows = layout.target_start[:, None] - 1 + steps[None, :]
+        picked = hidden.reshape(-1, hidden.shape[-1])[rows[valid]]
         logits = self.causal_lm.lm_head(picked).float()
         token_ce = nn.functional.cross_entropy(logits, target_ids[valid], reduction="none")
         weighted = torch.zeros_like(target_weights).masked_scatter(valid, token_ce) * target_weights
         out = {"token_loss": weighted.sum(dim=1), "token_count": target_lengths.to(weighted.dtype)}
-        if self.ctc_head is not None and ctc_ids is not None and ctc_lengths is not None:
-            log_probs = speech["ctc_logits"].float().log_softmax(dim=-1)
+        return self.add_ctc_loss(out, speech["ctc_logits"], speech["encoder_lengths"], ctc_ids, ctc_lengths)
+
+    def add_ctc_loss(self, out: dict[str, torch.Tensor], logits: torch.Tensor | None, lengths: torch.Tensor,
+                     ctc_ids: torch.Tensor | None, ctc_lengths: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """`out` with ``ctc_loss`` (per target token) when the model has a CTC head and the batch CTC targets."""
+        if logits is not None and ctc_ids is not None and ctc_lengths is not None:
+            log_probs = logits.float().log_softmax(dim=-1)
             ctc = nn.functional.ctc_loss(
-                log_probs.transpose(0, 1), ctc_ids, speech["encoder_lengths"], ctc_lengths,
+                log_probs.transpose(0, 1), ctc_ids, lengths, ctc_lengths,
                 blank=self.pad_token_id, reduction="none", zero_infinity=True,
             )
             out["ctc_loss"] = ctc / ctc_lengths.clamp(min=1)
@@ -217,7 +244,7 @@ class SpeechLLM(nn.Module):
 
         The batch is padded on the left with position ids that skip the padding, so each example's
         greedy output equals the output it gets alone."""
-        speech = self.encode_speech(features, feature_lengths)
+        speech = self.encode_speech(features, feature_lengths, packed=self.packed)
         layout = build_layout(
             self.embed_tokens(prompt_ids), prompt_lengths, speech["speech"], speech["speech_lengths"],
             self.speech_markers.to(speech["speech"].dtype), pad_left=True, **self.turn_embeds(),

@@ -28,6 +28,7 @@ class Trial:
     fits: bool
     peak_bytes: int
     error: str = ""
+    sequence_tokens: int = 0  # the LLM sequence length of one example of the trial (what the token budget counts)
 
 
 def trial_tokenizer(cfg: Mapping[str, Any]) -> Any:
@@ -50,8 +51,9 @@ def trial_tokenizer(cfg: Mapping[str, Any]) -> Any:
 
 
 def training_step(cfg: Mapping[str, Any], batch_size: int, seconds: float, prompt_tokens: int, target_tokens: int,
-                  device: str) -> None:
-    """One forward/backward/optimiser step of the configured model on a synthetic batch at full length."""
+                  device: str) -> int:
+    """One forward/backward/optimiser step of the configured model on a synthetic batch at full length; returns
+    the LLM sequence length of one of its examples."""
     from osum_core.model.build import build_for_tokenizer
     from osum_core.model.freezing import set_trainable
 
@@ -86,15 +88,17 @@ def training_step(cfg: Mapping[str, Any], batch_size: int, seconds: float, promp
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    return model.sequence_length(frames, prompt_tokens, target_tokens)
 
 
 def cpu_trial_child(arguments: tuple, results: Any) -> None:
     try:
         torch.set_num_threads(1)
-        training_step(*arguments, device="cpu")
-        results.put(("ok", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, ""))
+        tokens = training_step(*arguments, device="cpu")
+        results.put(("ok", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "", tokens))
     except Exception as error:  # the trial's failure is the finding; its kind is reported
-        results.put(("failed", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, f"{type(error).__name__}: {error}"))
+        results.put(("failed", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                     f"{type(error).__name__}: {error}", 0))
 
 
 def cpu_trial(cfg: Mapping[str, Any], batch_size: int, seconds: float, prompt_tokens: int, target_tokens: int,
@@ -107,10 +111,10 @@ def cpu_trial(cfg: Mapping[str, Any], batch_size: int, seconds: float, prompt_to
     process.join()
     if results.empty():
         return Trial(batch_size, False, 0, f"the trial process died (exit code {process.exitcode})")
-    status, peak, error = results.get()
+    status, peak, error, tokens = results.get()
     if status != "ok":
         return Trial(batch_size, False, peak, error)
-    return Trial(batch_size, peak <= memory_cap, peak, "" if peak <= memory_cap else "over the memory cap")
+    return Trial(batch_size, peak <= memory_cap, peak, "" if peak <= memory_cap else "over the memory cap", tokens)
 
 
 def gpu_trial(cfg: Mapping[str, Any], batch_size: int, seconds: float, prompt_tokens: int, target_tokens: int,
@@ -118,14 +122,14 @@ def gpu_trial(cfg: Mapping[str, Any], batch_size: int, seconds: float, prompt_to
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     try:
-        training_step(cfg, batch_size, seconds, prompt_tokens, target_tokens, device)
+        tokens = training_step(cfg, batch_size, seconds, prompt_tokens, target_tokens, device)
     except torch.cuda.OutOfMemoryError as error:
         return Trial(batch_size, False, torch.cuda.max_memory_allocated(device), f"CUDA out of memory: {error}"[:200])
     finally:
         torch.cuda.empty_cache()
     peak = torch.cuda.max_memory_allocated(device)
     fits = memory_cap is None or peak <= memory_cap
-    return Trial(batch_size, fits, peak, "" if fits else "over the memory cap")
+    return Trial(batch_size, fits, peak, "" if fits else "over the memory cap", tokens)
 
 
 def largest_batch(try_size: Callable[[int], Trial], limit: int = 4096) -> tuple[int, list[Trial]]:
@@ -159,7 +163,9 @@ def find_batch_sizes(cfg: Mapping[str, Any], bucket_seconds: Sequence[float], de
                      prompt_tokens: int, target_tokens: int, safety: float, limit: int = 4096,
                      log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """``data.buckets`` entries, one per bucket edge in `bucket_seconds`: the largest batch that trains at
-    that duration, times `safety` (rounded down, at least 1)."""
+    that duration, times `safety` (rounded down, at least 1). A padded model (``model.packed: false``) gets it
+    as ``batch_size``; a packed one as that many utterances' frames and LLM tokens (``max_frames``,
+    ``max_tokens``), so a batch of shorter utterances in the bucket holds more of them, as packing allows."""
     if device == "cpu" and memory_cap is None:
         raise ValueError("on a CPU, give --memory-cap (e.g. 8GB): the finder measures against it")
     buckets = []
@@ -173,11 +179,17 @@ def find_batch_sizes(cfg: Mapping[str, Any], bucket_seconds: Sequence[float], de
                 + (f" ({trial.error})" if trial.error else ""))
             return trial
 
-        largest, _ = largest_batch(try_size, limit)
+        largest, trials = largest_batch(try_size, limit)
         if largest == 0:
             raise ValueError(f"not even one {seconds:g} s utterance trains within the memory available")
-        buckets.append({"max_seconds": seconds, "batch_size": max(int(largest * safety), 1)})
-        log(f"bucket <= {seconds:g} s: largest batch {largest}, configured {buckets[-1]['batch_size']}")
+        size = max(int(largest * safety), 1)
+        if cfg["model"]["packed"]:
+            tokens = next(t.sequence_tokens for t in trials if t.fits)
+            buckets.append({"max_seconds": seconds, "max_frames": size * int(seconds * FRAMES_PER_SECOND),
+                            "max_tokens": size * tokens})
+        else:
+            buckets.append({"max_seconds": seconds, "batch_size": size})
+        log(f"bucket <= {seconds:g} s: largest batch {largest}, configured {size} utterances of {seconds:g} s")
     return buckets
 
 

@@ -45,9 +45,11 @@ class SpeechDataModule(L.LightningDataModule):
         known_tasks: Sequence[Task] = (),
         max_input_frames: int | None = None,
         skips: SkipLog | None = None,
+        packed: bool = False,
     ) -> None:
         """`sequence_length(frames, prompt_tokens, target_tokens, frames_per_step)`: the LLM sequence length
-        of an example, as the model lays it out (`SpeechLLM.sequence_length`)."""
+        of an example, as the model lays it out (`SpeechLLM.sequence_length`). `packed`: the model trains on
+        packed batches, so the budgets count real frames and tokens rather than padded ones."""
         super().__init__()
         check_buckets(cfg["buckets"])
         self.on_error = check_on_error(cfg["on_error"])
@@ -60,6 +62,7 @@ class SpeechDataModule(L.LightningDataModule):
                                         cfg["too_long"])
         self.ctc_target = ctc_target
         self.sequence_length = sequence_length
+        self.packed = packed
         self.cfg = dict(cfg)
         self.tasks = dict(tasks)
         self.tokenizer = tokenizer
@@ -78,7 +81,7 @@ class SpeechDataModule(L.LightningDataModule):
         `model` (a `SpeechLLM`: how it lays out a sequence, its encoder's longest input): what ``osum fit``
         trains and tests on, and ``osum test`` decodes."""
         return cls(cfg["data"], tasks, tokenizer, cfg["seed"], cfg["loss"]["ctc_target"], model.sequence_length,
-                   known_tasks, model.encoder.max_input_frames, skips)
+                   known_tasks, model.encoder.max_input_frames, skips, packed=model.packed)
 
     def manifest_examples(self, path: Any, keys: set[str]) -> tuple[list[PreparedExample], int]:
         """The prepared examples of one manifest, every line checked now (a bad one is skipped or raises
@@ -126,7 +129,8 @@ class SpeechDataModule(L.LightningDataModule):
             training = split == "train"
             self.plans[split] = EpochPlan(
                 sources, self.preparer, self.example_length,
-                {k: self.cfg[k] for k in ("max_frames", "max_tokens", "sort_window", "buckets")}, self.cfg["shuffle_buffer"],
+                {**{k: self.cfg[k] for k in ("max_frames", "max_tokens", "sort_window", "buckets")},
+                 "packed": self.packed and training}, self.cfg["shuffle_buffer"],
                 {name: task.sampling_weight for name, task in self.tasks.items()} if training else None, self.seed,
                 self.handle,
             )

@@ -244,7 +244,9 @@ class SpeechLLMModule(L.LightningModule):
         CTC) over its micro-batches and all ranks, multiplied back by the ranks (DDP averages gradients)
         and the micro-batches (Lightning divides by them): the gradient is then the one of the formula above
         over the whole step, whatever the split across ranks and micro-batches."""
-        out = self.model(**batch)
+        ctc_alone = self.training and self.global_step < self.ce_start_step
+        # In one process, a step whose LLM loss does not count skips the LLM (it would get no gradient anyway).
+        out = self.model(**batch, ctc_only=ctc_alone and self.world_size == 1 and bool(self.ctc_weight))
         ce = out["token_loss"].sum() / out["token_count"].sum().clamp(min=1)
         ctc = out["ctc_loss"] if self.ctc_weight and "ctc_loss" in out else None
         parts = {"ce": ce.detach()}
@@ -265,7 +267,7 @@ class SpeechLLMModule(L.LightningModule):
         # Before ce_start_step (training only) the encoder learns from CTC alone, so the LLM first meets
         # speech embeddings that already carry the words. Under DDP the LLM keeps a zero gradient rather
         # than none (DDP requires every trained parameter to get one).
-        if self.training and self.global_step < self.ce_start_step:
+        if ctc_alone:
             ce_term = ce_term * 0 if self.world_size > 1 else ce_term.detach() * 0
             parts["ce"] = parts["ce"] * 0
         loss = ce_term if ctc_term is None else ce_term + self.ctc_weight * ctc_term
@@ -296,10 +298,14 @@ class SpeechLLMModule(L.LightningModule):
     def gradients_finite(self, loss: Any) -> bool:
         """Whether this step's loss and every gradient are finite, on every rank (one device sync)."""
         flags = [torch.isfinite(torch.as_tensor(loss, device=self.device)).all()] if loss is not None else []
-        for p in self.model.parameters():
-            if p.grad is not None:
-                grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # fsdp2: this rank's shard
-                flags.append(torch.isfinite(grad).all())
+        # fsdp2: this rank's shard of each gradient.
+        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+                 for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            # The largest magnitude of each gradient, in one multi-tensor kernel: NaN or infinite exactly when the
+            # gradient holds one (a max cannot overflow, as a sum of squares could).
+            largest = torch._foreach_norm(grads, ord=float("inf"))
+            flags.append(torch.isfinite(torch.stack([x.float() for x in largest])).all())
         bad = (~torch.stack(flags).all()).float() if flags else torch.zeros((), device=self.device)
         if self.world_size > 1:
             bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
@@ -342,9 +348,16 @@ class SpeechLLMModule(L.LightningModule):
             betas=tuple(self.optim["betas"]),
             eps=self.optim["eps"],
             weight_decay=self.optim["weight_decay"],
+            # One kernel over all parameters instead of a dozen per tensor (3x faster on a CPU, where torch's
+            # default is the per-tensor loop); sharded (DTensor) parameters keep torch's default.
+            fused=self.optim["fused"] and not self.sharded_parameters(params),
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_schedule(self.total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @staticmethod
+    def sharded_parameters(params: list[torch.Tensor]) -> bool:
+        return any(hasattr(p, "to_local") for p in params)
 
     def lr_schedule(self, total_steps: float) -> Callable[[int], float]:
         return lr_multiplier(self.optim["schedule"], self.optim["warmup_steps"], total_steps, self.optim["min_lr_ratio"])

@@ -1,0 +1,101 @@
+"""Packed sequences: a batch's examples one after another in a single row, so that no padding is computed.
+
+A padded batch computes every layer's projections and feed-forward over ``batch x longest`` rows; packed, the
+same layers run over the real rows only (``sum of lengths``). Only attention must still keep the examples
+apart: `packed_attention` gathers each example's rows into its own slot, attends within it (causal for the
+LLM, bidirectional with a key mask for the encoder) and writes the real rows back in packed order.
+Attention is the one place where a slot's padding is still computed, and it is a small share of a step.
+
+`packed_attention` is registered with transformers as the attention implementation ``osum_packed``: it is
+SDPA (transformers' own function) whenever a call carries no `PackedSequences`, so the encoder and the LLM
+use it for padded work (generation) too and their weights are those of any ``sdpa`` model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+ATTENTION = "osum_packed"
+
+
+@dataclass(frozen=True)
+class PackedSequences:
+    """Where each example's rows lie in the packed row and in its attention slot.
+
+    lengths: rows of each example, in packed order (examples are contiguous).
+    index: [S, longest] packed row of each slot position (0 where the slot is padding).
+    valid: [S, longest] which slot positions are real rows.
+    position_ids: [1, N] each row's position within its own example (rotary positions restart per example)."""
+
+    lengths: tuple[int, ...]
+    index: torch.Tensor
+    valid: torch.Tensor
+    position_ids: torch.Tensor
+
+    @classmethod
+    def of(cls, lengths: list[int] | tuple[int, ...], device: torch.device | str) -> PackedSequences:
+        if not lengths or min(lengths) < 1:
+            raise ValueError(f"packed sequences need at least one row each, got lengths {list(lengths)}")
+        sizes = torch.tensor(lengths, device=device)
+        starts = sizes.cumsum(0) - sizes
+        slot = torch.arange(max(lengths), device=device)
+        valid = slot[None, :] < sizes[:, None]
+        index = torch.where(valid, starts[:, None] + slot[None, :], torch.zeros_like(slot)[None, :])
+        return cls(tuple(lengths), index, valid, slot[None, :].expand(len(lengths), -1)[valid][None])
+
+    @property
+    def total(self) -> int:
+        return sum(self.lengths)
+
+    def key_mask(self) -> torch.Tensor:
+        """[S, 1, 1, longest]: True at a slot's real keys (bidirectional attention)."""
+        return self.valid[:, None, None, :]
+
+
+def packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    packing: PackedSequences | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention signature: query [1, H, N, d], key/value [1, H_kv, N, d] over packed rows;
+    returns [1, N, H, d]. Without `packing`, transformers' SDPA on whatever it was given."""
+    if packing is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    if query.shape[0] != 1 or query.shape[2] != packing.total:
+        raise ValueError(f"packed attention expects one row of {packing.total} positions, got {tuple(query.shape)}")
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    # [1, H, N, d] -> [S, H, longest, d]: each example in its own slot.
+    slots = [t[0][:, packing.index].transpose(0, 1) for t in (query, key, value)]
+    causal = getattr(module, "is_causal", False) if is_causal is None else is_causal
+    # Causal: a real row sees only earlier rows of its slot, all real, so no mask is needed. Bidirectional:
+    # the slot's padded keys are masked. Padded query rows are computed and dropped.
+    out = torch.nn.functional.scaled_dot_product_attention(
+        *slots, attn_mask=None if causal else packing.key_mask(), dropout_p=dropout, is_causal=causal, scale=scaling,
+    )
+    return out.transpose(1, 2)[packing.valid][None], None  # [S, longest, H, d] -> [1, N, H, d]
+
+
+AttentionInterface.register(ATTENTION, packed_attention)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
+def use_packed_attention(config) -> None:
+    """Switch a transformers config from ``sdpa`` to ``osum_packed`` (the same outside packed calls);
+    any other implementation (eager, flash attention) is kept."""
+    if config._attn_implementation in (None, "sdpa"):
+        config._attn_implementation = ATTENTION

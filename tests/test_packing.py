@@ -1,0 +1,160 @@
+"""Packed training steps (``model.packed``): the batch's examples in one row, no padding computed, and the
+same loss and gradients as the padded batch; budgets that count what packing computes."""
+
+import random
+
+import pytest
+import torch
+
+from osum_core.config import fit_config
+from osum_core.data.batching import duration_batches
+from osum_core.model.build import build_speech_llm
+from osum_core.model.packing import PackedSequences
+from osum_core.model.speech_llm import GenerationSettings
+
+# Tolerances of packed against padded, float32: the forward is the same arithmetic row by row; gradients
+# sum the rows' contributions in another order (and attention gathers slots), so they agree to rounding.
+LOSS_TOLERANCE = dict(rtol=1e-5, atol=1e-5)
+GRAD_TOLERANCE = 1e-4  # largest difference relative to the gradient's largest magnitude, per parameter
+
+
+def tiny_model(*overrides: str, seed: int = 0):
+    """The demo's model options at a tiny size (CTC compression, CTC embeddings, time embeddings), or the
+    OSUM adapter with Transformer layers and LoRA, from configs/ plus `overrides`; dropout off."""
+    cfg = fit_config(overrides=[
+        "model.encoder.conv_strides=[2,2]", "model.adapter.layers=0", "model.adapter.conv_strides=[1]",
+        "model.adapter.dropout=0.0", "model.ctc_head=true", "model.ctc_compression=true", "model.ctc_max_run=3",
+        "model.ctc_embeddings=true", "model.time_embeddings=true", *overrides,
+    ])["model"]
+    cfg["encoder"]["config"] = dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
+                                    num_mel_bins=80, max_source_positions=200, dropout=0.0)
+    cfg["llm"]["config"] = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                intermediate_size=96, max_position_embeddings=512, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    return build_speech_llm(cfg, 64, eos_token_id=1, pad_token_id=0)
+
+
+def batch_of(frames, prompts, targets, seed=0, vocab=64):
+    g = torch.Generator().manual_seed(seed)
+    b = len(frames)
+    features = torch.randn(b, max(frames), 80, generator=g)
+    for i, n in enumerate(frames):
+        features[i, n:] = 0
+    target = torch.randint(2, vocab, (b, max(targets)), generator=g)
+    weights = torch.rand(b, max(targets), generator=g) + 0.5
+    weights *= torch.arange(max(targets)) < torch.tensor(targets)[:, None]
+    return {
+        "features": features, "feature_lengths": torch.tensor(frames),
+        "prompt_ids": torch.randint(2, vocab, (b, max(prompts)), generator=g), "prompt_lengths": torch.tensor(prompts),
+        "target_ids": target, "target_lengths": torch.tensor(targets), "target_weights": weights,
+        "ctc_ids": target, "ctc_lengths": torch.tensor(targets),
+    }
+
+
+def loss_and_grads(model, batch, packed: bool):
+    model.packed = packed
+    model.zero_grad(set_to_none=True)
+    out = model(**batch)
+    loss = out["token_loss"].sum() / out["token_count"].sum() + out["ctc_loss"].mean()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out["token_loss"].detach(), out["ctc_loss"].detach(), grads
+
+
+def assert_same_step(model, batch):
+    padded_loss, padded_ctc, padded = loss_and_grads(model, batch, packed=False)
+    packed_loss, packed_ctc, packed = loss_and_grads(model, batch, packed=True)
+    torch.testing.assert_close(packed_loss, padded_loss, **LOSS_TOLERANCE)
+    torch.testing.assert_close(packed_ctc, padded_ctc, **LOSS_TOLERANCE)
+    assert set(packed) == set(padded) and padded
+    for name, grad in padded.items():
+        scale = grad.abs().max().clamp(min=1e-12)
+        assert (packed[name] - grad).abs().max() / scale < GRAD_TOLERANCE, name
+
+
+# Lengths across the range a batch of a real run mixes: 1 s to 8 s, prompts and targets of different sizes.
+FRAMES = [800, 100, 430, 257, 611, 160]
+PROMPTS = [5, 9, 1, 7, 3, 6]
+TARGETS = [12, 1, 7, 20, 4, 9]
+
+
+def test_packed_step_has_the_padded_loss_and_gradients_with_the_demo_options():
+    model = tiny_model().train()
+    assert model.packed  # configs/fit.yaml: on by default
+    assert_same_step(model, batch_of(FRAMES, PROMPTS, TARGETS))
+
+
+def test_packed_step_has_the_padded_loss_and_gradients_with_osum_adapter_chat_turn_and_lora():
+    model = tiny_model(
+        "model.ctc_compression=false", "model.ctc_embeddings=false", "model.time_embeddings=false",
+        "model.encoder.conv_strides=[1,2]", "model.adapter.conv_strides=[1,2,2]", "model.adapter.layers=2",
+        "model.adapter.ffn_size=64", "model.llm.lora.enabled=true", "model.llm.lora.dropout=0.0",
+    ).train()
+    model.set_chat_turn([3, 4, 5], [6, 7])
+    for p in model.encoder.parameters():  # a frozen pretrained encoder, as OSUM's first stages train
+        p.requires_grad_(False)
+    assert_same_step(model, batch_of([400, 50, 133, 399], [4, 8, 2, 5], [3, 9, 1, 14], seed=3))
+
+
+def test_packed_encoder_gives_the_padded_states_and_zeros_at_padding():
+    encoder = tiny_model().encoder.eval()
+    batch = batch_of(FRAMES, PROMPTS, TARGETS)
+    padded, lengths = encoder(batch["features"], batch["feature_lengths"])
+    packed, packed_lengths = encoder(batch["features"], batch["feature_lengths"], packed=True)
+    assert packed_lengths.tolist() == lengths.tolist()
+    for i, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(packed[i, :n], padded[i, :n], rtol=1e-5, atol=1e-5)
+        assert not packed[i, n:].any()
+
+
+def test_greedy_generation_is_the_same_with_the_packed_encoder():
+    model = tiny_model(seed=4).eval()
+    batch = batch_of(FRAMES, PROMPTS, [1] * len(FRAMES), seed=9)
+    settings = GenerationSettings(**{**fit_config()["eval"]["generation"], "max_new_tokens": 8, "min_new_tokens": 8})
+    model.packed = False
+    padded = model.generate(settings=settings, **batch)
+    model.packed = True
+    assert model.generate(settings=settings, **batch) == padded
+
+
+def test_packed_rows_restart_positions_and_index_each_example():
+    packing = PackedSequences.of([3, 1, 2], "cpu")
+    assert packing.position_ids.tolist() == [[0, 1, 2, 0, 0, 1]]
+    assert packing.index.tolist() == [[0, 1, 2], [3, 0, 0], [4, 5, 0]]
+    assert packing.valid.tolist() == [[True, True, True], [True, False, False], [True, True, False]]
+    with pytest.raises(ValueError, match="at least one row"):
+        PackedSequences.of([2, 0], "cpu")
+
+
+def test_packing_needs_sdpa_attention():
+    with pytest.raises(ValueError, match="packed training needs SDPA attention.*model.packed=false"):
+        tiny_model("model.llm.attention=eager")
+    assert not tiny_model("model.llm.attention=eager", "model.packed=false").packed
+
+
+def test_ctc_only_step_gives_the_full_steps_ctc_loss_without_the_llm():
+    model = tiny_model().train()
+    batch = batch_of(FRAMES, PROMPTS, TARGETS)
+    full = model(**batch)
+    alone = model(**batch, ctc_only=True)
+    torch.testing.assert_close(alone["ctc_loss"], full["ctc_loss"])
+    assert not alone["token_loss"].any()
+    alone["ctc_loss"].sum().backward()
+    assert all(p.grad is None for p in model.llm.parameters())
+
+
+def test_packed_budget_counts_real_sizes_and_fits_more_per_batch():
+    rng = random.Random(0)
+    frames = [rng.randint(100, 3000) for _ in range(400)]
+    tokens = [f // 8 + rng.randint(10, 40) for f in frames]
+    budgets = dict(max_frames=12000, max_tokens=2000, sort_window=100, seed=1)
+    padded = duration_batches(frames, tokens, **budgets)
+    packed = duration_batches(frames, tokens, **budgets, packed=True)
+    for batches in (padded, packed):
+        assert sorted(i for b in batches for i in b) == list(range(400))  # each example once
+    for batch in packed:
+        assert sum(frames[i] for i in batch) <= 12000 or len(batch) == 1
+        assert sum(tokens[i] for i in batch) <= 2000 or len(batch) == 1
+    for batch in padded:
+        assert max(frames[i] for i in batch) * len(batch) <= 12000 or len(batch) == 1
+    assert len(packed) < len(padded)  # what padding wasted now holds more examples
