@@ -70,6 +70,18 @@ def test_nan_steps_are_skipped_and_counted(monkeypatch, tiny_corpus, tmp_path, c
     assert checkpoint["global_step"] == 8 and checkpoint["skipped_steps"] == 2
 
 
+def test_bf16_mixed_precision_clips_and_skips_with_the_fused_optimiser(monkeypatch, tiny_corpus, tmp_path, capsys):
+    # Lightning's mixed precision refuses to clip for an optimiser that offers to unscale gradients itself,
+    # as torch's fused AdamW (optim.fused, the default) does unless told otherwise.
+    calls = poison(monkeypatch, calls={3})
+    run = tmp_path / "run"
+    assert main(["fit", "--tasks", "asr,ved", "--out", str(run), *data_args(tiny_corpus), *TINY,
+                 "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0.5", "optim.fused=true"]) == 0
+    assert len(calls) == 8
+    assert "step 3: NaN or infinite loss or gradient; step skipped" in capsys.readouterr().err
+    assert finite_checkpoints(run) == ["last.ckpt"]
+
+
 def test_too_many_nonfinite_steps_in_a_row_stop_the_run(monkeypatch, tiny_corpus, tmp_path, capsys):
     poison(monkeypatch, after=5)
     run = tmp_path / "run"

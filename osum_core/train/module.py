@@ -352,6 +352,10 @@ class SpeechLLMModule(L.LightningModule):
             # default is the per-tensor loop); sharded (DTensor) parameters keep torch's default.
             fused=self.optim["fused"] and not self.sharded_parameters(params),
         )
+        # A fused AdamW offers to unscale fp16 gradients itself, and Lightning's mixed precision then refuses
+        # to clip them (trainer.gradient_clip_val). Declined: a GradScaler unscales before clipping, as for
+        # any optimiser, and bf16 has nothing to unscale; the fused kernel steps on plain gradients.
+        optimizer._step_supports_amp_scaling = False
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_schedule(self.total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
