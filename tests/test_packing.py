@@ -8,6 +8,7 @@ import torch
 
 from osum_core.config import fit_config
 from osum_core.data.batching import duration_batches
+from osum_core.model import packing
 from osum_core.model.build import build_speech_llm
 from osum_core.model.packing import PackedSequences
 from osum_core.model.speech_llm import GenerationSettings
@@ -78,13 +79,21 @@ PROMPTS = [5, 9, 1, 7, 3, 6]
 TARGETS = [12, 1, 7, 20, 4, 9]
 
 
-def test_packed_step_has_the_padded_loss_and_gradients_with_the_demo_options():
+# Attention per example (a CPU, lengths that differ) and in slots (one call: a GPU, or equal lengths).
+ATTENTION_PATHS = pytest.mark.parametrize("loop_waste", [-1.0, 2.0], ids=["per example", "in slots"])
+
+
+@ATTENTION_PATHS
+def test_packed_step_has_the_padded_loss_and_gradients_with_the_demo_options(monkeypatch, loop_waste):
+    monkeypatch.setattr(packing, "CPU_LOOP_WASTE", loop_waste)
     model = tiny_model().train()
     assert model.packed  # configs/fit.yaml: on by default
     assert_same_step(model, batch_of(FRAMES, PROMPTS, TARGETS))
 
 
-def test_packed_step_has_the_padded_loss_and_gradients_with_osum_adapter_chat_turn_and_lora():
+@ATTENTION_PATHS
+def test_packed_step_has_the_padded_loss_and_gradients_with_osum_adapter_chat_turn_and_lora(monkeypatch, loop_waste):
+    monkeypatch.setattr(packing, "CPU_LOOP_WASTE", loop_waste)
     model = tiny_model(
         "model.ctc_compression=false", "model.ctc_embeddings=false", "model.time_embeddings=false",
         "model.encoder.conv_strides=[1,2]", "model.adapter.conv_strides=[1,2,2]", "model.adapter.layers=2",
@@ -96,7 +105,9 @@ def test_packed_step_has_the_padded_loss_and_gradients_with_osum_adapter_chat_tu
     assert_same_step(model, batch_of([400, 50, 133, 399], [4, 8, 2, 5], [3, 9, 1, 14], seed=3))
 
 
-def test_packed_encoder_gives_the_padded_states_and_zeros_at_padding():
+@ATTENTION_PATHS
+def test_packed_encoder_gives_the_padded_states_and_zeros_at_padding(monkeypatch, loop_waste):
+    monkeypatch.setattr(packing, "CPU_LOOP_WASTE", loop_waste)
     encoder = tiny_model().encoder.eval()
     batch = batch_of(FRAMES, PROMPTS, TARGETS)
     padded, lengths = encoder(batch["features"], batch["feature_lengths"])

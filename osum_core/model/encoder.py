@@ -136,7 +136,7 @@ class SpeechEncoder(nn.Module):
         batch, steps, width = x.shape
         packing = PackedSequences.of(lengths.tolist(), x.device)
         rows = keep.reshape(-1).nonzero().squeeze(1)  # real steps of the padded batch, in packed order
-        packed = x.reshape(-1, width)[rows][None]
+        packed = x.reshape(-1, width).index_select(0, rows)[None]
         for layer in self.whisper.layers:
             packed = layer(packed, None, packing=packing)
         packed = self.whisper.layer_norm(packed)[0]

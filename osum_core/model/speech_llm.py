@@ -204,7 +204,7 @@ class SpeechLLM(nn.Module):
         steps = torch.arange(target_ids.shape[1], device=hidden.device)
         valid = steps[None, :] < target_lengths[:, None]
         rows = layout.target_start[:, None] - 1 + steps[None, :]
-        picked = hidden.reshape(-1, hidden.shape[-1])[rows[valid]]
+        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows[valid])
         logits = self.causal_lm.lm_head(picked).float()
         token_ce = nn.functional.cross_entropy(logits, target_ids[valid], reduction="none")
         weighted = torch.zeros_like(target_weights).masked_scatter(valid, token_ce) * target_weights
