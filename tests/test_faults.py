@@ -96,6 +96,18 @@ def test_too_many_nonfinite_steps_in_a_row_stop_the_run(monkeypatch, tiny_corpus
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
 
 
+def test_the_finiteness_check_takes_empty_gradient_shards():
+    # fsdp2 over 3+ ranks gives some rank an empty shard of a parameter of 2 rows (the speech markers).
+    module = SpeechLLMModule(torch.nn.Linear(2, 2), {}, None, {}, ctc_weight=0.0, generation=None, total_steps=1,
+                             ce_start_step=0)
+    module.model.register_parameter("shard", torch.nn.Parameter(torch.zeros(0, 4)))
+    for p in module.model.parameters():
+        p.grad = torch.zeros_like(p)
+    assert module.gradients_finite(torch.tensor(1.0))
+    module.model.weight.grad[0, 0] = math.inf
+    assert not module.gradients_finite(torch.tensor(1.0))
+
+
 def test_a_checkpoint_with_nan_weights_is_never_written():
     module = SpeechLLMModule(torch.nn.Linear(2, 2), {}, None, {}, ctc_weight=0.0, generation=None, total_steps=1,
                              ce_start_step=0)

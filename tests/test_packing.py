@@ -22,15 +22,16 @@ GRAD_TOLERANCE = 1e-4  # largest difference relative to the gradient's largest m
 def tiny_model(*overrides: str, seed: int = 0):
     """The demo's model options at a tiny size (CTC compression, CTC embeddings, time embeddings), or the
     OSUM adapter with Transformer layers and LoRA, from configs/ plus `overrides`; dropout off."""
+    encoder = dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64, dropout=0.0)
+    llm = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+               tie_word_embeddings=False)
     cfg = fit_config(overrides=[
+        *(f"model.encoder.config.{k}={v}" for k, v in encoder.items()),
+        *(f"model.llm.config.{k}={v}" for k, v in llm.items()),
         "model.encoder.conv_strides=[2,2]", "model.adapter.layers=0", "model.adapter.conv_strides=[1]",
         "model.adapter.dropout=0.0", "model.ctc_head=true", "model.ctc_compression=true", "model.ctc_max_run=3",
         "model.ctc_embeddings=true", "model.time_embeddings=true", *overrides,
     ])["model"]
-    cfg["encoder"]["config"] = dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
-                                    num_mel_bins=80, max_source_positions=200, dropout=0.0)
-    cfg["llm"]["config"] = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                intermediate_size=96, max_position_embeddings=512, tie_word_embeddings=False)
     torch.manual_seed(seed)
     return build_speech_llm(cfg, 64, eos_token_id=1, pad_token_id=0)
 
@@ -137,10 +138,13 @@ def test_packed_rows_restart_positions_and_index_each_example():
         PackedSequences.of([2, 0], "cpu")
 
 
-def test_packing_needs_sdpa_attention():
-    with pytest.raises(ValueError, match="packed training needs SDPA attention.*model.packed=false"):
-        tiny_model("model.llm.attention=eager")
-    assert not tiny_model("model.llm.attention=eager", "model.packed=false").packed
+def test_a_model_that_cannot_pack_trains_padded_and_says_why():
+    with pytest.warns(UserWarning, match="qwen2 model trains on padded batches: its attention is 'eager'"):
+        assert not tiny_model("model.llm.attention=eager").packed  # an export or run of any attention still loads
+    # A sliding window would need a window per example: Qwen2 with use_sliding_window.
+    with pytest.warns(UserWarning, match="it has sliding_attention layers"):
+        assert not tiny_model("model.llm.config.use_sliding_window=true", "model.llm.config.sliding_window=8",
+                              "model.llm.config.max_window_layers=0").packed
 
 
 def test_ctc_only_step_gives_the_full_steps_ctc_loss_without_the_llm():

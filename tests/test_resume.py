@@ -92,6 +92,22 @@ def test_a_resume_into_another_folder_is_refused(own_data_run, tmp_path, capsys)
     assert not (tmp_path / "other").exists()
 
 
+def test_a_run_from_before_packing_resumes_with_padded_batches_and_cannot_switch(own_data_run, capsys):
+    from omegaconf import OmegaConf
+
+    from osum_core.cli.resume import resume_config
+
+    # config.yaml as an osum before model.packed wrote it: the run's batches were planned padded.
+    path = own_data_run / "config.yaml"
+    stored = OmegaConf.to_container(OmegaConf.load(path))
+    assert stored["model"].pop("packed") is True
+    path.write_text(OmegaConf.to_yaml(stored))
+    cfg, _ = resume_config(str(own_data_run), None, overrides=["trainer.max_steps=50"])
+    assert cfg["model"]["packed"] is False  # the same plan: the position in the epoch stays exact
+    assert main(["fit", "--resume", str(own_data_run), "model.packed=true"]) == 2
+    assert "model.packed False -> True" in capsys.readouterr().err
+
+
 def test_a_changed_number_of_ranks_or_workers_is_not_refused(own_data_run):
     from osum_core.cli.resume import resume_config
 

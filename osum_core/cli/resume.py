@@ -47,7 +47,7 @@ FREE_KEYS = ("model.encoder.path", "model.llm.path", "model.llm.tokenizer", "mod
 
 
 # Settings added to osum after a run may have started, with the value that run was planned and trained under.
-EARLIER_DEFAULTS = {"model.packed": "false"}
+EARLIER_DEFAULTS = {"model.packed": "false", "optim.fused": "false"}
 
 
 class ResumeRefused(ValueError):

@@ -14,6 +14,7 @@ use it for padded work (generation) too and their weights are those of any ``sdp
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -89,25 +90,29 @@ def packed_attention(
     if packing is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
+    if kwargs.get("sliding_window") or kwargs.get("softcap") or kwargs.get("s_aux") is not None:
+        raise ValueError("packed attention has no sliding window, softcap or sinks (packing_supported refuses them)")
     if query.shape[0] != 1 or query.shape[2] != packing.total:
         raise ValueError(f"packed attention expects one row of {packing.total} positions, got {tuple(query.shape)}")
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     causal = getattr(module, "is_causal", False) if is_causal is None else is_causal
+    # Grouped-query attention (fewer key/value heads) without copying keys and values per query head.
+    gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}
+    if gqa and not causal:
+        raise ValueError("packed attention: grouped-query attention is for causal (LLM) layers")
     if query.device.type == "cpu" and packing.slot_waste > CPU_LOOP_WASTE:
         # On a CPU a call per example costs little, and computes none of the slots' padding.
         parts = zip(*(t.split(packing.lengths, dim=2) for t in (query, key, value)), strict=True)
         out = torch.cat([torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, dropout_p=dropout, is_causal=causal, scale=scaling) for q, k, v in parts], dim=2)
+            q, k, v, dropout_p=dropout, is_causal=causal, scale=scaling, **gqa) for q, k, v in parts], dim=2)
         return out.transpose(1, 2), None
     # [1, H, N, d] -> [S, H, longest, d]: each example in its own slot.
-    shape = (query.shape[1], *packing.index.shape, query.shape[-1])
-    slots = [t[0].index_select(1, packing.index.reshape(-1)).view(shape).transpose(0, 1) for t in (query, key, value)]
+    slots = [t[0].index_select(1, packing.index.reshape(-1)).view(t.shape[1], *packing.index.shape, t.shape[-1])
+             .transpose(0, 1) for t in (query, key, value)]
     # Causal: a real row sees only earlier rows of its slot, all real, so no mask is needed. Bidirectional:
     # the slot's padded keys are masked. Padded query rows are computed and dropped.
     out = torch.nn.functional.scaled_dot_product_attention(
         *slots, attn_mask=None if causal else packing.key_mask(), dropout_p=dropout, is_causal=causal, scale=scaling,
+        **gqa,
     )
     rows = out.transpose(1, 2).reshape(-1, *out.shape[1:2], out.shape[-1])  # [S x longest, H, d]
     return rows.index_select(0, packing.real_slots)[None], None  # [1, N, H, d]
@@ -115,6 +120,22 @@ def packed_attention(
 
 AttentionInterface.register(ATTENTION, packed_attention)
 AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
+def packing_supported(*configs) -> bool:
+    """Whether models of these transformers configs can train packed: each attends with ``osum_packed`` and
+    in full (a sliding window or other layer types would need per-example windows); otherwise a warning says
+    why the steps stay padded."""
+    for config in configs:
+        layers = set(getattr(config, "layer_types", None) or ["full_attention"])
+        why = (f"its attention is {config._attn_implementation!r}, not sdpa" if config._attn_implementation != ATTENTION
+               else f"it has {', '.join(sorted(layers - {'full_attention'}))} layers" if layers != {"full_attention"}
+               else None)
+        if why:
+            warnings.warn(f"model.packed: the {config.model_type} model trains on padded batches: {why} "
+                          "(set model.packed=false to silence this)", stacklevel=3)
+            return False
+    return True
 
 
 def use_packed_attention(config) -> None:

@@ -13,7 +13,7 @@ from osum_core.model.adapter import SpeechAdapter
 from osum_core.model.ctc_compression import merge_ctc_runs, time_features
 from osum_core.model.encoder import SpeechEncoder
 from osum_core.model.layout import build_layout, layout_length
-from osum_core.model.packing import ATTENTION
+from osum_core.model.packing import packing_supported
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,7 @@ class SpeechLLM(nn.Module):
             # embeddings the speech steps carry and kept the LLM from reading them.
             nn.init.zeros_(self.time_embedding.weight)
             nn.init.zeros_(self.time_embedding.bias)
-        for config in (encoder.whisper.config, self.causal_lm.config):
-            if packed and config._attn_implementation != ATTENTION:
-                raise ValueError(f"packed training needs SDPA attention; {config.model_type} has "
-                                 f"{config._attn_implementation!r} (set model.packed=false)")
-        self.packed = packed
+        self.packed = packed and packing_supported(encoder.whisper.config, self.causal_lm.config)
         self.ctc_compression = ctc_compression
         self.ctc_embeddings = ctc_embeddings
         self.ctc_max_run = ctc_max_run
@@ -186,7 +182,7 @@ class SpeechLLM(nn.Module):
         if ctc_only:
             states, lengths = self.encoder(features.to(self.encoder.whisper.conv1.weight.dtype), feature_lengths,
                                            packed=self.packed)
-            zeros = torch.zeros(target_lengths.shape, dtype=states.dtype, device=states.device)
+            zeros = torch.zeros(target_lengths.shape, dtype=target_weights.dtype, device=states.device)
             out = {"token_loss": zeros, "token_count": target_lengths.to(zeros.dtype)}
             return self.add_ctc_loss(out, self.ctc_head(states.to(self.ctc_head.weight.dtype)), lengths, ctc_ids,
                                      ctc_lengths)
@@ -196,10 +192,17 @@ class SpeechLLM(nn.Module):
             self.embed_tokens(prompt_ids), prompt_lengths, speech["speech"], speech["speech_lengths"], markers,
             self.embed_tokens(target_ids), target_lengths, **self.turn_embeds(), packed=self.packed,
         )
-        hidden = self.causal_lm.model(
-            inputs_embeds=layout.embeds, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
-            **({"packing": layout.packing} if layout.packing is not None else {}),
-        ).last_hidden_state
+        if layout.packing is not None:
+            # Packed: no mask at all (packed_attention keeps the examples apart); given as transformers' mapping
+            # of masks by layer type, so that it builds none and does not look at the mask on the host.
+            hidden = self.causal_lm.model(
+                inputs_embeds=layout.embeds, attention_mask={"full_attention": None},
+                position_ids=layout.position_ids, packing=layout.packing,
+            ).last_hidden_state
+        else:
+            hidden = self.causal_lm.model(
+                inputs_embeds=layout.embeds, attention_mask=layout.attention_mask, position_ids=layout.position_ids
+            ).last_hidden_state
         # Logits only where a target token is predicted: the step before each target token.
         steps = torch.arange(target_ids.shape[1], device=hidden.device)
         valid = steps[None, :] < target_lengths[:, None]

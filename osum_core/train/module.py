@@ -301,6 +301,7 @@ class SpeechLLMModule(L.LightningModule):
         # fsdp2: this rank's shard of each gradient.
         grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
                  for p in self.model.parameters() if p.grad is not None]
+        grads = [g for g in grads if g.numel()]  # fsdp2 leaves a rank an empty shard of a parameter of few rows
         if grads:
             # The largest magnitude of each gradient, in one multi-tensor kernel: NaN or infinite exactly when the
             # gradient holds one (a max cannot overflow, as a sum of squares could).
