@@ -68,9 +68,7 @@ class Plan:
         tasks = configured_tasks(registry, json.loads((run_dir / "tasks.json").read_text()), cfg["tasks"])
         tokenizer = load_tokenizer(run_dir / "tokenizer")
         model = build_for_tokenizer(cfg["model"], tokenizer)
-        module = SpeechDataModule(cfg["data"], tasks, tokenizer, cfg["seed"], cfg["loss"]["ctc_target"],
-                                  model.sequence_length, known_tasks=list(registry.tasks.values()),
-                                  max_input_frames=model.encoder.max_input_frames)
+        module = SpeechDataModule.for_model(cfg, tasks, tokenizer, model, known_tasks=list(registry.tasks.values()))
         self.plan = module.plan("train")
 
     def epoch(self, epoch: int, ranks: int, workers: int) -> list[list[list[str]]]:
