@@ -20,7 +20,9 @@ from osum_core.model.packing import PackedSequences
 @dataclass
 class Layout:
     embeds: torch.Tensor  # [B, L, D]; packed: [1, N, D]
-    attention_mask: torch.Tensor  # [B, L], 1 = real; packed: [1, N], all ones
+    # [B, L], 1 = real. Packed: no mask at all (packing.py keeps the examples apart), as transformers' mapping
+    # of masks by layer type, so that it builds none and does not read a mask on the host.
+    attention_mask: torch.Tensor | dict[str, None]
     position_ids: torch.Tensor  # [B, L]; packed: [1, N], restarting at each example
     target_start: torch.Tensor  # [B], row of each example's first target token in embeds.view(-1, D) (not pad_left)
     packing: PackedSequences | None = None  # packed: where each example lies
@@ -68,8 +70,7 @@ def build_layout(
         packing = PackedSequences.of([len(p) for p in pieces], prompt.device)
         embeds = torch.cat(pieces)[None]
         starts = packing.index[:, 0]  # each example's first row
-        ones = torch.ones(embeds.shape[:2], dtype=torch.long, device=prompt.device)
-        return Layout(embeds, ones, packing.position_ids, starts + target_start, packing)
+        return Layout(embeds, {"full_attention": None}, packing.position_ids, starts + target_start, packing)
     lengths = torch.tensor([len(p) for p in pieces], device=prompt.device)
     width = int(lengths.max())
     embeds = prompt.new_zeros(batch, width, prompt.shape[-1])

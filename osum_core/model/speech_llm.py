@@ -120,8 +120,9 @@ class SpeechLLM(nn.Module):
         return layout_length(prompt_tokens, speech, target_tokens, turn)
 
     def encode_speech(
-        self, features: torch.Tensor, feature_lengths: torch.Tensor, packed: bool = False
+        self, features: torch.Tensor, feature_lengths: torch.Tensor, packed: bool = False, ctc_only: bool = False
     ) -> dict[str, torch.Tensor]:
+        """Encoder states, their CTC logits and (unless `ctc_only`) the speech embeddings the LLM reads."""
         # Parts may sit in different dtypes (a frozen bf16 encoder and LLM around an fp32 adapter).
         states, state_lengths = self.encoder(
             features.to(self.encoder.whisper.conv1.weight.dtype), feature_lengths, packed=packed
@@ -130,6 +131,8 @@ class SpeechLLM(nn.Module):
         adapter_input, adapter_lengths = states, state_lengths
         # Computed once: the CTC loss and the compression read the same logits.
         ctc_logits = self.ctc_head(states) if self.ctc_head is not None else None
+        if ctc_only:
+            return {"encoder_states": states, "encoder_lengths": state_lengths, "ctc_logits": ctc_logits}
         if self.ctc_compression:
             frame_labels = ctc_logits.detach().argmax(dim=-1)
             adapter_input, adapter_lengths, run_starts = merge_ctc_runs(
@@ -179,30 +182,21 @@ class SpeechLLM(nn.Module):
         ``token_count`` (number of target tokens) and, with a CTC head, ``ctc_loss`` (per target token).
         `ctc_only`: the encoder and its CTC loss alone (``token_loss`` zero), for steps whose LLM loss does
         not count (``loss.ce_start_step``)."""
+        speech = self.encode_speech(features, feature_lengths, packed=self.packed, ctc_only=ctc_only)
         if ctc_only:
-            states, lengths = self.encoder(features.to(self.encoder.whisper.conv1.weight.dtype), feature_lengths,
-                                           packed=self.packed)
-            zeros = torch.zeros(target_lengths.shape, dtype=target_weights.dtype, device=states.device)
+            zeros = torch.zeros_like(target_lengths, dtype=target_weights.dtype)
             out = {"token_loss": zeros, "token_count": target_lengths.to(zeros.dtype)}
-            return self.add_ctc_loss(out, self.ctc_head(states.to(self.ctc_head.weight.dtype)), lengths, ctc_ids,
-                                     ctc_lengths)
-        speech = self.encode_speech(features, feature_lengths, packed=self.packed)
+            return self.add_ctc_loss(out, speech["ctc_logits"], speech["encoder_lengths"], ctc_ids, ctc_lengths)
         markers = self.speech_markers.to(speech["speech"].dtype)
         layout = build_layout(
             self.embed_tokens(prompt_ids), prompt_lengths, speech["speech"], speech["speech_lengths"], markers,
             self.embed_tokens(target_ids), target_lengths, **self.turn_embeds(), packed=self.packed,
         )
-        if layout.packing is not None:
-            # Packed: no mask at all (packed_attention keeps the examples apart); given as transformers' mapping
-            # of masks by layer type, so that it builds none and does not look at the mask on the host.
-            hidden = self.causal_lm.model(
-                inputs_embeds=layout.embeds, attention_mask={"full_attention": None},
-                position_ids=layout.position_ids, packing=layout.packing,
-            ).last_hidden_state
-        else:
-            hidden = self.causal_lm.model(
-                inputs_embeds=layout.embeds, attention_mask=layout.attention_mask, position_ids=layout.position_ids
-            ).last_hidden_state
+        packed = {"packing": layout.packing} if layout.packing is not None else {}
+        hidden = self.causal_lm.model(
+            inputs_embeds=layout.embeds, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
+            **packed,
+        ).last_hidden_state
         # Logits only where a target token is predicted: the step before each target token.
         steps = torch.arange(target_ids.shape[1], device=hidden.device)
         valid = steps[None, :] < target_lengths[:, None]
