@@ -21,14 +21,16 @@ def task_rows(registry: TaskRegistry, configured: dict[str, Task], origins: dict
     ``tasks:`` section applied: the values training uses), and under ``overrides`` each value a config sets,
     with where (`override_origins`) and the task's own default; every other value is the task's own."""
     from osum_core.config.tasks import TASK_WEIGHTS
+    from osum_core.demo.prepare import recipe_tag
 
     rows = []
     for task in registry.tasks.values():
         used = configured[task.name]
+        recipe = recipe_tag(used, registry.recipes)
         own = {**{key: getattr(task, key) for key in TASK_WEIGHTS}, **task.options}
         rows.append({
             "name": task.name,
-            "tag": task.tag,
+            "tag": used.tag,
             "labels": list(task.labels),
             "metric": task.metric,
             **{key: getattr(used, key) for key in TASK_WEIGHTS},
@@ -38,8 +40,8 @@ def task_rows(registry: TaskRegistry, configured: dict[str, Task], origins: dict
                 for key in own if f"{task.name}.{key}" in origins
             },
             "prompts": {language: len(bank) for language, bank in task.prompts.items()},
-            "demo_data": task.tag in registry.recipes,
-            "demo_options": dict(registry.recipes[task.tag].options) if task.tag in registry.recipes else {},
+            "demo_data": recipe is not None,
+            "demo_options": dict(registry.recipes[recipe].options) if recipe is not None else {},
             "package": registry.packages[task.name],
             "defined_at": registry.origins.get(task.name, "?"),
         })
@@ -69,7 +71,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         shown = f"{row[key]:g}" if key in TASK_WEIGHTS else repr(row["options"][key])
         return shown + ("*" if key in row["overrides"] else "")
 
-    columns = ("name", "tag", "metric", "loss", "label", "sample", "package", "labels")
+    columns = ("name", "tag", "metric", "loss", "label", "sample", "ctc", "package", "labels")
     table = [
         (row["name"], row["tag"], row["metric"], *(value(row, key) for key in TASK_WEIGHTS), row["package"],
          ", ".join(row["labels"]) or "-")
@@ -78,8 +80,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     widths = [max(len(str(cell)) for cell in column) for column in zip(columns, *table)]
     for line in [columns, *table]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
-    print("\nloss, label, sample: the task's loss_weight, label_loss_weight and sampling_weight "
-          "(set as tasks.<name>.<key>=value)")
+    print("\nloss, label, sample, ctc: the task's loss_weight, label_loss_weight, sampling_weight and "
+          "ctc_loss_weight (set as tasks.<name>.<key>=value)")
     with_options = [row for row in rows if row["options"]]
     if with_options:
         print("\noptions (set as tasks.<name>.<option>=value):")

@@ -25,7 +25,7 @@ from osum_core.config.load import (
 from osum_core.plugins import TaskRegistry
 from osum_core.task import Task
 
-TASK_WEIGHTS = ("loss_weight", "label_loss_weight", "sampling_weight")
+TASK_WEIGHTS = ("loss_weight", "label_loss_weight", "sampling_weight", "ctc_loss_weight")
 COMMAND_LINE = "the command line"
 
 

@@ -34,6 +34,15 @@ def task_corpus_spec(demo: Mapping[str, Any], seed: int, tag: str, recipe: DemoR
     return CorpusSpec(**{**spec.__dict__, "options": recipe.resolve_options(spec.options)})
 
 
+def recipe_tag(task: Task, recipes: Mapping[str, DemoRecipe]) -> str | None:
+    """The tag of `task`'s demo recipe: its own tag's, else the first recipe tag whose lines the task selects
+    (a label-only variant, ``tasks.ved.transcript=false``, reads its ASR+X task's corpus, so that both train
+    on the same utterances); None when no recipe fits."""
+    if task.tag in recipes:
+        return task.tag
+    return next((tag for tag in recipes if task.selects({"task": tag})), None)
+
+
 def write_combined_manifests(root: Path, dirs: Mapping[str, Path]) -> None:
     """``root/<split>.jsonl`` holding every task corpus's lines of that split, ``wav`` relative to root."""
     for split in SPLITS:
@@ -62,11 +71,12 @@ def synthesize_demo(
     check_recipe_options(demo, recipes)
     dirs = {}
     for task in tasks:
-        if task.tag not in recipes:
+        tag = recipe_tag(task, recipes)
+        if tag is None:
             raise ConfigError(
                 f"task {task.name!r} ({task.tag}) has no demo-corpus recipe; give manifests as data.train/val/test"
             )
-        spec = task_corpus_spec(demo, seed, task.tag, recipes[task.tag])
+        spec = task_corpus_spec(demo, seed, tag, recipes[tag])
         out = dirs[task.name] = root / task.name
         if not corpus_is_complete(out, spec):
             log(f"synthesising the demo corpus for {task.name} into {out} ...")

@@ -27,15 +27,19 @@ class Target:
     transcript: the words alone; scored by WER and learnt by the CTC head.
     suffix: the task's "X" (label tags, ``<开始回答>reply``); its tokens get the task's label_loss_weight.
     body: what the model writes before the suffix when that is not the bare transcript (SRWT's
-        timestamped words); empty means the transcript."""
+        timestamped words); empty means the transcript.
+    transcribed: False when the model writes the suffix alone (X without ASR: ``<laugh>``); the transcript
+        is then only the CTC head's target (if the task's ctc_loss_weight is not 0) and is not scored."""
 
     transcript: str
     suffix: str = ""
     body: str = ""
+    transcribed: bool = True
 
     @property
     def text(self) -> str:
-        return (self.body or self.transcript) + self.suffix
+        """What the LLM learns to write."""
+        return (self.body or self.transcript if self.transcribed else "") + self.suffix
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,8 @@ class Task:
     loss_weight: multiplies every target token's loss of this task's examples.
     label_loss_weight: extra factor for the suffix tokens (the "X" of ASR+X), on top of loss_weight.
     sampling_weight: relative share of this task in the training mixture.
+    ctc_loss_weight: multiplies the CTC loss of this task's examples (with a CTC head, ``loss.ctc_weight``);
+        0: the encoder's CTC head does not learn from them.
     select: which examples belong to the task; by default those whose ``task`` field equals `tag`.
     options: the task's own settings and their defaults (SRWT's timestamp format); users set them as
         ``tasks.<name>.<option>=value``.
@@ -173,6 +179,7 @@ class Task:
     loss_weight: float = 1.0
     label_loss_weight: float = 1.0
     sampling_weight: float = 1.0
+    ctc_loss_weight: float = 1.0
     select: Callable[[Mapping[str, Any]], bool] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     configure: Callable[..., Task] | None = None
@@ -268,7 +275,7 @@ def contract_problems(task: Task) -> list[str]:
         problems.append(f"labels must be non-empty strings without '<' or '>', got {labels!r}")
     elif len(set(labels)) != len(labels):
         problems.append(f"labels repeat: {sorted(label for label in set(labels) if labels.count(label) > 1)}")
-    for attr in ("loss_weight", "label_loss_weight", "sampling_weight"):
+    for attr in ("loss_weight", "label_loss_weight", "sampling_weight", "ctc_loss_weight"):
         value = getattr(task, attr)
         if not isinstance(value, int | float) or value < 0:
             problems.append(f"{attr} must be a number >= 0, got {value!r}")
