@@ -1,9 +1,12 @@
 """`LearningCurve`: one line per validation in ``RUN_DIR/learning_curve.jsonl`` (step, minutes, mean
-training loss since the last validation, validation loss, every task's metrics).
+training loss since the last validation, validation loss, every task's metrics), and its picture beside it,
+``RUN_DIR/learning_curve.png`` (`osum_core.inference.curve_picture.draw_learning_curve`: the losses and each
+task's headline metric against the step), drawn again after every validation by the job's first process.
 
-A fresh run starts the file empty; a resumed run keeps the lines up to its checkpoint's step and appends
-(the lines of later steps are dropped: those steps are trained again), and its minutes go on from the
-last line kept."""
+A fresh run starts the file empty (and removes a picture an earlier run left); a resumed run keeps the lines
+up to its checkpoint's step and appends (the lines of later steps are dropped: those steps are trained
+again), its picture is drawn again from the lines kept, and its minutes go on from the last line kept. A run
+that has not validated yet has no picture."""
 
 from __future__ import annotations
 
@@ -14,10 +17,13 @@ from typing import Any
 
 import lightning as L
 
+from osum_core.inference.curve_picture import draw_learning_curve
+
 
 class LearningCurve(L.Callback):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.picture = self.path.with_suffix(".png")
         self.started = time.monotonic()
         self.losses: list[float] = []
         self.rows: list[dict[str, Any]] = []
@@ -34,6 +40,7 @@ class LearningCurve(L.Callback):
         partial.replace(self.path)
         if self.rows:
             self.started -= self.rows[-1]["minutes"] * 60
+        self.draw(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # "batch_loss" is the batch's own loss; "loss" is scaled for the optimiser step (divided by the
@@ -59,6 +66,14 @@ class LearningCurve(L.Callback):
         self.rows.append(row)
         with self.path.open("a", encoding="utf-8") as out:
             out.write(json.dumps(row) + "\n")
+        self.draw(pl_module)
+
+    def draw(self, pl_module: L.LightningModule) -> None:
+        """The picture of the rows so far; none (an earlier run's removed) before the first validation."""
+        tasks = getattr(pl_module, "tasks", None) or {}  # osum's module: name -> Task (its headline metric)
+        headline = {name: task.metric for name, task in tasks.items()}
+        if not draw_learning_curve(self.picture, self.rows, headline, title=f"learning curve: {self.path.parent.name}"):
+            self.picture.unlink(missing_ok=True)
 
 
 def curve_table(rows: list[dict[str, Any]]) -> str:
