@@ -37,7 +37,20 @@ PROMPTS = {
     ),
 }
 
-TASK = tagged_task(name="sap", tag="<TRANSCRIBE> <AGE>", prompts=PROMPTS, fields=[FIELD])
+# For tasks.sap.transcript=false (the age group alone, tag <AGE>); ours, in the style of OSUM's.
+LABEL_PROMPTS = {
+    "zh": (
+        "请判断语音中发言者的年龄段，并在结果中标注<年龄>标签，年龄分为child、adult、old三种。",
+        "说话人属于哪个年龄段？请只用<>给出年龄标签：child、adult或old。",
+    ),
+    "en": (
+        "How old is the speaker? Answer with one <age> tag: child, adult or old.",
+        "Name the speaker's age group in angle brackets, without transcribing.",
+        "Tag the speaker's age group.",
+    ),
+}
+
+TASK = tagged_task(name="sap", tag="<TRANSCRIBE> <AGE>", prompts=PROMPTS, label_prompts=LABEL_PROMPTS, fields=[FIELD])
 
 
 def draw(utt: Utterance, rng: random.Random, spec: CorpusSpec) -> Utterance:

@@ -36,10 +36,26 @@ PROMPTS = {
     ),
 }
 
+# For tasks.ser.transcript=false (the emotion alone, tag <EMOTION>); ours, in the style of OSUM's.
+LABEL_PROMPTS = {
+    "zh": (
+        "请判断以下音频中说话人的情感，并给出<情感>标签，情感共分为8类：sad，anger，neutral，happy，surprise，"
+        "fear，disgust，以及other。",
+        "请识别说话人的情感，只用<>给出情感类别：sad，anger，neutral，happy，surprise，fear，disgust，other。",
+    ),
+    "en": (
+        "What emotion does the speaker express? Answer with one <emotion> tag: sad, anger, neutral, happy, "
+        "surprise, fear, disgust or other.",
+        "Name the speaker's emotion in angle brackets, without transcribing.",
+        "Tag the emotion you hear.",
+    ),
+}
+
 TASK = tagged_task(
     name="ser",
     tag="<TRANSCRIBE> <EMOTION>",
     prompts=PROMPTS,
+    label_prompts=LABEL_PROMPTS,
     fields=[LabelField("emotion", LABELS)],
 )
 

@@ -29,7 +29,21 @@ PROMPTS = {
     ),
 }
 
-TASK = tagged_task(name="sgc", tag="<TRANSCRIBE> <GENDER>", prompts=PROMPTS, fields=[FIELD])
+# For tasks.sgc.transcript=false (the gender alone, tag <GENDER>): the first is the "only X" prompt of OSUM's
+# internal demo; the others are ours in its style.
+LABEL_PROMPTS = {
+    "zh": (
+        "请判断语音中发言者的性别，并在结果中标注<性别>标签，性别分为female和male。",
+        "说话人是男性还是女性？请只用<>给出性别标签：female或male。",
+    ),
+    "en": (
+        "Is the speaker female or male? Answer with one <gender> tag.",
+        "Name the speaker's gender in angle brackets, without transcribing.",
+        "Tag the speaker's gender.",
+    ),
+}
+
+TASK = tagged_task(name="sgc", tag="<TRANSCRIBE> <GENDER>", prompts=PROMPTS, label_prompts=LABEL_PROMPTS, fields=[FIELD])
 
 
 def label_text(utt: Utterance) -> str:

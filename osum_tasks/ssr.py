@@ -58,10 +58,27 @@ PROMPTS = {
     ),
 }
 
+# For tasks.ssr.transcript=false (the style alone, tag <STYLE>); ours, in the style of OSUM's.
+LABEL_PROMPTS = {
+    "zh": (
+        "请判断以下音频的说话风格，并给出<风格>标签，风格共分为8类：新闻科普、恐怖故事、童话故事、客服、诗歌散文、"
+        "有声书、日常口语、其他。",
+        "请识别这段语音的风格，只用<>给出风格类别：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
+    ),
+    "en": (
+        "In which style is this spoken? Answer with one <style> tag: 新闻科普 (news), 恐怖故事 (horror story), "
+        "童话故事 (fairy tale), 客服 (customer service), 诗歌散文 (poetry and prose), 有声书 (audiobook), "
+        "日常口语 (everyday talk), 其他 (other).",
+        "Name the speaking style in angle brackets, without transcribing.",
+        "Tag the speaking style of this audio.",
+    ),
+}
+
 TASK = tagged_task(
     name="ssr",
     tag="<TRANSCRIBE> <STYLE>",
     prompts=PROMPTS,
+    label_prompts=LABEL_PROMPTS,
     fields=[LabelField("style", LABELS, aliases={raw: style for raw, style in RAW_STYLES.items() if raw != style})],
 )
 

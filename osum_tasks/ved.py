@@ -40,10 +40,27 @@ PROMPTS = {
     ),
 }
 
+# For tasks.ved.transcript=false (the event alone, tag <CAPTION>); ours, in the style of OSUM's.
+LABEL_PROMPTS = {
+    "zh": (
+        "请判断以下音频中的音频事件，并给出<音频事件>标签，音频事件分为8类：laugh，cough，cry，screaming，sigh，"
+        "throat clearing，sneeze，other。",
+        "这段音频中出现了哪种音频事件？请只用<>给出标签：laugh，cough，cry，screaming，sigh，throat clearing，"
+        "sneeze或other。",
+    ),
+    "en": (
+        "Which vocal event occurs in the audio? Answer with one <vocal event> tag: laugh, cough, cry, screaming, "
+        "sigh, throat clearing, sneeze or other.",
+        "Name the vocal event you hear, in angle brackets, without transcribing.",
+        "Tag the vocal event in this audio.",
+    ),
+}
+
 TASK = tagged_task(
     name="ved",
     tag="<TRANSCRIBE> <CAPTION>",
     prompts=PROMPTS,
+    label_prompts=LABEL_PROMPTS,
     fields=[LabelField("event", LABELS)],
 )
 

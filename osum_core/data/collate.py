@@ -17,7 +17,7 @@ def pad(tensors: Sequence[torch.Tensor], value: float) -> tuple[torch.Tensor, to
 def collate_examples(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Right-padded tensors with their lengths. Keys: features [B,T,M], feature_lengths, prompt_ids,
     prompt_lengths and, for examples with a target, target_ids, target_lengths, target_weights, ctc_ids,
-    ctc_lengths; lists: tasks, keys, targets and, as `SpeechDataset` gives them, sources (where each item
+    ctc_lengths, ctc_weights (each example's task's ctc_loss_weight); lists: tasks, keys, targets and, as `SpeechDataset` gives them, sources (where each item
     is listed), files (where its audio is) and seconds (its audio's duration); in training also
     step_tokens and step_items (ints: the loss's normaliser, see `PlanBatchSampler`); skipped: the items
     the dataset could not load (`BadItem.to_json` rows), left out of the tensors. A batch whose every item
@@ -44,4 +44,6 @@ def collate_examples(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
             batch[name], batch[name.replace("_ids", "_lengths")] = pad([i[name] for i in items], 0)
     if "target_weights" in items[0]:
         batch["target_weights"], _ = pad([i["target_weights"] for i in items], 0.0)
+    if "ctc_weight" in items[0]:
+        batch["ctc_weights"] = torch.tensor([i["ctc_weight"] for i in items], dtype=torch.float32)
     return batch

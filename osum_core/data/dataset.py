@@ -168,7 +168,7 @@ def prepare_example(record: Mapping[str, Any], task: Task, tokenizer: Any, max_f
     source = example_source(record)
     key = str(record["key"])
     target = task_target(record, task)
-    if not (target.body or target.transcript).strip() and not target.suffix.strip():
+    if not (target.body or target.transcript if target.transcribed else "").strip() and not target.suffix.strip():
         raise ExampleError(f"{source}: key {key}: the transcript is empty and task {task.name} adds no label: "
                            "nothing to learn", "empty_transcript", key=key)
     frames = checked_frames(record, source, key, max_frames, too_long)
@@ -179,7 +179,8 @@ def prepare_example(record: Mapping[str, Any], task: Task, tokenizer: Any, max_f
         task=task.name,
         target=target,
         transcript_ids=tuple(tokenizer.encode(target.transcript, add_special_tokens=False)),
-        body_ids=tuple(tokenizer.encode(target.body or target.transcript, add_special_tokens=False)),
+        body_ids=(tuple(tokenizer.encode(target.body or target.transcript, add_special_tokens=False))
+                  if target.transcribed else ()),
         suffix_ids=tuple(tokenizer.encode(target.suffix, add_special_tokens=False)) if target.suffix else (),
         frames=frames,
         source=source,
@@ -420,4 +421,5 @@ class SpeechDataset(Dataset):
             "ctc_ids": torch.tensor(
                 example.transcript_ids + (example.suffix_ids if self.ctc_includes_suffix else ()), dtype=torch.long
             ),
+            "ctc_weight": task.ctc_loss_weight,
         }

@@ -33,11 +33,11 @@ def same_text(hypothesis: str, reference: str) -> bool:
 
 def example_scores(task: Task, prediction: Prediction, target: Target) -> dict[str, Any]:
     """The example's transcript WER (after the scoring normaliser; of the words an invalid answer's parser
-    recovered) and whether its parsed answer (label and fields) equals the reference's parsed the same way
+    recovered; none when the model is not asked for the transcript) and whether its parsed answer (label and fields) equals the reference's parsed the same way
     (never for an invalid answer)."""
     scores: dict[str, Any] = {}
     hypothesis, reference = normalize_pair(prediction.transcript, target.transcript)
-    if reference:
+    if reference and target.transcribed:
         scores["wer"] = round(float(word_error_rate(hypothesis, reference)), 4)
     expected = task.parse_output(target.text)
     if expected.label is not None or expected.fields:

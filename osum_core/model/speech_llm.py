@@ -175,18 +175,21 @@ class SpeechLLM(nn.Module):
         target_weights: torch.Tensor,
         ctc_ids: torch.Tensor | None = None,
         ctc_lengths: torch.Tensor | None = None,
+        ctc_weights: torch.Tensor | None = None,
         ctc_only: bool = False,
         **_: Any,
     ) -> dict[str, torch.Tensor]:
         """Per-example loss terms: ``token_loss`` (sum over target tokens of weight x cross-entropy),
-        ``token_count`` (number of target tokens) and, with a CTC head, ``ctc_loss`` (per target token).
+        ``token_count`` (number of target tokens) and, with a CTC head, ``ctc_loss`` (per target token,
+        times the example's `ctc_weights` when given).
         `ctc_only`: the encoder and its CTC loss alone (``token_loss`` zero), for steps whose LLM loss does
         not count (``loss.ce_start_step``)."""
         speech = self.encode_speech(features, feature_lengths, packed=self.packed, ctc_only=ctc_only)
         if ctc_only:
             zeros = torch.zeros_like(target_lengths, dtype=target_weights.dtype)
             out = {"token_loss": zeros, "token_count": target_lengths.to(zeros.dtype)}
-            return self.add_ctc_loss(out, speech["ctc_logits"], speech["encoder_lengths"], ctc_ids, ctc_lengths)
+            return self.add_ctc_loss(out, speech["ctc_logits"], speech["encoder_lengths"], ctc_ids, ctc_lengths,
+                                     ctc_weights)
         markers = self.speech_markers.to(speech["speech"].dtype)
         layout = build_layout(
             self.embed_tokens(prompt_ids), prompt_lengths, speech["speech"], speech["speech_lengths"], markers,
@@ -206,11 +209,14 @@ class SpeechLLM(nn.Module):
         token_ce = nn.functional.cross_entropy(logits, target_ids[valid], reduction="none")
         weighted = torch.zeros_like(target_weights).masked_scatter(valid, token_ce) * target_weights
         out = {"token_loss": weighted.sum(dim=1), "token_count": target_lengths.to(weighted.dtype)}
-        return self.add_ctc_loss(out, speech["ctc_logits"], speech["encoder_lengths"], ctc_ids, ctc_lengths)
+        return self.add_ctc_loss(out, speech["ctc_logits"], speech["encoder_lengths"], ctc_ids, ctc_lengths,
+                                 ctc_weights)
 
     def add_ctc_loss(self, out: dict[str, torch.Tensor], logits: torch.Tensor | None, lengths: torch.Tensor,
-                     ctc_ids: torch.Tensor | None, ctc_lengths: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """`out` with ``ctc_loss`` (per target token) when the model has a CTC head and the batch CTC targets."""
+                     ctc_ids: torch.Tensor | None, ctc_lengths: torch.Tensor | None,
+                     ctc_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """`out` with ``ctc_loss`` (per target token, weighted) when the model has a CTC head and the batch
+        CTC targets."""
         if logits is not None and ctc_ids is not None and ctc_lengths is not None:
             log_probs = logits.float().log_softmax(dim=-1)
             ctc = nn.functional.ctc_loss(
@@ -218,6 +224,8 @@ class SpeechLLM(nn.Module):
                 blank=self.pad_token_id, reduction="none", zero_infinity=True,
             )
             out["ctc_loss"] = ctc / ctc_lengths.clamp(min=1)
+            if ctc_weights is not None:
+                out["ctc_loss"] = out["ctc_loss"] * ctc_weights.to(out["ctc_loss"].dtype)
         return out
 
     @torch.no_grad()

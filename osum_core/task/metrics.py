@@ -26,8 +26,10 @@ class TranscriptMetric:
         self.scored = 0  # examples with a reference transcript (tasks without one report no WER)
 
     def update(self, predictions: Sequence[Prediction], targets: Sequence[Target]) -> None:
-        normalized = [normalize_pair(p.transcript, t.transcript) for p, t in zip(predictions, targets, strict=True)]
-        # torchmetrics divides by reference words; an empty reference would count as zero words.
+        normalized = [normalize_pair(p.transcript, t.transcript) if t.transcribed else ("", "")
+                      for p, t in zip(predictions, targets, strict=True)]
+        # torchmetrics divides by reference words; an empty reference would count as zero words. A target
+        # the model does not transcribe (``Target.transcribed``) has no transcript to score.
         pairs = [(h, r) for h, r in normalized if r]
         self.scored += len(pairs)
         if pairs:

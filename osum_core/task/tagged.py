@@ -3,17 +3,18 @@
 Most OSUM tasks (VED, SER, SSR, SGC, SAP) have exactly this shape with one label; OSUM's multi-label
 combinations (``<TRANSCRIBE> <AGE> <GENDER>``, ``<AGE> <GENDER>``) are the same with several `LabelField`s,
 and without the transcript when ``transcribe=False``. A plugin that adds another such task needs only its
-name, tag, label fields and prompts.
+name, tag, label fields and prompts (and prompts for the labels alone, to offer ``transcript: false``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from osum_core.task.contract import Prediction, Target, Task, TaskMetric
+from osum_core.task.contract import Prediction, Target, Task, TaskMetric, normalize_task_tag
 from osum_core.task.normalize import normalize_target
 from osum_core.task.tags import is_garbled, split_suffix_tags, strip_tags
 
@@ -49,12 +50,53 @@ def tagged_task(
     prompts: Mapping[str, Sequence[str]],
     fields: Sequence[LabelField],
     transcribe: bool = True,
+    label_prompts: Mapping[str, Sequence[str]] | None = None,
     **weights: float,
 ) -> Task:
-    """A task whose target is the transcript (when `transcribe`) followed by one ``<label>`` per field."""
+    """A task whose target is the transcript (when `transcribe`) followed by one ``<label>`` per field.
+
+    Without `transcribe` the model writes the labels alone (``<adult><female>``); a line's transcript, if it
+    has one, is then only the CTC head's target. `label_prompts` (prompts that ask for the labels alone)
+    give an ASR+X task the option ``transcript`` (default true): ``tasks.<name>.transcript=false`` turns it
+    into X without ASR, as OSUM's ``<AGE> <GENDER>`` is: tag without ``<TRANSCRIBE>`` (``<CAPTION>``),
+    `label_prompts`, the labels alone as the LLM's target, and the same manifest lines as before (those of
+    either tag), so that both forms can be compared on one corpus."""
     fields = tuple(fields)
     if not fields:
         raise ValueError(f"task {name!r}: a tagged task needs at least one LabelField")
+    label_tag = " ".join(part for part in tag.split() if part != "<TRANSCRIBE>")
+    offers_option = transcribe and label_prompts is not None and label_tag != tag.strip()
+
+    if not offers_option:
+        return build_tagged_task(name, tag, prompts, fields, transcribe, (), weights)
+
+    def configure(transcript: Any = True) -> Task:
+        if not isinstance(transcript, bool):
+            raise ValueError(f"transcript must be true or false, got {transcript!r}")
+        if transcript:
+            task = build_tagged_task(name, tag, prompts, fields, True, (), weights)
+        else:
+            assert label_prompts is not None  # offers_option
+            task = build_tagged_task(name, label_tag, label_prompts, fields, False, (tag,), weights)
+        return dataclasses.replace(task, options={"transcript": True}, configure=configure)
+
+    return configure(True)
+
+
+def build_tagged_task(
+    name: str,
+    tag: str,
+    prompts: Mapping[str, Sequence[str]],
+    fields: tuple[LabelField, ...],
+    transcribe: bool,
+    also_reads: tuple[str, ...],
+    weights: Mapping[str, float],
+) -> Task:
+    """`tagged_task`'s task in one form; `also_reads`: tags of other manifest lines it takes besides its own."""
+    reads = {normalize_task_tag(t) for t in (tag, *also_reads)}
+
+    def select(example: Mapping[str, Any]) -> bool:
+        return normalize_task_tag(str(example.get("task", "<TRANSCRIBE>"))) in reads
 
     def build_target(example: Mapping[str, Any]) -> Target:
         transcript, tags = split_suffix_tags(str(example.get("txt", "")))
@@ -74,7 +116,7 @@ def tagged_task(
                     + label_field.hint(label)
                 )
             suffix += f"<{label}>"
-        return Target(normalize_target(transcript) if transcribe else "", suffix)
+        return Target(normalize_target(transcript), suffix, transcribed=transcribe)
 
     def parse_output(text: str) -> Prediction:
         """The first tag per field, read from the tags at the end. Valid when there is exactly one tag per
@@ -114,5 +156,6 @@ def tagged_task(
         parse_output=parse_output,
         make_metric=make_metric,
         metric="accuracy",
+        select=select if also_reads else None,
     )
     return task.with_weights(**weights) if weights else task

@@ -3,10 +3,11 @@
 Batch loss, for a batch with examples i, target tokens t, task weights and CTC (the first term joins at
 ``loss.ce_start_step``):
 
-    loss = sum_i sum_t w_it * CE_it / sum_i T_i  +  ctc_weight * mean_i CTC_i / U_i
+    loss = sum_i sum_t w_it * CE_it / sum_i T_i  +  ctc_weight * mean_i c_i * CTC_i / U_i
 
 where w_it = loss_weight(task_i), times label_loss_weight(task_i) for the label suffix and the end-of-text
-token after it; T_i is the number of target tokens and U_i the transcript length in tokens.
+token after it; c_i = ctc_loss_weight(task_i); T_i is the number of target tokens and U_i the CTC target's
+length in tokens.
 
 A step whose loss or gradient is NaN or infinite is skipped: the optimiser does not step, so weights and
 its state stay as they were, and ``train/skipped_steps`` counts it; ``optim.max_nonfinite_steps`` such
