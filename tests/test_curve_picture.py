@@ -30,7 +30,7 @@ def png_size(path: Path) -> tuple[int, int]:
 def redrawn(run: Path, tmp_path: Path, headline: dict[str, str] | None = None) -> bytes:
     """The picture of the run's learning_curve.jsonl as it is now, drawn as the run draws it."""
     expected = tmp_path / "expected.png"
-    assert draw_learning_curve(expected, curve(run), headline, title=f"learning curve: {run.name}")
+    assert draw_learning_curve(expected, curve(run), headline, title=f"learning curve: {run.parent.name}/{run.name}")
     return expected.read_bytes()
 
 

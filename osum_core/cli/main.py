@@ -1,4 +1,4 @@
-"""``osum`` command line: ``fit``, ``test``, ``predict``, ``export``, ``import-osum``, ``tasks``, ``data synth``,
+"""``osum`` command line: ``fit``, ``study``, ``test``, ``predict``, ``export``, ``import-osum``, ``tasks``, ``data synth``,
 ``data shard``, ``data check``."""
 
 from __future__ import annotations
@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     fit.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_steps=20")
     fit.set_defaults(run=cmd_fit)
+
+    from osum_core.cli.study import add_command as add_study  # light: a study imports osum when it runs
+
+    add_study(commands, with_registry)
 
     test = commands.add_parser("test", help="evaluate a checkpoint on test manifests and write a report")
     test.add_argument("--ckpt", required=True, help="osum checkpoint directory, run directory or .ckpt file")

@@ -72,7 +72,8 @@ class LearningCurve(L.Callback):
         """The picture of the rows so far; none (an earlier run's removed) before the first validation."""
         tasks = getattr(pl_module, "tasks", None) or {}  # osum's module: name -> Task (its headline metric)
         headline = {name: task.metric for name, task in tasks.items()}
-        if not draw_learning_curve(self.picture, self.rows, headline, title=f"learning curve: {self.path.parent.name}"):
+        title = "learning curve: " + "/".join(self.path.parent.parts[-2:])  # the run's folder and its parent's
+        if not draw_learning_curve(self.picture, self.rows, headline, title=title):
             self.picture.unlink(missing_ok=True)
 
 
