@@ -277,20 +277,14 @@ def launch(command: Sequence[str], log: Path, quiet: bool) -> tuple[int, float, 
             while True:
                 try:
                     chunk = os.read(process.stdout.fileno(), 1 << 16)
-                except KeyboardInterrupt:
-                    stop()
-                    continue
-                if not chunk:
-                    break
-                out.write(chunk)
-                out.flush()
-                if not quiet:
-                    echo(chunk)
-            while True:
-                try:
-                    returncode = process.wait()
-                    break
-                except KeyboardInterrupt:
+                    if not chunk:
+                        returncode = process.wait()
+                        break
+                    out.write(chunk)
+                    out.flush()
+                    if not quiet:
+                        echo(chunk)
+                except KeyboardInterrupt:  # Ctrl-C: the run saves and stops; its output goes on to the end
                     stop()
         finally:
             if previous is not None:
