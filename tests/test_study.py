@@ -5,6 +5,8 @@ directories on its own (`osum_core.inference.study_report`)."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -208,3 +210,19 @@ def test_a_run_stopped_by_a_signal_or_never_started_is_not_failed(tmp_path):
     assert [read_run(tmp_path, "a", seed).status for seed in (1, 2)] == ["stopped", "stopped"]
     assert read_run(tmp_path, "a", 3).status == "not run"
     assert log_tail(tmp_path / "missing.log") == []
+
+
+def test_readme_s_study_commands_pass_the_checks(tmp_path, monkeypatch, capsys):
+    """Each `osum study` README shows, as a dry run: every arm's config checked, each run's command printed."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    lines = re.sub(r"\\\n\s*", " ", text).splitlines()
+    commands = [re.sub(r"\s+#\s.*$", "", line.strip())[len("osum "):] for line in lines
+                if line.strip().startswith("osum study ")]
+    assert len(commands) >= 2
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        argv = shlex.split(command)
+        assert main([*argv, *([] if "--dry-run" in argv else ["--dry-run"])]) == 0
+        planned = capsys.readouterr().err.splitlines()
+        assert planned and all(": start: " in line and " fit --tasks " in line for line in planned)
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
