@@ -101,8 +101,11 @@ def _figure(panels: int, title: str | None) -> tuple[Figure, list[Axes]]:
 
 
 def _style_panel(axis: Axes, title: str, metric: str | None = None) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     axis.set_title(title, fontsize=10)
     axis.set_xlabel("step")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.grid(alpha=0.3)
     if metric in UNIT_METRICS:
         shown = [float(y) for line in axis.get_lines() for y in line.get_ydata() if math.isfinite(float(y))]
