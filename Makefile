@@ -34,7 +34,7 @@ PLUGIN_API := osum_core/task osum_core/plugins osum_core/demo/recipe.py
 test: $(INSTALLED)
 	$(BIN)/ruff check osum_core osum_tasks plugins tests bench configs
 	$(BIN)/mypy $(PLUGIN_API)
-	$(BIN)/python -m pytest -q $(TESTS)
+	$(BIN)/python -m pytest -q --durations=15 $(TESTS)
 
 # Everything but the tests marked slow.
 test-fast: $(INSTALLED)

@@ -13,7 +13,7 @@ from osum_core.cli.main import main
 from osum_core.config import ConfigError, configured_tasks
 from osum_core.data.dataset import PlanItem, SpeechDataset, TaskPrompts, prepare_examples
 from osum_core.data.manifest import read_manifest
-from osum_core.demo.prepare import recipe_tag
+from osum_core.demo.recipe import recipe_tag
 from osum_core.inference.scoring import example_scores
 
 TRANSCRIPT_PLUS_LABEL = {"ved": "laugh", "ser": "happy", "ssr": "客服", "sgc": "female", "sap": "old"}

@@ -21,7 +21,7 @@ def task_rows(registry: TaskRegistry, configured: dict[str, Task], origins: dict
     ``tasks:`` section applied: the values training uses), and under ``overrides`` each value a config sets,
     with where (`override_origins`) and the task's own default; every other value is the task's own."""
     from osum_core.config.tasks import TASK_WEIGHTS
-    from osum_core.demo.prepare import recipe_tag
+    from osum_core.demo.recipe import recipe_tag
 
     rows = []
     for task in registry.tasks.values():

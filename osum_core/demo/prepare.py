@@ -12,7 +12,7 @@ from typing import Any
 from osum_core.config import ConfigError
 from osum_core.data.manifest import write_manifest
 from osum_core.demo.corpus import SPLITS, corpus_is_complete, synthesize_corpus
-from osum_core.demo.recipe import CorpusSpec, DemoRecipe
+from osum_core.demo.recipe import CorpusSpec, DemoRecipe, recipe_tag
 from osum_core.task import Task
 
 
@@ -32,15 +32,6 @@ def task_corpus_spec(demo: Mapping[str, Any], seed: int, tag: str, recipe: DemoR
     recipe's option does not make it stale."""
     spec = CorpusSpec.from_config(demo, seed, (tag,))
     return CorpusSpec(**{**spec.__dict__, "options": recipe.resolve_options(spec.options)})
-
-
-def recipe_tag(task: Task, recipes: Mapping[str, DemoRecipe]) -> str | None:
-    """The tag of `task`'s demo recipe: its own tag's, else the first recipe tag whose lines the task selects
-    (a label-only variant, ``tasks.ved.transcript=false``, reads its ASR+X task's corpus, so that both train
-    on the same utterances); None when no recipe fits."""
-    if task.tag in recipes:
-        return task.tag
-    return next((tag for tag in recipes if task.selects({"task": tag})), None)
 
 
 def write_combined_manifests(root: Path, dirs: Mapping[str, Path]) -> None:

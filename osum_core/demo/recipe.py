@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from osum_core.demo.speech_synth import Voice
+from osum_core.task import Task
 
 
 @dataclass(frozen=True)
@@ -149,3 +150,12 @@ class DemoRecipe:
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """This recipe's options: its defaults, replaced by the values in `given` that it declares."""
         return {name: given.get(name, default) for name, default in self.options.items()}
+
+
+def recipe_tag(task: Task, recipes: Mapping[str, DemoRecipe]) -> str | None:
+    """The tag of `task`'s demo recipe: its own tag's, else the first recipe tag whose lines the task selects
+    (a label-only variant, ``tasks.ved.transcript=false``, reads its ASR+X task's corpus, so that both train
+    on the same utterances); None when no recipe fits."""
+    if task.tag in recipes:
+        return task.tag
+    return next((tag for tag in recipes if task.selects({"task": tag})), None)
