@@ -8,7 +8,7 @@
                                 without the frozen parts read from a source (`osum_core.checkpoints.frozen_parts`);
                                 under DeepSpeed a folder (`osum_core.checkpoints.deepspeed_dir`)
     DIR/metrics.csv             Lightning's CSV log; DIR/tensorboard/ when tensorboard is installed
-    DIR/learning_curve.jsonl    each validation's metrics by step
+    DIR/learning_curve.jsonl    each validation's metrics by step; learning_curve.png draws them
     DIR/metrics.json            each task's metrics on data.test after training
     DIR/confusion.json          the classification tasks' confusion matrices on the test set
     DIR/test_predictions.jsonl  one line per test example
@@ -53,13 +53,14 @@ TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 LEARNING_CURVE = "learning_curve.jsonl"
+LEARNING_CURVE_PICTURE = "learning_curve.png"
 METRICS = "metrics.json"
 TEST_PREDICTIONS = "test_predictions.jsonl"
 TRAIN_KEYS = "train_keys.jsonl"
 SKIPPED = "skipped.jsonl"
 # What `--overwrite` removes: the files and folders a run writes (never anything else in the folder).
-RUN_FILES = (RUN_CONFIG, RESUME_CONFIG.format("*"), TASKS_FILE, TOKENIZER_DIR, CHECKPOINT_DIR, LEARNING_CURVE, METRICS, TEST_PREDICTIONS,
-             TRAIN_KEYS, SKIPPED, "metrics.csv", "hparams.yaml", "tensorboard", "confusion.json", "confusion",
+RUN_FILES = (RUN_CONFIG, RESUME_CONFIG.format("*"), TASKS_FILE, TOKENIZER_DIR, CHECKPOINT_DIR, LEARNING_CURVE,
+             LEARNING_CURVE_PICTURE, METRICS, TEST_PREDICTIONS, TRAIN_KEYS, SKIPPED, "metrics.csv", "hparams.yaml", "tensorboard", "confusion.json", "confusion",
              "report.md", "report.json")
 
 
