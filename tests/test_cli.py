@@ -165,18 +165,20 @@ def test_a_label_outside_the_set_is_named_by_file_and_line_with_the_demo_tokeniz
     assert f"{bad}:1: task ved: label 'burp'" in result.stderr
 
 
-def test_a_model_id_that_cannot_be_downloaded_names_the_id_and_the_key(tmp_path, tiny_corpus):
-    import os
+def test_a_model_id_that_cannot_be_downloaded_names_the_id_and_the_key(tmp_path, tiny_corpus, monkeypatch, capsys):
+    import huggingface_hub.constants
 
     data = [f"data.{k}={tiny_corpus / f'{s}.jsonl'}" for k, s in (("train", "train"), ("val", "dev"), ("test", "test"))]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # Offline, as HF_HUB_OFFLINE=1 makes a fresh process (huggingface_hub reads it once, when imported).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     for key in ("model.llm.path", "model.llm.tokenizer"):
-        result = subprocess.run(
-            [sys.executable, "-m", "osum_core.cli.main", "fit", "--tasks", "asr", "--out", str(tmp_path / "run"),
-             f"{key}=no-such-org/no-such-model", *data, *TINY_FIT], capture_output=True, text=True, env=env)
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert f"config key '{key}': 'no-such-org/no-such-model' is not a local directory" in result.stderr
-        assert "Give a local directory holding the model instead" in result.stderr
+        returncode = main(["fit", "--tasks", "asr", "--out", str(tmp_path / "run"), f"{key}=no-such-org/no-such-model",
+                           *data, *TINY_FIT])
+        stderr = capsys.readouterr().err
+        assert returncode == 2, stderr[-2000:]
+        assert f"config key '{key}': 'no-such-org/no-such-model' is not a local directory" in stderr
+        assert "Give a local directory holding the model instead" in stderr
 
 
 def test_tasks_lists_the_demo_recipes_options(capsys):

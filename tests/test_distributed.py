@@ -44,13 +44,22 @@ def two_processes(*extra: str) -> list[str]:
     return ["trainer.strategy=ddp", "trainer.devices=2", *extra]
 
 
+STEPS = "trainer.max_steps=4"
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_corpus, tmp_path_factory) -> Path:
+    """One process with 2 dataloader workers and 2 micro-batches per step, which reads the same two streams as
+    2 ranks with 1 worker each (step k is the same global batch in both): the run that DDP and FSDP2 on 2
+    ranks are compared with (trained once for both)."""
+    run = tmp_path_factory.mktemp("one_process") / "one"
+    fit(run, tiny_corpus, STEPS, "data.num_workers=2", "trainer.accumulate_grad_batches=2")
+    return run
+
+
 @pytest.mark.slow
-def test_ddp_ranks_train_disjoint_data_to_the_weights_of_one_process(tiny_corpus, tmp_path):
-    steps = "trainer.max_steps=4"
-    # One process with 2 dataloader workers and 2 micro-batches per step reads the same two streams as
-    # 2 ranks with 1 worker each: step k is the same global batch in both.
-    fit(tmp_path / "one", tiny_corpus, steps, "data.num_workers=2", "trainer.accumulate_grad_batches=2")
-    fit(tmp_path / "two", tiny_corpus, steps, "data.num_workers=1", *two_processes())
+def test_ddp_ranks_train_disjoint_data_to_the_weights_of_one_process(one_process, tiny_corpus, tmp_path):
+    fit(tmp_path / "two", tiny_corpus, STEPS, "data.num_workers=1", *two_processes())
     lines = [json.loads(x) for x in (tmp_path / "two" / "train_keys.jsonl").read_text().splitlines()]
     by_step: dict[int, dict[int, list[str]]] = {}
     for line in lines:
@@ -58,9 +67,9 @@ def test_ddp_ranks_train_disjoint_data_to_the_weights_of_one_process(tiny_corpus
     assert sorted(by_step) == [1, 2, 3, 4] and all(sorted(ranks) == [0, 1] for ranks in by_step.values())
     for ranks in by_step.values():
         assert set(ranks[0]).isdisjoint(ranks[1])  # each rank its own part
-    one = key_log(tmp_path / "one")
+    one = key_log(one_process)
     assert {s: sorted(k) for s, k in one.items()} == {s: sorted(r[0] + r[1]) for s, r in by_step.items()}
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    a, b = weights(one_process), weights(tmp_path / "two")
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
 
@@ -177,11 +186,9 @@ def test_a_rank_the_checkpoint_has_no_generators_for_is_seeded_from_the_seed_and
 
 
 @pytest.mark.slow
-def test_fsdp2_shards_across_two_processes_to_the_weights_of_one(tiny_corpus, tmp_path):
-    steps = "trainer.max_steps=3"
-    fit(tmp_path / "one", tiny_corpus, steps, "data.num_workers=2", "trainer.accumulate_grad_batches=2")
-    fit(tmp_path / "two", tiny_corpus, steps, "data.num_workers=1", "--strategy", "fsdp2", "trainer.devices=2")
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+def test_fsdp2_shards_across_two_processes_to_the_weights_of_one(one_process, tiny_corpus, tmp_path):
+    fit(tmp_path / "two", tiny_corpus, STEPS, "data.num_workers=1", "--strategy", "fsdp2", "trainer.devices=2")
+    a, b = weights(one_process), weights(tmp_path / "two")
     assert a.keys() == b.keys()  # one gathered last.ckpt, as a single process writes it
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)

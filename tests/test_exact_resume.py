@@ -73,14 +73,26 @@ def assert_same_training(run: Path, whole: Path) -> None:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.fixture(scope="module")
+def whole(tiny_corpus, tmp_path_factory) -> Path:
+    """The uninterrupted run on the manifest, which every test here that stops a run on the manifest is compared
+    with (trained once: the same command trains the same keys to the same weights whatever its --out)."""
+    run = tmp_path_factory.mktemp("whole") / "whole"
+    subprocess.run(fit_command(run, str(tiny_corpus / "train.jsonl"), tiny_corpus), check=True, capture_output=True)
+    return run
+
+
 @pytest.mark.parametrize("kind", ["manifest", "shards"])
-def test_a_killed_run_resumes_exactly(kind, tiny_corpus, tmp_path):
+def test_a_killed_run_resumes_exactly(kind, tiny_corpus, tmp_path, request):
     train = str(tiny_corpus / "train.jsonl")
+    killed = tmp_path / "killed"
     if kind == "shards":
         assert main(["data", "shard", train, str(tmp_path / "shards"), "--per-shard", "6", "--quiet"]) == 0
         train = str(tmp_path / "shards" / "shards.list")
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(fit_command(whole, train, tiny_corpus), check=True, capture_output=True)
+        whole = tmp_path / "whole"
+        subprocess.run(fit_command(whole, train, tiny_corpus), check=True, capture_output=True)
+    else:
+        whole = request.getfixturevalue("whole")
 
     kill_after_step(fit_command(killed, train, tiny_corpus), killed, step=6)
     checkpoint = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -104,11 +116,10 @@ def test_a_killed_run_resumes_exactly(kind, tiny_corpus, tmp_path):
 
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGUSR1"])
-def test_a_scheduler_signal_saves_stops_cleanly_and_resumes_exactly(signal_name, tiny_corpus, tmp_path):
+def test_a_scheduler_signal_saves_stops_cleanly_and_resumes_exactly(signal_name, whole, tiny_corpus, tmp_path):
     # As SLURM does, the signal goes to every process of the job (dataloader workers included).
     train = str(tiny_corpus / "train.jsonl")
-    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    subprocess.run(fit_command(whole, train, tiny_corpus), check=True, capture_output=True)
+    stopped = tmp_path / "stopped"
     process = started_until_step(fit_command(stopped, train, tiny_corpus, "checkpoint.every_n_steps=null"), stopped, 5)
     os.killpg(process.pid, getattr(signal, signal_name))
     stderr = process.communicate(timeout=300)[1].decode()
@@ -144,10 +155,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_run_killed_inside_a_checkpoint_save_resumes_from_the_previous_one(tiny_corpus, tmp_path):
+def test_a_run_killed_inside_a_checkpoint_save_resumes_from_the_previous_one(whole, tiny_corpus, tmp_path):
     train = str(tiny_corpus / "train.jsonl")
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(fit_command(whole, train, tiny_corpus), check=True, capture_output=True)
+    killed = tmp_path / "killed"
     command = fit_command(killed, train, tiny_corpus)
     died = subprocess.run([sys.executable, "-c", KILL_INSIDE_SAVE, *command[3:]], capture_output=True)
     assert died.returncode == 9, died.stderr.decode()[-2000:]

@@ -105,11 +105,23 @@ def resumes_exactly(whole: Path, killed: Path, base: list[str], checkpoint_step:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.fixture(scope="module")
+def whole_manifest(two_sources, tiny_corpus, tmp_path_factory) -> Path:
+    """The uninterrupted run on the manifests, one rank with 2 dataloader workers: the reference of both tests
+    here that stop such a run (trained once: the same command trains the same keys to the same weights)."""
+    whole = tmp_path_factory.mktemp("whole_manifest") / "whole"
+    run(command(whole, two_sources["manifest"], tiny_corpus, *layout_args(1, 2)))
+    return whole
+
+
 @pytest.mark.parametrize("kind,workers", [("manifest", 2), ("shards", 0)])
 def test_resume_is_exact_at_an_epochs_end_the_next_epochs_start_and_mid_epoch(kind, workers, two_sources, tiny_corpus,
-                                                                              tmp_path):
-    whole = tmp_path / "whole"
-    run(command(whole, two_sources[kind], tiny_corpus, *layout_args(1, workers)))
+                                                                              tmp_path, request):
+    if kind == "manifest":
+        whole = request.getfixturevalue("whole_manifest")
+    else:
+        whole = tmp_path / "whole"
+        run(command(whole, two_sources[kind], tiny_corpus, *layout_args(1, workers)))
     plan = Plan(whole)
     first, second = (plan.epoch(e, 1, workers)[0] for e in (0, 1))
     assert len(second) != len(first)  # the shape this test is about: epochs that differ in length
@@ -156,11 +168,10 @@ def test_a_resume_with_other_ranks_or_workers_trains_exactly_the_items_its_epoch
     assert (killed / "config.resume-1.yaml").is_file()
 
 
-def test_a_run_stopped_mid_epoch_by_its_step_budget_continues_that_epoch_when_resumed(two_sources, tiny_corpus,
-                                                                                      tmp_path):
+def test_a_run_stopped_mid_epoch_by_its_step_budget_continues_that_epoch_when_resumed(whole_manifest, two_sources,
+                                                                                      tiny_corpus, tmp_path):
     # Lightning counts the epoch as finished when max_steps stops it; the data position says where it was.
-    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    run(command(whole, two_sources["manifest"], tiny_corpus, *layout_args(1, 2)))
+    whole, stopped = whole_manifest, tmp_path / "stopped"
     run(command(stopped, two_sources["manifest"], tiny_corpus, *layout_args(1, 2), "trainer.max_steps=10"))
     run(command(stopped, two_sources["manifest"], tiny_corpus, *layout_args(1, 2), "--resume", str(stopped)))
     assert step_keys(stopped) == step_keys(whole)
