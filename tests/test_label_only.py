@@ -10,7 +10,7 @@ from test_data_pipeline import WordTokenizer
 from test_packing import batch_of, tiny_model
 
 from osum_core.cli.main import main
-from osum_core.config import ConfigError, configured_tasks
+from osum_core.config import ConfigError, configured_tasks, fit_config
 from osum_core.data.dataset import PlanItem, SpeechDataset, TaskPrompts, prepare_examples
 from osum_core.data.manifest import read_manifest
 from osum_core.demo.recipe import recipe_tag
@@ -77,6 +77,13 @@ def test_label_only_examples_teach_the_llm_the_label_and_the_ctc_head_the_words(
     spoken = [*ved.transcript_ids, *(ved.suffix_ids if ctc_target == "target" else ())]
     assert item["ctc_ids"].tolist() == spoken and item["ctc_weight"] == 0.5
     assert dataset[PlanItem(next(e for e in examples if e.task == "asr"), 0, "1")]["ctc_weight"] == 1.0
+    # A label-only line that does not say what was spoken (OSUM-EChat's "<CAPTION>" lines) teaches the CTC
+    # head nothing, rather than that its speech is all blank.
+    records = [{**r, "task": "<CAPTION>", "txt": "<laugh>"} for r in read_manifest(tiny_corpus / "train.jsonl")
+               if r["task"] == "<TRANSCRIBE> <CAPTION>"][:1]
+    (unspoken,), _ = prepare_examples(records, list(tasks.values()), WordTokenizer())
+    assert unspoken.task == "ved" and unspoken.transcript_ids == ()
+    assert dataset[PlanItem(unspoken, 0, "2")]["ctc_weight"] == 0.0
 
 
 def test_ctc_loss_weight_scales_each_examples_ctc_loss_and_zero_sends_it_no_gradient():
@@ -111,3 +118,25 @@ def test_fit_with_a_label_only_task_trains_and_scores_it_without_wer(tiny_corpus
     assert metrics["ved"]["count"] == 6
     saved = (run / "config.yaml").read_text()
     assert "transcript: false" in saved and "ctc_loss_weight: 0" in saved
+
+
+def test_both_forms_split_the_transcripts_alike_with_the_demo_tokenizer(registry, all_tasks_corpus):
+    """The label-only form's transcripts are still CTC targets: its demo tokenizer must learn them as the ASR+X
+    form's does (SER's cue words, "great", "sorry", are in no other task's transcripts)."""
+    from osum_core.train.tokenizer import demo_tokenizer_for
+
+    cfg = fit_config(overrides=data_args(all_tasks_corpus))
+    asr = registry.tasks["asr"]
+    lines = [json.loads(line) for line in (all_tasks_corpus / "train.jsonl").read_text().splitlines()]
+    spoken = [registry.tasks["ser"].target(line).transcript for line in lines if registry.tasks["ser"].selects(line)]
+    assert spoken and any(not word.isdigit() and word not in asr_words(lines, asr) for t in spoken for word in t.split())
+    with_words = demo_tokenizer_for(cfg, {"asr": asr, "ser": registry.tasks["ser"]})
+    label_alone = demo_tokenizer_for(cfg, {"asr": asr, "ser": label_only(registry, "ser")})
+    # The prompts differ between the forms by design and move a few of the BPE's merges (a rare word may split
+    # once more or less); without the transcripts, the label-only form would spell SER's words byte by byte.
+    alone = sum(len(label_alone.tokenize(text)) for text in spoken)
+    assert abs(alone - sum(len(with_words.tokenize(text)) for text in spoken)) <= 0.1 * alone
+
+
+def asr_words(lines, asr):
+    return {word for line in lines if asr.selects(line) for word in asr.target(line).transcript.split()}

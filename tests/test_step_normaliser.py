@@ -116,3 +116,31 @@ def test_each_batch_carries_the_tokens_and_items_of_its_step(data, accumulate, e
         assert {item.step_tokens for item in batch} == {sum(tokens[j] for j in step)}, index
         assert {item.step_items for item in batch} == {sum(len(batches[j]) for j in step)}, index
         assert collate_examples([dataset[item] for item in batch])["step_tokens"] == batch[0].step_tokens
+
+
+def test_each_examples_ctc_loss_weight_reaches_the_step_loss():
+    """`tasks.<name>.ctc_loss_weight` travels from the dataset item through the batch to the loss formula:
+    loss = CE + ctc_weight * mean_i c_i * CTC_i."""
+    g = torch.Generator().manual_seed(0)
+    items = [example("a", 40, 3, 1.0, g), example("b", 56, 5, 1.0, g), example("c", 48, 4, 1.0, g)]
+    torch.manual_seed(0)
+    model = build_speech_llm(model_cfg(), vocab_size=64, eos_token_id=2, pad_token_id=0)
+    module = SpeechLLMModule(model, {}, None, load_config()["optim"], ctc_weight=CTC_WEIGHT,
+                             generation=generation(max_new_tokens=1), total_steps=1, ce_start_step=0)
+    with torch.no_grad():
+        plain = model(**collate_examples(items))
+    weighted = collate_examples([{**item, "ctc_weight": c} for item, c in zip(items, (0.0, 0.5, 2.0), strict=True)])
+    assert weighted["ctc_weights"].tolist() == [0.0, 0.5, 2.0]
+    loss, parts = module.batch_loss(weighted)
+    ce = plain["token_loss"].sum() / plain["token_count"].sum()
+    want = ce + CTC_WEIGHT * (plain["ctc_loss"] * torch.tensor([0.0, 0.5, 2.0])).mean()
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-5, atol=1e-6)
+    # The example of weight 0 sends the CTC head nothing: its gradient is that of the other two alone.
+    model.zero_grad()
+    module.batch_loss(weighted)[0].backward()
+    with_zero = model.ctc_head.weight.grad.clone()
+    model.zero_grad()
+    others = collate_examples([{**item, "ctc_weight": c} for item, c in zip(items[1:], (0.5, 2.0), strict=True)])
+    ctc = model(**others)["ctc_loss"]
+    (CTC_WEIGHT * ctc.sum() / 3).backward()
+    torch.testing.assert_close(with_zero, model.ctc_head.weight.grad, rtol=1e-4, atol=1e-7)

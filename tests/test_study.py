@@ -112,6 +112,22 @@ def test_a_failed_run_is_reported_with_the_end_of_its_log(tiny_corpus, tmp_path)
 
 # -- checked before anything runs ---------------------------------------------------------------------------
 
+def test_a_run_in_the_folder_made_with_other_settings_is_refused_not_counted(study, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(study, out)
+    # The same study with another value for one arm: its finished runs are not this arm's.
+    other = [*study_args(out)]
+    other[other.index("ved_weight1=tasks.ved.label_loss_weight=1")] = "ved_weight1=tasks.ved.label_loss_weight=3"
+    assert main([*other, "--dry-run"]) == 2
+    assert "arm 'ved_weight1' seed 1" in capsys.readouterr().err
+    assert main([*study_args(out), "trainer.max_steps=9", "--dry-run"]) == 2  # a setting of every run
+    assert "was run with other settings" in capsys.readouterr().err
+    (out / "asr_x" / "seed1" / "study_run.json").unlink()  # a run the study did not start
+    assert main([*study_args(out), "--dry-run"]) == 2
+    assert "holds a run that this study did not start" in capsys.readouterr().err
+    assert attempts(out / "asr_x" / "seed2") == attempts(study / "asr_x" / "seed2")  # nothing ran
+
+
 @pytest.mark.parametrize(("arm", "named"), [
     ("optim.lrr=1", "optim.lrr"),  # an unknown key
     ("tasks.ved.label_los_weight=1", "tasks.ved.label_los_weight"),  # a key the task does not take

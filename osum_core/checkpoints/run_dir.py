@@ -64,6 +64,19 @@ RUN_FILES = (RUN_CONFIG, RESUME_CONFIG.format("*"), TASKS_FILE, TOKENIZER_DIR, C
              "report.md", "report.json")
 
 
+def curve_rows(text: str) -> list[dict[str, Any]]:
+    """The rows of a learning_curve.jsonl; a last line cut short (the run killed while appending it) is left out."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise
+    return rows
+
+
 def existing_run(run_dir: Path) -> list[str]:
     """The run files `run_dir` holds, when a run lives there: one that saved a checkpoint or finished (a
     start that failed before its first checkpoint leaves nothing worth keeping, and does not count)."""

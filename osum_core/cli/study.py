@@ -16,7 +16,7 @@ its own, then a comparison of them (`osum_core.inference.study_report`: study.md
   gets its own corpus in ``ROOT/seed<k>``, shared by the arms of that seed (they compare on the same data);
   ROOT is ``OUT/demo_data``, or data.demo.dir when the study's settings change it (to share corpora between
   studies). An arm that changes a data.demo setting gets ``ROOT/<arm>/seed<k>``.
-- The runs go one after another, each in a child process (``python -m osum_core.cli.main fit``): a run that
+- The runs go one after another, seed by seed, each in a child process (``python -m osum_core.cli.main fit``): a run that
   fails does not stop the study, and ``--strategy ddp`` relaunches the child's own command. Its output goes to
   ``OUT/<arm>/seed<k>/study.log`` and to the terminal.
 - Again after an interruption, the same command resumes: a run whose metrics.json is written is not run again
@@ -198,16 +198,36 @@ class Study:
         from osum_core.inference.study_report import run_dir
 
         run = run_dir(self.out, arm, seed)
-        if (run / METRICS).is_file():
+        planned = PlannedRun(arm, seed, run, overrides, "start")
+        finished = (run / METRICS).is_file()
+        if finished or is_checkpoint(run / CHECKPOINT_DIR / LAST_CHECKPOINT):
+            self.check_same_settings(planned)
+        if finished:
             return PlannedRun(arm, seed, run, overrides, "finished")
         if not is_checkpoint(run / CHECKPOINT_DIR / LAST_CHECKPOINT):
-            return PlannedRun(arm, seed, run, overrides, "start")
+            return planned
         args = self.args
         try:  # refused here, before any run starts, rather than when its turn comes
             resume_config(str(run), ",".join(self.tasks), args.preset, args.stage, args.strategy, args.config, overrides)
         except (ValueError, FileNotFoundError) as error:
             raise ValueError(f"arm {arm!r} seed {seed}: {error}") from None
         return PlannedRun(arm, seed, run, overrides, "resume")
+
+    def check_same_settings(self, run: PlannedRun) -> None:
+        """A run already in the study's folder counts (finished) or continues (resumed) only if this study
+        made it with the settings it plans now: the first attempt's command in its study_run.json, less the
+        run's folder flag. Anything else (other overrides, a run not made by a study) is refused, so one arm
+        never mixes two settings."""
+        from osum_core.inference.study_report import RUN_RECORD, read_attempts
+
+        attempts = read_attempts(run.run_dir)
+        where = f"arm {run.arm!r} seed {run.seed}: {run.run_dir}"
+        if not attempts:
+            raise ValueError(f"{where} holds a run that this study did not start (no {RUN_RECORD}); "
+                             "use another --out, or move that folder away")
+        if settings_of(attempts[0]["command"]) != settings_of(self.command(run)):
+            raise ValueError(f"{where} was run with other settings ({shlex.join(attempts[0]['command'][3:])}); "
+                             "a study's arms keep their settings: use another --out, or move that folder away")
 
     def command(self, run: PlannedRun) -> list[str]:
         command = [sys.executable, "-m", "osum_core.cli.main", "fit", "--tasks", ",".join(self.tasks)]
@@ -239,6 +259,21 @@ class Study:
         return results
 
 
+def settings_of(command: Sequence[str]) -> list[str]:
+    """A run's command without the interpreter, the flag that names its folder (``--out`` on its first
+    attempt, ``--resume`` later) and its corpus folder (under the study's folder, which may have moved): what
+    must not change between a study's attempts."""
+    kept, skip = [], False
+    for item in command[1:]:
+        if skip:
+            skip = False
+        elif item in ("--out", "--resume"):
+            skip = True
+        elif not item.startswith("data.demo.dir="):
+            kept.append(item)
+    return kept
+
+
 def echo(chunk: bytes) -> None:
     """A run's output, shown on stderr (stdout carries the study's JSON line)."""
     buffer = getattr(sys.stderr, "buffer", None)
@@ -259,8 +294,10 @@ def launch(command: Sequence[str], log: Path, quiet: bool) -> tuple[int, float, 
     with log.open("ab") as out:
         out.write(f"{ATTEMPT_HEADER}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC: {shlex.join(command)}\n".encode())
         out.flush()
+        # A session of its own: a terminal's Ctrl-C reaches the study alone, which passes it on as SIGTERM (the
+        # run saves, then stops); sent to the run directly, Lightning would stop it without saving.
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
         assert process.stdout is not None
 
         def stop(*_: Any) -> None:
@@ -289,6 +326,9 @@ def launch(command: Sequence[str], log: Path, quiet: bool) -> tuple[int, float, 
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if process.poll() is None:  # the study itself failed: its run must not outlive it unseen
+                process.send_signal(signal.SIGTERM)
+                process.wait()
             process.stdout.close()
     return returncode, time.monotonic() - started, stopping
 
@@ -304,7 +344,8 @@ def cmd_study(args: argparse.Namespace, registry: TaskRegistry) -> int:
         return 0
     study.out.mkdir(parents=True, exist_ok=True)
     stopped = False
-    for run in study.runs:
+    # Seed by seed: an interrupted study already holds every arm of its first seeds, comparable pair by pair.
+    for run in sorted(study.runs, key=lambda run: study.seeds.index(run.seed)):
         if run.action == "finished":
             continue
         command = study.command(run)

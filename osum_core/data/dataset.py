@@ -421,5 +421,7 @@ class SpeechDataset(Dataset):
             "ctc_ids": torch.tensor(
                 example.transcript_ids + (example.suffix_ids if self.ctc_includes_suffix else ()), dtype=torch.long
             ),
-            "ctc_weight": task.ctc_loss_weight,
+            # A label-only line without a transcript (OSUM-EChat's "<happy>") does not say what was spoken: an empty
+            # CTC target would teach the head that its speech is all blank.
+            "ctc_weight": task.ctc_loss_weight if example.transcript_ids or example.target.transcribed else 0.0,
         }

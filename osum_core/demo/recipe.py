@@ -153,9 +153,10 @@ class DemoRecipe:
 
 
 def recipe_tag(task: Task, recipes: Mapping[str, DemoRecipe]) -> str | None:
-    """The tag of `task`'s demo recipe: its own tag's, else the first recipe tag whose lines the task selects
-    (a label-only variant, ``tasks.ved.transcript=false``, reads its ASR+X task's corpus, so that both train
-    on the same utterances); None when no recipe fits."""
-    if task.tag in recipes:
-        return task.tag
-    return next((tag for tag in recipes if task.selects({"task": tag})), None)
+    """The tag of `task`'s demo recipe: its own tag's, else that of its ASR+X form (``<TRANSCRIBE>`` before
+    its tag: a task in its label-only form, ``tasks.ved.transcript=false``, reads its ASR+X corpus, so that
+    both forms train on the same utterances); None when neither has a recipe."""
+    for tag in (task.tag, f"<TRANSCRIBE> {task.tag}"):
+        if tag in recipes:
+            return tag
+    return None

@@ -24,8 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from osum_core.checkpoints.atomic import atomic_write_text
-from osum_core.checkpoints.run_dir import LEARNING_CURVE, METRICS
+from osum_core.checkpoints.run_dir import LEARNING_CURVE, METRICS, RUN_CONFIG, curve_rows
 from osum_core.inference.curve_picture import draw_study_curves, headline_metric
 
 STUDY_JSON, STUDY_MD, STUDY_PNG = "study.json", "study.md", "study.png"
@@ -72,7 +74,20 @@ def read_curve(run: Path) -> list[dict[str, Any]]:
     path = run / LEARNING_CURVE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return curve_rows(path.read_text(encoding="utf-8"))
+
+
+def read_settings(run: Path) -> dict[str, Any]:
+    """What the study compares a run's result with: its step budget and its CTC settings (whether and how the
+    encoder's CTC loss saw the transcripts: README, "X without ASR"), from the run's config.yaml."""
+    path = run / RUN_CONFIG
+    if not path.is_file():
+        return {}
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    trainer, loss, model = cfg.get("trainer") or {}, cfg.get("loss") or {}, cfg.get("model") or {}
+    return {"max_steps": trainer.get("max_steps"), "max_time": trainer.get("max_time"),
+            "ctc_head": model.get("ctc_head"), "ctc_weight": loss.get("ctc_weight"),
+            "ctc_target": loss.get("ctc_target"), "tasks": cfg.get("tasks") or {}}
 
 
 @dataclass
@@ -89,6 +104,7 @@ class RunResult:
     wall_minutes: float = 0.0  # every attempt's whole process: set-up, corpus synthesis, training, test
     attempts: int = 0
     returncode: int | None = None  # of the last attempt
+    settings: dict[str, Any] = field(default_factory=dict)  # `read_settings`: step budget, CTC settings
     log_tail: list[str] = field(default_factory=list)  # when failed or stopped
     curve: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
@@ -100,7 +116,8 @@ def read_run(out: Path, arm: str, seed: int) -> RunResult:
     curve = read_curve(run)
     result = RunResult(arm, seed, str(run.relative_to(out)), "not run", attempts=len(attempts), curve=curve,
                        returncode=last.get("returncode"),
-                       wall_minutes=round(sum(a.get("seconds") or 0.0 for a in attempts) / 60, 2))
+                       wall_minutes=round(sum(a.get("seconds") or 0.0 for a in attempts) / 60, 2),
+                       settings=read_settings(run))
     if curve:
         result.steps, result.train_minutes = curve[-1]["step"], curve[-1]["minutes"]
     if (run / METRICS).is_file():
@@ -185,6 +202,11 @@ def _code(items: Sequence[str]) -> str:
     return "`" + " ".join(items) + "`" if items else "(none)"
 
 
+def stopped_early(run: Mapping[str, Any]) -> bool:
+    budget = (run.get("settings") or {}).get("max_steps")
+    return isinstance(budget, int) and budget > 0 and run.get("steps") is not None and run["steps"] < budget
+
+
 def study_markdown(report: Mapping[str, Any], picture: bool = True) -> str:
     """study.md from what study.json holds; `picture`: whether study.png was drawn (some run validated)."""
     settings, arms, runs = report["settings"], report["arms"], report["runs"]
@@ -217,6 +239,21 @@ def study_markdown(report: Mapping[str, Any], picture: bool = True) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "train min: training time at the run's last validation (its learning curve, across resumes); "
               "wall min: the whole of the study's attempts at it (set-up, corpus synthesis, training, test).", ""]
+    short = [run for run in runs if run["status"] == "finished" and stopped_early(run)]
+    if short:
+        lines += [f"**{len(short)} finished run(s) stopped before trainer.max_steps** (their trainer.max_time): "
+                  + ", ".join(f"{run['arm']} seed {run['seed']} at step {run['steps']} of "
+                              f"{run['settings']['max_steps']}" for run in short)
+                  + ". Arms compare at equal steps only without them (trainer.max_time=null).", ""]
+    lines += ["## CTC settings by arm", "",
+              "Whether the encoder's CTC loss saw each task's transcripts (README, \"X without ASR\").", "",
+              "| arm | model.ctc_head | loss.ctc_weight | loss.ctc_target | tasks section |", "|---|---|---|---|---|"]
+    for arm in arms:
+        first = next((run["settings"] for run in runs if run["arm"] == arm and run["settings"]), None)
+        if first is not None:
+            lines.append(f"| {arm} | {first['ctc_head']} | {first['ctc_weight']} | {first['ctc_target']} | "
+                         f"{json.dumps(first['tasks'], ensure_ascii=False) if first['tasks'] else '(none)'} |")
+    lines.append("")
     unfinished = [run for run in runs if run["status"] in ("failed", "stopped")]
     if unfinished:
         lines += ["## Runs not finished", ""]

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
+from osum_core.checkpoints.run_dir import curve_rows
 from osum_core.inference.curve_picture import draw_learning_curve
 
 
@@ -27,14 +29,15 @@ class LearningCurve(L.Callback):
         self.started = time.monotonic()
         self.losses: list[float] = []
         self.rows: list[dict[str, Any]] = []
+        self.warned = False  # a failed drawing is said once
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.monotonic()
         if not trainer.is_global_zero:
             return
         resumed = trainer.global_step > 0 and self.path.is_file()
-        lines = self.path.read_text(encoding="utf-8").splitlines() if resumed else []
-        self.rows = [row for row in map(json.loads, filter(str.strip, lines)) if row["step"] <= trainer.global_step]
+        kept = curve_rows(self.path.read_text(encoding="utf-8")) if resumed else []
+        self.rows = [row for row in kept if row["step"] <= trainer.global_step]
         partial = self.path.with_name(self.path.name + ".partial")
         partial.write_text("".join(json.dumps(row) + "\n" for row in self.rows), encoding="utf-8")
         partial.replace(self.path)
@@ -73,8 +76,14 @@ class LearningCurve(L.Callback):
         tasks = getattr(pl_module, "tasks", None) or {}  # osum's module: name -> Task (its headline metric)
         headline = {name: task.metric for name, task in tasks.items()}
         title = "learning curve: " + "/".join(self.path.parent.parts[-2:])  # the run's folder and its parent's
-        if not draw_learning_curve(self.picture, self.rows, headline, title=title):
-            self.picture.unlink(missing_ok=True)
+        try:
+            if not draw_learning_curve(self.picture, self.rows, headline, title=title):
+                self.picture.unlink(missing_ok=True)
+        except Exception as error:  # a picture is never worth a run (a full disk, a plotting library's bug)
+            if not self.warned:
+                warnings.warn(f"{self.picture}: not drawn ({type(error).__name__}: {error}); training goes on "
+                              "and learning_curve.jsonl keeps every row", RuntimeWarning, stacklevel=2)
+                self.warned = True
 
 
 def curve_table(rows: list[dict[str, Any]]) -> str:

@@ -39,7 +39,9 @@ def demo_tokenizer_for(cfg: Mapping[str, Any], tasks: Mapping[str, Task]):
                 raise
     prompts = [p for task in tasks.values() for p in task.prompt_bank(cfg["data"]["prompt_language"])]
     tags = target_tags(targets) | {f"<{label}>" for t in tasks.values() for label in t.labels}
-    texts = [re.sub(r"<[^<>]+>", " ", t.text) for t in targets] + prompts
+    # Every target's words, written or not (a label-only task's transcript is still the CTC head's target), so
+    # that its ASR+X and label-only forms (`tasks.<name>.transcript`) split the transcripts alike.
+    texts = [re.sub(r"<[^<>]+>", " ", (t.body or t.transcript) + t.suffix) for t in targets] + prompts
     return train_demo_tokenizer(texts, tags, cfg["model"]["llm"]["demo_tokenizer_vocab"])
 
 
