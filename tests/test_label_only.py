@@ -15,6 +15,7 @@ from osum_core.data.dataset import PlanItem, SpeechDataset, TaskPrompts, prepare
 from osum_core.data.manifest import read_manifest
 from osum_core.demo.recipe import recipe_tag
 from osum_core.inference.scoring import example_scores
+from osum_core.task import LabelField, tagged_task
 
 TRANSCRIPT_PLUS_LABEL = {"ved": "laugh", "ser": "happy", "ssr": "客服", "sgc": "female", "sap": "old"}
 
@@ -62,6 +63,12 @@ def test_the_label_only_option_keeps_the_configured_weights_and_refuses_a_non_bo
         configured_tasks(registry, ["ved"], {"ved": {"transcript": "no"}})
     with pytest.raises(ConfigError, match=r"tasks\.asr\.transcript"):  # ASR is all transcript
         configured_tasks(registry, ["asr"], {"asr": {"transcript": False}})
+    # Weights set before the option stay (a plugin's or a config's), whatever the option rebuilds.
+    assert registry.tasks["ved"].with_weights(sampling_weight=5.0).with_options(transcript=False).sampling_weight == 5.0
+    # OSUM's inference script writes tags without spaces: the option is offered all the same.
+    kws = tagged_task("kws", "<TRANSCRIBE><KEYWORD>", {"en": ("Spot it.",)}, [LabelField("keyword", ("yes", "no"))],
+                      label_prompts={"en": ("Say yes or no.",)})
+    assert kws.options == {"transcript": True} and kws.with_options(transcript=False).tag == "<KEYWORD>"
 
 
 @pytest.mark.parametrize("ctc_target", ["transcript", "target"])

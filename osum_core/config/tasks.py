@@ -24,8 +24,9 @@ from osum_core.config.load import (
 )
 from osum_core.plugins import TaskRegistry
 from osum_core.task import Task
+from osum_core.task.contract import WEIGHTS
 
-TASK_WEIGHTS = ("loss_weight", "label_loss_weight", "sampling_weight", "ctc_loss_weight")
+TASK_WEIGHTS = WEIGHTS  # every task has them; a task's own options come besides
 COMMAND_LINE = "the command line"
 
 

@@ -155,7 +155,10 @@ def draw_study_curves(path: str | Path, arms: Mapping[str, Sequence[Sequence[Row
         return False
     headlines = task_headlines((row for runs in arms.values() for rows in runs for row in rows), headline or {})
     panels: list[tuple[str, str | None, Callable[[Sequence[Row]], Series]]] = [
-        ("validation loss", None, lambda rows: series(rows, lambda row: row.get("val_loss")))]
+        # Arms whose targets or loss weights differ (X alone against ASR+X) have losses over other tokens:
+        # the panel says so; the tasks' metrics below are what compares.
+        ("validation loss (not comparable across arms whose targets or weights differ)", None,
+         lambda rows: series(rows, lambda row: row.get("val_loss")))]
     for task, name in headlines.items():
         panels.append((f"{task} {name} (validation)", name,
                        lambda rows, task=task, name=name: metric_series(rows, task, name)))

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _TAG = re.compile(r"^(<[A-Za-z0-9_]+>)( <[A-Za-z0-9_]+>)*$")
 PROMPT_LANGUAGES = ("zh", "en")
+WEIGHTS = ("loss_weight", "label_loss_weight", "sampling_weight", "ctc_loss_weight")  # `Task`'s float settings
 
 
 @dataclass(frozen=True)
@@ -159,13 +160,13 @@ class Task:
     loss_weight: multiplies every target token's loss of this task's examples.
     label_loss_weight: extra factor for the suffix tokens (the "X" of ASR+X), on top of loss_weight.
     sampling_weight: relative share of this task in the training mixture.
-    ctc_loss_weight: multiplies the CTC loss of this task's examples (with a CTC head, ``loss.ctc_weight``);
-        0: the encoder's CTC head does not learn from them.
     select: which examples belong to the task; by default those whose ``task`` field equals `tag`.
     options: the task's own settings and their defaults (SRWT's timestamp format); users set them as
         ``tasks.<name>.<option>=value``.
     configure: called with the user's option values (a subset of `options`), returns the configured task;
         needed only when `options` is not empty.
+    ctc_loss_weight: multiplies the CTC loss of this task's examples (with a CTC head, ``loss.ctc_weight``);
+        0: the encoder's CTC head does not learn from them.
     """
 
     name: str
@@ -179,10 +180,10 @@ class Task:
     loss_weight: float = 1.0
     label_loss_weight: float = 1.0
     sampling_weight: float = 1.0
-    ctc_loss_weight: float = 1.0
     select: Callable[[Mapping[str, Any]], bool] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     configure: Callable[..., Task] | None = None
+    ctc_loss_weight: float = 1.0  # last: a record built positionally before it existed keeps its meaning
 
     def __post_init__(self) -> None:
         problems = contract_problems(self)
@@ -231,7 +232,10 @@ class Task:
         if not options:
             return self
         configured = self.configure(**options)  # type: ignore[misc]  # the contract: set when options exist
-        return dataclasses.replace(configured, options={**self.options, **options})
+        # Options and weights are separate settings: the weights this task carries (its own, or a config's
+        # applied before) stay whatever `configure` rebuilt the task from.
+        weights = {name: getattr(self, name) for name in WEIGHTS}
+        return dataclasses.replace(configured, options={**self.options, **options}, **weights)
 
 
 _WARNED_FALLBACKS: set[tuple[str, str]] = set()  # (task, language) pairs already warned about
@@ -275,7 +279,7 @@ def contract_problems(task: Task) -> list[str]:
         problems.append(f"labels must be non-empty strings without '<' or '>', got {labels!r}")
     elif len(set(labels)) != len(labels):
         problems.append(f"labels repeat: {sorted(label for label in set(labels) if labels.count(label) > 1)}")
-    for attr in ("loss_weight", "label_loss_weight", "sampling_weight", "ctc_loss_weight"):
+    for attr in WEIGHTS:
         value = getattr(task, attr)
         if not isinstance(value, int | float) or value < 0:
             problems.append(f"{attr} must be a number >= 0, got {value!r}")

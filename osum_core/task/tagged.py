@@ -64,8 +64,9 @@ def tagged_task(
     fields = tuple(fields)
     if not fields:
         raise ValueError(f"task {name!r}: a tagged task needs at least one LabelField")
+    tag = normalize_task_tag(tag)  # `<TRANSCRIBE><KEYWORD>` is `<TRANSCRIBE> <KEYWORD>`
     label_tag = " ".join(part for part in tag.split() if part != "<TRANSCRIBE>")
-    offers_option = transcribe and label_prompts is not None and label_tag != tag.strip()
+    offers_option = transcribe and label_prompts is not None and label_tag != tag
 
     if not offers_option:
         return build_tagged_task(name, tag, prompts, fields, transcribe, (), weights)
