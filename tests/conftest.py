@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import signal
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -15,6 +19,30 @@ from osum_core.cli.main import main
 from osum_core.config import load_config
 from osum_core.demo.corpus import synthesize_corpus
 from osum_core.plugins import CorpusSpec, load_tasks
+
+RUN_TIMEOUT = 600  # seconds: a whole `osum fit` of the tests takes well under a minute alone
+
+
+def run_process(command: list[str], timeout: float = RUN_TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
+    """`command` to its end, its output captured, in a session of its own. A run still going after `timeout`
+    (a hung rank) is killed with every process it started (the other ranks, dataloader workers, which hold
+    the output pipes too) and the test fails with its output so far, rather than the suite waiting forever."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                          text=True, **kwargs) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            raise AssertionError(f"{' '.join(command[:6])} ... still running after {timeout} s; killed. "
+                                 f"Its output:\n{stdout[-2000:]}\n{stderr[-6000:]}") from None
+        except BaseException:  # interrupted (pytest-timeout, Ctrl-C): no process of it is left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
 
 DEMO = load_config()["data"]["demo"]  # the corpus settings of configs/fit.yaml
 

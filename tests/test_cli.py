@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_process
 
 from osum_core.cli.main import main
 
@@ -24,7 +25,7 @@ TINY_FIT = [
 
 
 def osum(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "osum_core.cli.main", *args], capture_output=True, text=True)
+    return run_process([sys.executable, "-m", "osum_core.cli.main", *args])
 
 
 def test_tasks_json_lists_builtins_with_their_package(capsys):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
-from conftest import TINY, data_args
+from conftest import TINY, data_args, run_process
 from test_exact_resume import key_log, kill_after_step, started_until_step, weights
 
 from osum_core.cli.main import main
@@ -35,7 +35,7 @@ def fit(out: Path, corpus: Path, *extra: str, train: str | None = None) -> subpr
         args = [f"data.train={train}" if a.startswith("data.train=") else a for a in args]
     command = [sys.executable, "-m", "osum_core.cli.main", "fit", "--tasks", "asr,ved", "--out", str(out),
                *args, *COMMON, *extra]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = run_process(command)
     assert done.returncode == 0, done.stderr[-4000:]
     return done
 
@@ -99,8 +99,9 @@ def test_ddp_metrics_are_reduced_over_all_ranks(tiny_corpus, tmp_path):
     fit(run, tiny_corpus, "trainer.max_steps=4", f"data.test={test}", "data.max_frames=1", *two_processes())
     predictions = [json.loads(x)["key"] for x in (run / "test_predictions.jsonl").read_text().splitlines()]
     assert sorted(predictions) == sorted(json.loads(x)["key"] for x in lines)  # every rank's items, once
+    # In this process: loaded without dataloader workers (no fork of pytest's long-lived process).
     assert main(["test", "--ckpt", str(run), "--tasks", "asr,ved", "--out", str(tmp_path / "one"), "--device", "cpu",
-                 "--batch-size", "1", f"data.test={test}"]) == 0
+                 "--batch-size", "1", f"data.test={test}", "data.num_workers=0"]) == 0
     # One process scoring all 7 items gives what the 2 ranks gave together (not a mean of per-rank WERs).
     trained = json.loads((run / "metrics.json").read_text())
     assert trained == json.loads((tmp_path / "one" / "metrics.json").read_text()) and trained["skipped"] == {}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, data_args
+from conftest import TINY, data_args, run_process
 
 from osum_core.cli.main import main
 
@@ -78,7 +78,7 @@ def whole(tiny_corpus, tmp_path_factory) -> Path:
     """The uninterrupted run on the manifest, which every test here that stops a run on the manifest is compared
     with (trained once: the same command trains the same keys to the same weights whatever its --out)."""
     run = tmp_path_factory.mktemp("whole") / "whole"
-    subprocess.run(fit_command(run, str(tiny_corpus / "train.jsonl"), tiny_corpus), check=True, capture_output=True)
+    assert run_process(fit_command(run, str(tiny_corpus / "train.jsonl"), tiny_corpus)).returncode == 0
     return run
 
 
@@ -90,7 +90,7 @@ def test_a_killed_run_resumes_exactly(kind, tiny_corpus, tmp_path, request):
         assert main(["data", "shard", train, str(tmp_path / "shards"), "--per-shard", "6", "--quiet"]) == 0
         train = str(tmp_path / "shards" / "shards.list")
         whole = tmp_path / "whole"
-        subprocess.run(fit_command(whole, train, tiny_corpus), check=True, capture_output=True)
+        assert run_process(fit_command(whole, train, tiny_corpus)).returncode == 0
     else:
         whole = request.getfixturevalue("whole")
 
@@ -102,8 +102,8 @@ def test_a_killed_run_resumes_exactly(kind, tiny_corpus, tmp_path, request):
     position = checkpoint["SpeechDataModule"]["train_position"]  # the data position is saved
     assert position == {"epoch": 0, "segments": [{"world_size": 1, "workers": 2, "accumulate": 1, "batches": 4}],
                         "finished": False}
-    resumed = subprocess.run(fit_command(killed, train, tiny_corpus, "--resume", str(killed)), capture_output=True)
-    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    resumed = run_process(fit_command(killed, train, tiny_corpus, "--resume", str(killed)))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     expected, got = key_log(whole), key_log(killed)
     assert sorted(expected) == list(range(1, STEPS + 1))
@@ -129,8 +129,8 @@ def test_a_scheduler_signal_saves_stops_cleanly_and_resumes_exactly(signal_name,
     assert 5 <= step < STEPS, stderr[-2000:]  # saved where it stopped, in the middle of the run
     assert f"stopped by {signal_name} after step {step}; resumable checkpoint" in stderr
     assert not (stopped / "metrics.json").exists()  # it stopped: no test
-    resumed = subprocess.run(fit_command(stopped, train, tiny_corpus, "--resume", str(stopped)), capture_output=True)
-    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    resumed = run_process(fit_command(stopped, train, tiny_corpus, "--resume", str(stopped)))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_training(stopped, whole)
 
 
@@ -159,11 +159,11 @@ def test_a_run_killed_inside_a_checkpoint_save_resumes_from_the_previous_one(who
     train = str(tiny_corpus / "train.jsonl")
     killed = tmp_path / "killed"
     command = fit_command(killed, train, tiny_corpus)
-    died = subprocess.run([sys.executable, "-c", KILL_INSIDE_SAVE, *command[3:]], capture_output=True)
-    assert died.returncode == 9, died.stderr.decode()[-2000:]
+    died = run_process([sys.executable, "-c", KILL_INSIDE_SAVE, *command[3:]])
+    assert died.returncode == 9, died.stderr[-2000:]
     checkpoints = sorted(p.name for p in (killed / "checkpoints").iterdir() if not p.name.startswith("."))
     assert checkpoints == ["last.ckpt"]
     assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4  # the complete one
-    resumed = subprocess.run(fit_command(killed, train, tiny_corpus, "--resume", str(killed)), capture_output=True)
-    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    resumed = run_process(fit_command(killed, train, tiny_corpus, "--resume", str(killed)))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_training(killed, whole)

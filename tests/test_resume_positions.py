@@ -8,14 +8,13 @@ The oracle is the epoch plan, computed here from the run's own config and tokeni
 its planned batches, each once."""
 
 import json
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import RUN_SHAPE, TINY, data_args
+from conftest import RUN_SHAPE, TINY, data_args, run_process
 from test_exact_resume import kill_after_step, weights
 
 from osum_core.checkpoints.directory import load_tokenizer
@@ -47,7 +46,7 @@ def command(out: Path, train: Path, corpus: Path, *extra: str) -> list[str]:
 
 
 def run(arguments: list[str]) -> None:
-    done = subprocess.run(arguments, capture_output=True, text=True)
+    done = run_process(arguments)
     assert done.returncode == 0, done.stderr[-4000:]
 
 
