@@ -96,7 +96,8 @@ def test_ddp_metrics_are_reduced_over_all_ranks(tiny_corpus, tmp_path):
     test.write_text("".join(json.dumps({**json.loads(x), "wav": str(tiny_corpus / json.loads(x)["wav"])}) + "\n"
                             for x in lines))
     run = tmp_path / "two"
-    fit(run, tiny_corpus, "trainer.max_steps=4", f"data.test={test}", "data.max_frames=1", *two_processes())
+    done = fit(run, tiny_corpus, "trainer.max_steps=4", f"data.test={test}", "data.max_frames=1", *two_processes())
+    assert done.stdout.count("test metrics (") == 1 and done.stdout.count("parameters: ") == 1  # one report, rank 0's
     predictions = [json.loads(x)["key"] for x in (run / "test_predictions.jsonl").read_text().splitlines()]
     assert sorted(predictions) == sorted(json.loads(x)["key"] for x in lines)  # every rank's items, once
     # In this process: loaded without dataloader workers (no fork of pytest's long-lived process).

@@ -64,6 +64,8 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     trainer, curve = build_trainer(cfg["trainer"], run_dir, cfg["checkpoint"]["every_n_steps"], cfg["data"]["log_keys"],
                                    cfg["deepspeed"], extra_callbacks=[PreemptionCheckpoint(checkpoint), LoopStateResume()])
     claim_run_dir(run_dir, resume, cfg["overwrite"], trainer.global_rank)
+    if not trainer.is_global_zero:  # one report of the run, the first process's (its errors still go to stderr)
+        log = lambda _: None  # noqa: E731
     resolve_demo_data(cfg, tasks, registry.recipes, log)
     cfg = absolute_data_paths(cfg)  # the run's config means the same from any folder (a resume elsewhere)
     if trainer.is_global_zero:  # the files every rank shares: written once
@@ -102,9 +104,8 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     data = cfg["data"]
     datamodule = SpeechDataModule.for_model(cfg, tasks, tokenizer, model, known_tasks=list(registry.tasks.values()),
                                             skips=skips)
-    if trainer.is_global_zero:
-        unusable = f"; unusable so far: {skips.summary()} (listed in {run_dir / SKIPPED})" if skips.counts else ""
-        log(f"training data (data.train): {datamodule.plan('train').summary()}{unusable}")
+    unusable = f"; unusable so far: {skips.summary()} (listed in {run_dir / SKIPPED})" if skips.counts else ""
+    log(f"training data (data.train): {datamodule.plan('train').summary()}{unusable}")
     prompts = {name: datamodule.prompts.evaluation_text(name) for name in tasks}
     module = SpeechLLMModule(
         model, tasks, tokenizer, cfg["optim"], ctc_weight=cfg["loss"]["ctc_weight"],
@@ -131,8 +132,9 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
         log(f"bad items skipped: {skips.summary()} (each listed in {run_dir / SKIPPED})")
     if module.skipped_steps:
         log(f"optimiser steps skipped for a NaN or infinite loss or gradient: {module.skipped_steps}")
-    if trainer.is_global_zero:
-        log(f"next: osum export --ckpt {run_dir} --out DIR  (an osum checkpoint directory, for --init and sharing); "
-            f"osum test --ckpt {run_dir} --tasks {','.join(tasks)} data.test=FILE; "
-            f"osum predict --ckpt {run_dir} --task {next(iter(tasks))} AUDIO...")
-    return {**evaluation.metrics, "skipped": skips.summary()}
+    metrics = {**evaluation.metrics, "skipped": skips.summary()}
+    log(f"test metrics ({run_dir}/metrics.json):\n{json.dumps(metrics, indent=2)}")
+    log(f"next: osum export --ckpt {run_dir} --out DIR  (an osum checkpoint directory, for --init and sharing); "
+        f"osum test --ckpt {run_dir} --tasks {','.join(tasks)} data.test=FILE; "
+        f"osum predict --ckpt {run_dir} --task {next(iter(tasks))} AUDIO...")
+    return metrics

@@ -160,9 +160,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     from osum_core.cli.fit import fit
 
-    metrics = fit(cfg, task_names, registry)
-    print(f"test metrics ({cfg['out']}/metrics.json):")
-    print(json.dumps(metrics, indent=2))
+    fit(cfg, task_names, registry)  # it prints the test metrics (the first process only)
     return 0
 
 
