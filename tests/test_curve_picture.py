@@ -100,3 +100,17 @@ def test_a_study_picture_has_a_panel_per_task_and_one_for_the_loss(tmp_path):
     assert draw_learning_curve(tmp_path / "one.png", runs(1.0)[0])
     one_width, one_height = png_size(tmp_path / "one.png")
     assert one_height > one_width  # loss, wer, accuracy (ved and ser): one column of three
+
+
+def test_an_error_rate_panel_is_cut_above_1_5_so_a_first_wer_of_4_8_leaves_the_rest_readable():
+    from matplotlib.figure import Figure
+
+    from osum_core.inference.curve_picture import _style_panel
+
+    cut, kept = Figure().subplots(), Figure().subplots()
+    cut.plot([250, 500, 750], [4.8, 0.3, 0.12])
+    kept.plot([250, 500], [1.2, 0.3])
+    _style_panel(cut, "wer", "wer")
+    _style_panel(kept, "wer", "wer")
+    assert cut.get_ylim()[1] == pytest.approx(1.5 * 1.03) and "cut at 1.5" in cut.get_title()
+    assert kept.get_ylim()[1] == pytest.approx(1.2 * 1.03) and "cut" not in kept.get_title()

@@ -35,6 +35,7 @@ Series = tuple[list[int], list[float]]
 
 # Metrics that live in 0..1 (an error rate may pass 1): their panels start at 0 and show at least up to 1.
 UNIT_METRICS = ("wer", "cer", "accuracy", "macro_f1", "reply_exact", "reply_chrf", "matched_words")
+ERROR_RATE_TOP = 1.5  # a panel of such metrics shows at most this much; lines above it leave the top edge
 ARM_STYLES = ("-", "--", ":", "-.")
 PANEL_SIZE = (6.4, 3.0)  # inches, one panel; 100 dpi
 
@@ -110,6 +111,9 @@ def _style_panel(axis: Axes, title: str, metric: str | None = None) -> None:
     if metric in UNIT_METRICS:
         shown = [float(y) for line in axis.get_lines() for y in line.get_ydata() if math.isfinite(float(y))]
         top = max([1.0, *shown])
+        if top > ERROR_RATE_TOP:  # an untrained model's WER (4.8 after CTC-only steps) would flatten the rest
+            top = ERROR_RATE_TOP
+            axis.set_title(f"{title} (axis cut at {ERROR_RATE_TOP:g})", fontsize=10)
         axis.set_ylim(0.0, top * 1.03)
     if axis.get_legend_handles_labels()[0]:
         axis.legend(fontsize=8)
