@@ -107,3 +107,11 @@ def test_list_variants_has_the_classic_set():
     assert variants == sorted(variants)
     for name in ("m1", "m7", "f1", "f5", "klatt", "whisper"):
         assert name in variants
+
+
+def test_a_variants_gender_is_the_one_its_file_states():
+    from osum_core.demo.speech_synth import variant_gender
+
+    assert [variant_gender(v) for v in ("f1", "f5", "Alicia", "anika", "whisperf")] == ["female"] * 5
+    # "fast" starts with f but states no gender: it keeps en-us's, as eSpeak speaks it
+    assert [variant_gender(v) for v in ("m1", "m7", "Andy", "fast", "klatt")] == ["male"] * 5

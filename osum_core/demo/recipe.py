@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from osum_core.demo.speech_synth import Voice
+from osum_core.demo.speech_synth import Voice, variant_gender
 from osum_core.task import Task
 
 
@@ -89,7 +89,8 @@ class Utterance:
 
     @property
     def gender(self) -> str:
-        return "female" if self.voice.variant.startswith("f") else "male"
+        """The voice's gender, "female" or "male" (`osum_core.demo.speech_synth.variant_gender`)."""
+        return variant_gender(self.voice.variant)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import _ctypes
 import atexit
 import ctypes
+import functools
 import re
 import shutil
 import tempfile
@@ -224,6 +225,20 @@ def list_variants() -> list[str]:
     """Variant names shipped in the wheel's ``espeak-ng-data/voices/!v`` folder."""
     folder = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
     return sorted(p.name for p in folder.iterdir() if p.is_file())
+
+
+@functools.cache
+def variant_gender(variant: str) -> str:
+    """"female" or "male", as the variant's own file says (its ``gender`` line: ``f1``..``f5``, ``Alicia``,
+    ``anika`` ... are female). A variant without that line keeps the base voice's, male for the demo's
+    ``en-us`` (``fast`` and ``klatt`` among them)."""
+    path = Path(espeakng_loader.get_data_path()) / "voices" / "!v" / variant
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0].lower() == "gender":
+                return "female" if words[1].lower() == "female" else "male"
+    return "male"
 
 
 def _voice_spec(voice: Voice) -> str:
