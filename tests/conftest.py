@@ -21,26 +21,44 @@ from osum_core.demo.corpus import synthesize_corpus
 from osum_core.plugins import CorpusSpec, load_tasks
 
 RUN_TIMEOUT = 600  # seconds: a whole `osum fit` of the tests takes well under a minute alone
+# Every Python process of a run dumps its threads' stacks on SIGABRT, and prints at once (no output lost to a kill).
+RUN_ENV = {"PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def run_process(command: list[str], timeout: float = RUN_TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGKILL every process of `process`'s session (ranks, dataloader workers), if any is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def run_process(command: list[str], timeout: float = RUN_TIMEOUT, env: dict[str, str] | None = None,
+                **kwargs) -> subprocess.CompletedProcess:
     """`command` to its end, its output captured, in a session of its own. A run still going after `timeout`
-    (a hung rank) is killed with every process it started (the other ranks, dataloader workers, which hold
-    the output pipes too) and the test fails with its output so far, rather than the suite waiting forever."""
+    (a hung rank, or a process it started that outlives it holding the output pipes) is made to dump every
+    thread's stack (SIGABRT), then killed with every process it started, and the test fails with that
+    output, rather than the suite waiting forever."""
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                          text=True, **kwargs) as process:
+                          text=True, errors="replace", env={**(env or os.environ), **RUN_ENV}, **kwargs) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            exited = process.poll()
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
-            raise AssertionError(f"{' '.join(command[:6])} ... still running after {timeout} s; killed. "
-                                 f"Its output:\n{stdout[-2000:]}\n{stderr[-6000:]}") from None
+                os.killpg(process.pid, signal.SIGABRT)
+            try:
+                stdout, stderr = process.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                stop_group(process)
+                stdout, stderr = process.communicate(timeout=30)
+            what = ("still running" if exited is None else
+                    f"exited ({exited}) but processes it started still held its output")
+            raise AssertionError(f"{' '.join(command[:6])} ... {what} after {timeout} s; stacks dumped, killed. "
+                                 f"Its output:\n{stdout[-2000:]}\n{stderr[-8000:]}") from None
         except BaseException:  # interrupted (pytest-timeout, Ctrl-C): no process of it is left behind
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+            stop_group(process)
             raise
+        finally:
+            stop_group(process)  # a worker or rank left over after the run ended
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 

@@ -15,7 +15,7 @@ import numpy
 import pytest
 import torch
 from conftest import TINY, data_args, run_process
-from test_exact_resume import key_log, kill_after_step, started_until_step, weights
+from test_exact_resume import key_log, kill_after_step, started_until_step, stderr_at_end, weights
 
 from osum_core.cli.main import main
 from osum_core.train.module import SpeechLLMModule, rng_state
@@ -100,7 +100,7 @@ def test_ddp_metrics_are_reduced_over_all_ranks(tiny_corpus, tmp_path):
     assert done.stdout.count("test metrics (") == 1 and done.stdout.count("parameters: ") == 1  # one report, rank 0's
     predictions = [json.loads(x)["key"] for x in (run / "test_predictions.jsonl").read_text().splitlines()]
     assert sorted(predictions) == sorted(json.loads(x)["key"] for x in lines)  # every rank's items, once
-    # In this process: loaded without dataloader workers (no fork of pytest's long-lived process).
+    # In this process, without dataloader workers: a precaution (pytest's long-lived process is not forked).
     assert main(["test", "--ckpt", str(run), "--tasks", "asr,ved", "--out", str(tmp_path / "one"), "--device", "cpu",
                  "--batch-size", "1", f"data.test={test}", "data.num_workers=0"]) == 0
     # One process scoring all 7 items gives what the 2 ranks gave together (not a mean of per-rank WERs).
@@ -237,9 +237,9 @@ def test_sigterm_to_rank_0_stops_both_ranks_at_one_step_and_resumes_exactly(tiny
     fit(whole, tiny_corpus, *extra)
     command = [sys.executable, "-m", "osum_core.cli.main", "fit", "--tasks", "asr,ved", "--out", str(stopped),
                *data_args(tiny_corpus), *COMMON, *extra]
-    process = started_until_step(command, stopped, 4)
-    os.kill(process.pid, signal.SIGTERM)
-    stderr = process.communicate(timeout=300)[1].decode()
+    with started_until_step(command, stopped, 4) as process:
+        os.kill(process.pid, signal.SIGTERM)
+        stderr = stderr_at_end(process)
     assert process.returncode == 0, stderr[-3000:]
     step = torch.load(stopped / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
     assert 4 <= step < 10 and f"stopped by SIGTERM after step {step}" in stderr

@@ -2,17 +2,19 @@
 trains the same keys at every step and ends with the same weights as a run never interrupted, for
 manifests and for shards, with two dataloader workers."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, data_args, run_process
+from conftest import RUN_ENV, TINY, data_args, run_process, stop_group
 
 from osum_core.cli.main import main
 
@@ -44,24 +46,63 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
-def started_until_step(command: list[str], run: Path, step: int) -> subprocess.Popen:
-    """Start `command` (in a session of its own) and return once its key log holds `step`."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 300
-    log = run / "train_keys.jsonl"
-    while time.monotonic() < deadline and process.poll() is None:
-        if log.is_file() and any(json.loads(x)["step"] >= step for x in log.read_text().splitlines() if x.strip()):
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, f"the run ended before step {step}: {process.stderr.read().decode()[-2000:]}"
-    return process
+def reached(log: Path, step: int) -> bool:
+    return log.is_file() and any(json.loads(x)["step"] >= step for x in log.read_text().splitlines() if x.strip())
+
+
+@contextlib.contextmanager
+def started_until_step(command: list[str], run: Path, step: int) -> Iterator[subprocess.Popen]:
+    """Start `command` (in a session of its own, its stderr in a file beside the run) and yield it once its key
+    log holds `step`; on leaving, every process of it still running is killed."""
+    run.parent.mkdir(parents=True, exist_ok=True)
+    with open(run.parent / f"{run.name}.stderr", "w+b") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+                                   env={**os.environ, **RUN_ENV})
+        try:
+            deadline = time.monotonic() + 300
+            log = run / "train_keys.jsonl"
+            while time.monotonic() < deadline and process.poll() is None and not reached(log, step):
+                time.sleep(0.05)
+            if not reached(log, step):
+                stderr.seek(0)
+                state = "still running" if process.poll() is None else f"ended ({process.returncode})"
+                raise AssertionError(f"the run did not reach step {step} ({state}): {stderr.read().decode()[-3000:]}")
+            process.stderr_file = stderr  # type: ignore[attr-defined]  # what it printed, for the caller
+            yield process
+        finally:
+            stop_group(process)
 
 
 def kill_after_step(command: list[str], run: Path, step: int) -> None:
     """Start `command` and SIGKILL it once the key log holds `step` (past the step-4 checkpoint)."""
-    process = started_until_step(command, run, step)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    with started_until_step(command, run, step) as process:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def group_alive(group: int) -> bool:
+    """Whether a process of process group `group` still runs (a zombie waiting to be reaped does not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, pgrp, ...
+        except (OSError, IndexError):
+            continue  # ended while being read
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
+
+
+def stderr_at_end(process: subprocess.Popen, timeout: float = 300) -> str:
+    """Wait for `process` (from `started_until_step`) and every process it started (other ranks, workers) to
+    end; what it wrote to stderr."""
+    deadline = time.monotonic() + timeout
+    process.wait(timeout=timeout)
+    while group_alive(process.pid):
+        assert time.monotonic() < deadline, "processes the run started still run after it ended"
+        time.sleep(0.1)
+    file = process.stderr_file  # type: ignore[attr-defined]
+    file.seek(0)
+    return file.read().decode(errors="replace")
 
 
 def assert_same_training(run: Path, whole: Path) -> None:
@@ -78,7 +119,8 @@ def whole(tiny_corpus, tmp_path_factory) -> Path:
     """The uninterrupted run on the manifest, which every test here that stops a run on the manifest is compared
     with (trained once: the same command trains the same keys to the same weights whatever its --out)."""
     run = tmp_path_factory.mktemp("whole") / "whole"
-    assert run_process(fit_command(run, str(tiny_corpus / "train.jsonl"), tiny_corpus)).returncode == 0
+    done = run_process(fit_command(run, str(tiny_corpus / "train.jsonl"), tiny_corpus))
+    assert done.returncode == 0, done.stderr[-4000:]
     return run
 
 
@@ -90,7 +132,8 @@ def test_a_killed_run_resumes_exactly(kind, tiny_corpus, tmp_path, request):
         assert main(["data", "shard", train, str(tmp_path / "shards"), "--per-shard", "6", "--quiet"]) == 0
         train = str(tmp_path / "shards" / "shards.list")
         whole = tmp_path / "whole"
-        assert run_process(fit_command(whole, train, tiny_corpus)).returncode == 0
+        done = run_process(fit_command(whole, train, tiny_corpus))
+        assert done.returncode == 0, done.stderr[-4000:]
     else:
         whole = request.getfixturevalue("whole")
 
@@ -120,9 +163,10 @@ def test_a_scheduler_signal_saves_stops_cleanly_and_resumes_exactly(signal_name,
     # As SLURM does, the signal goes to every process of the job (dataloader workers included).
     train = str(tiny_corpus / "train.jsonl")
     stopped = tmp_path / "stopped"
-    process = started_until_step(fit_command(stopped, train, tiny_corpus, "checkpoint.every_n_steps=null"), stopped, 5)
-    os.killpg(process.pid, getattr(signal, signal_name))
-    stderr = process.communicate(timeout=300)[1].decode()
+    with started_until_step(fit_command(stopped, train, tiny_corpus, "checkpoint.every_n_steps=null"), stopped,
+                            5) as process:
+        os.killpg(process.pid, getattr(signal, signal_name))
+        stderr = stderr_at_end(process)
     assert process.returncode == 0, stderr[-3000:]
     checkpoint = torch.load(stopped / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     step = checkpoint["global_step"]

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import TINY, data_args
+from conftest import TINY, data_args, run_process
 
 from osum_core.cli.fit_checks import fit_config_problems
 from osum_core.cli.main import main
@@ -291,10 +290,49 @@ except TooManySkipped as error:  # one file a rank: two processes' prints can in
 def test_every_rank_stops_at_the_same_step_when_one_rank_skips_too_many(tmp_path):
     script = tmp_path / "ddp_ceiling.py"
     script.write_text(DDP_CEILING)
-    done = subprocess.run([sys.executable, str(script), str(Path(__file__).parent), str(tmp_path)],
-                          capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = run_process([sys.executable, str(script), str(Path(__file__).parent), str(tmp_path)], timeout=180,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
     said = [path.read_text() for path in sorted(tmp_path.glob("rank*.stop"))]
     # 3 items a batch on each rank: 12 read by the 2nd batch, 6 of them skipped (all on rank 1)
     assert [line.split(":")[0] for line in said] == ["rank 0 stopped at step 1", "rank 1 stopped at step 1"], \
         done.stdout + done.stderr[-3000:]
     assert all("6 of the 12 training items read so far were skipped (50.0%)" in line for line in said)
+
+
+RANK0_FAILS = """
+import sys
+import lightning as L
+import torch
+sys.path.insert(0, sys.argv[1])
+from test_faults import Keyed, skipping_batches
+from osum_core.train.trainer import stop_started_ranks
+
+class Rank0Fails(Keyed):
+    def training_step(self, batch, batch_idx):
+        if self.global_rank == 0 and batch_idx == 2:
+            raise OSError("rank 0 alone: the disk is full")  # rank 1 goes on into the gradients' all-reduce
+        return super().training_step(batch, batch_idx)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(skipping_batches(6, 3, 0), batch_size=None)
+
+trainer = L.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_steps=6, use_distributed_sampler=False,
+                    logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    default_root_dir=sys.argv[2])
+try:
+    trainer.fit(Rank0Fails())
+except OSError:
+    stop_started_ranks(trainer, grace=3)
+    print(f"rank 1 stopped: {[p.poll() for p in trainer.strategy.launcher.procs]}", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_when_the_first_process_fails_alone_the_ranks_it_started_are_stopped(tmp_path):
+    # The first process stays alive here (as when its exit is held up), so rank 1 waits in the all-reduce:
+    # it is given 3 s, then killed, and the run's process group ends.
+    script = tmp_path / "rank0_fails.py"
+    script.write_text(RANK0_FAILS)
+    done = run_process([sys.executable, str(script), str(Path(__file__).parent), str(tmp_path)], timeout=180,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert "rank 1 stopped: [-9]" in done.stdout, done.stdout + done.stderr[-3000:]

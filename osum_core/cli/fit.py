@@ -44,10 +44,10 @@ from osum_core.train.datamodule import SpeechDataModule
 from osum_core.train.learning_curve import curve_table
 from osum_core.train.loop_state import LoopStateResume
 from osum_core.train.module import SpeechLLMModule
-from osum_core.train.preemption import PreemptionCheckpoint
+from osum_core.train.preemption import Preempted, PreemptionCheckpoint
 from osum_core.train.skipped_items import SkipCeiling, SkippedItems
 from osum_core.train.tokenizer import run_tokenizer
-from osum_core.train.trainer import build_trainer
+from osum_core.train.trainer import build_trainer, stop_started_ranks
 
 
 def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
@@ -104,17 +104,24 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     data = cfg["data"]
     datamodule = SpeechDataModule.for_model(cfg, tasks, tokenizer, model, known_tasks=list(registry.tasks.values()),
                                             skips=skips)
-    unusable = f"; unusable so far: {skips.summary()} (listed in {run_dir / SKIPPED})" if skips.counts else ""
-    log(f"training data (data.train): {datamodule.plan('train').summary()}{unusable}")
+    if trainer.is_global_zero:  # the summary reads every shard's index again: once, not on every rank
+        unusable = f"; unusable so far: {skips.summary()} (listed in {run_dir / SKIPPED})" if skips.counts else ""
+        log(f"training data (data.train): {datamodule.plan('train').summary()}{unusable}")
     prompts = {name: datamodule.prompts.evaluation_text(name) for name in tasks}
     module = SpeechLLMModule(
         model, tasks, tokenizer, cfg["optim"], ctc_weight=cfg["loss"]["ctc_weight"],
         generation=GenerationSettings(**cfg["eval"]["generation"]), total_steps=max(trainer.max_steps, 0),
         ce_start_step=cfg["loss"]["ce_start_step"], eval_prompts=prompts,
     )
-    with transcript_normalizer(cfg["eval"]["normalizer"]):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-        trainer.test(module, datamodule=datamodule, verbose=False)
+    try:
+        with transcript_normalizer(cfg["eval"]["normalizer"]):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+            trainer.test(module, datamodule=datamodule, verbose=False)
+    except Preempted:
+        raise  # every rank saved and stopped together
+    except BaseException:
+        stop_started_ranks(trainer)
+        raise
     evaluation = module.evaluations["test"]
     settings = {
         "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),

@@ -165,3 +165,26 @@ def build_trainer(section: Mapping[str, Any], run_dir: Path, checkpoint_every: i
         callbacks.append(StepProgressBar())
     trainer = L.Trainer(**arguments, default_root_dir=run_dir, logger=loggers, callbacks=callbacks)
     return trainer, curve
+
+
+RANKS_GRACE_SECONDS = 60
+
+
+def stop_started_ranks(trainer: L.Trainer, grace: float = RANKS_GRACE_SECONDS) -> None:
+    """After the first process failed: the ranks it started itself (Lightning's launcher of ``strategy=ddp``
+    on one node) get `grace` seconds to end on their own (a failure every rank meets, each saying why), then
+    are killed. Left alone, a rank waiting in a collective for the one that failed waits until that process's
+    exit closes its connections, and if the exit is held up (a dataloader worker that does not end), for the
+    process group's timeout (30 minutes), holding its device and the job's output. Ranks started by torchrun
+    or SLURM are theirs to stop."""
+    import subprocess
+
+    procs = getattr(getattr(trainer.strategy, "launcher", None), "procs", None)
+    if not trainer.is_global_zero or not procs:
+        return
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
