@@ -336,3 +336,28 @@ def test_when_the_first_process_fails_alone_the_ranks_it_started_are_stopped(tmp
     done = run_process([sys.executable, str(script), str(Path(__file__).parent), str(tmp_path)], timeout=180,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert "rank 1 stopped: [-9]" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+STUCK_WORKER = """
+import multiprocessing, sys, time
+from osum_core.data.loader import ignore_stop_signals, kill_workers_at_exit_registered
+
+def stuck_worker():
+    ignore_stop_signals(0)  # as osum's dataloader workers do
+    time.sleep(3600)
+
+if __name__ == "__main__":
+    kill_workers_at_exit_registered()  # what a PlanLoader with workers does
+    multiprocessing.get_context("fork").Process(target=stuck_worker, daemon=True).start()
+    print("main done", flush=True)
+"""
+
+
+def test_a_stuck_dataloader_worker_does_not_keep_its_process_from_exiting(tmp_path):
+    # multiprocessing's exit handler ends a daemonic worker with SIGTERM, which osum's workers ignore, then
+    # waits for it without end (checked: such a process still ran after 40 s without the hook, a rank that
+    # never exits); the hook kills it after its 10 s of grace.
+    script = tmp_path / "stuck_worker.py"
+    script.write_text(STUCK_WORKER)
+    done = run_process([sys.executable, str(script)], timeout=120)
+    assert done.returncode == 0 and "main done" in done.stdout, done.stderr[-3000:]

@@ -32,6 +32,8 @@ whose position would then be lost; the datamodule rebuilds it every epoch (``rel
 
 from __future__ import annotations
 
+import atexit
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
@@ -296,6 +298,30 @@ def ignore_stop_signals(worker_id: int) -> None:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
+WORKER_EXIT_GRACE_SECONDS = 10
+
+
+def kill_workers_left_at_exit() -> None:
+    """At the main process's exit: a dataloader worker still alive after `WORKER_EXIT_GRACE_SECONDS` is killed.
+    Workers ignore SIGTERM (above), which is how torch and multiprocessing end a worker that does not stop when
+    told; without this, a stuck worker would keep its rank from ever exiting (and the job's other ranks
+    waiting for it)."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.join(WORKER_EXIT_GRACE_SECONDS)
+        if child.is_alive():
+            child.kill()
+            child.join()
+
+
+@functools.cache
+def kill_workers_at_exit_registered() -> None:
+    # Registered after multiprocessing is imported (torch imports it), so it runs before multiprocessing's own
+    # exit handler, which would wait for such a worker without end.
+    atexit.register(kill_workers_left_at_exit)
+
+
 class PlanLoader(DataLoader):
     """torch's DataLoader over a `PlanBatchSampler`, counting the batches it has handed out this epoch
     (the main process's count: workers read ahead, the training loop does not)."""
@@ -310,6 +336,8 @@ class PlanLoader(DataLoader):
                          worker_init_fn=ignore_stop_signals if workers > 0 else None,
                          generator=torch.Generator().manual_seed(seed + sampler.epoch))
         self.yielded, self.finished = 0, False
+        if workers > 0:
+            kill_workers_at_exit_registered()
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         self.yielded, self.finished = 0, False
