@@ -230,8 +230,9 @@ def list_variants() -> list[str]:
 @functools.cache
 def variant_gender(variant: str) -> str:
     """"female" or "male", as the variant's own file says (its ``gender`` line: ``f1``..``f5``, ``Alicia``,
-    ``anika`` ... are female). A variant without that line keeps the base voice's, male for the demo's
-    ``en-us`` (``fast`` and ``klatt`` among them)."""
+    ``anika`` ... are female). A variant without that line (``fast``, ``klatt``, but also the high-pitched
+    ``zac`` and ``shelby``) is called male, as eSpeak's ``en-us`` voice is: give SGC's corpus voices whose
+    file states a gender."""
     path = Path(espeakng_loader.get_data_path()) / "voices" / "!v" / variant
     if path.is_file():
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
