@@ -286,12 +286,17 @@ except TooManySkipped as error:  # one file a rank: two processes' prints can in
 """
 
 
+def two_rank_script(tmp_path: Path, text: str):
+    """Run `text` (a script of Lightning's ddp on 2 CPU ranks, given this folder and `tmp_path`) as a user would."""
+    script = tmp_path / "two_ranks.py"
+    script.write_text(text)
+    return run_process([sys.executable, str(script), str(Path(__file__).parent), str(tmp_path)], timeout=180,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 @pytest.mark.slow
 def test_every_rank_stops_at_the_same_step_when_one_rank_skips_too_many(tmp_path):
-    script = tmp_path / "ddp_ceiling.py"
-    script.write_text(DDP_CEILING)
-    done = run_process([sys.executable, str(script), str(Path(__file__).parent), str(tmp_path)], timeout=180,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = two_rank_script(tmp_path, DDP_CEILING)
     said = [path.read_text() for path in sorted(tmp_path.glob("rank*.stop"))]
     # 3 items a batch on each rank: 12 read by the 2nd batch, 6 of them skipped (all on rank 1)
     assert [line.split(":")[0] for line in said] == ["rank 0 stopped at step 1", "rank 1 stopped at step 1"], \
@@ -331,10 +336,7 @@ except OSError:
 def test_when_the_first_process_fails_alone_the_ranks_it_started_are_stopped(tmp_path):
     # The first process stays alive here (as when its exit is held up), so rank 1 waits in the all-reduce:
     # it is given 3 s, then killed, and the run's process group ends.
-    script = tmp_path / "rank0_fails.py"
-    script.write_text(RANK0_FAILS)
-    done = run_process([sys.executable, str(script), str(Path(__file__).parent), str(tmp_path)], timeout=180,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = two_rank_script(tmp_path, RANK0_FAILS)
     assert "rank 1 stopped: [-9]" in done.stdout, done.stdout + done.stderr[-3000:]
 
 
