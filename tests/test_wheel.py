@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,8 @@ def test_wheel_carries_the_configs_and_runs_outside_the_checkout(tmp_path):
                 cwd=elsewhere).stdout
     assert str(ROOT) not in where and str(venv) in where
     printed = run(osum, "fit", "--tasks", "asr,ved", "--print-config", cwd=elsewhere).stdout
-    assert "d_model: 192" in printed and "max_steps: 3000" in printed
+    demo = yaml.safe_load((ROOT / "configs" / "presets" / "demo.yaml").read_text())
+    assert "d_model: 192" in printed and f"max_steps: {demo['trainer']['max_steps']}" in printed  # the demo preset's
     assert "osum-7b" not in printed
     preset = run(osum, "fit", "--tasks", "asr", "--preset", "osum-7b", "--print-config", cwd=elsewhere).stdout
     assert "Qwen/Qwen2-7B" in preset
