@@ -115,3 +115,12 @@ def test_a_variants_gender_is_the_one_its_file_states():
     assert [variant_gender(v) for v in ("f1", "f5", "Alicia", "anika", "whisperf")] == ["female"] * 5
     # "fast" starts with f but states no gender: it keeps en-us's, as eSpeak speaks it
     assert [variant_gender(v) for v in ("m1", "m7", "Andy", "fast", "klatt")] == ["male"] * 5
+
+
+def test_an_unknown_demo_voice_is_named_with_its_config_key():
+    from osum_core.config import load_config
+    from osum_core.plugins import CorpusSpec
+
+    demo = {**load_config()["data"]["demo"], "heldout_voices": ["m6", "nosuch"]}
+    with pytest.raises(ValueError, match=r"data.demo.heldout_voices: unknown eSpeak NG variant 'nosuch'; available: "):
+        CorpusSpec.from_config(demo, 1, ("<TRANSCRIBE>",))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from osum_core.demo.speech_synth import Voice, variant_gender
+from osum_core.demo.speech_synth import Voice, list_variants, variant_gender
 from osum_core.task import Task
 
 
@@ -50,6 +50,12 @@ class CorpusSpec:
     @classmethod
     def from_config(cls, demo: Mapping[str, Any], seed: int, tags: tuple[str, ...]) -> CorpusSpec:
         """The spec of the ``data.demo`` config section (a plain dict) for `tags`."""
+        available = set(list_variants())
+        for key in ("train_voices", "heldout_voices"):
+            unknown = [voice for voice in demo[key] if voice not in available]
+            if unknown:
+                raise ValueError(f"data.demo.{key}: unknown eSpeak NG variant {', '.join(map(repr, unknown))}; "
+                                 f"available: {', '.join(sorted(available))}")
         return cls(
             tags=tuple(tags),
             seed=int(seed),
