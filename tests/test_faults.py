@@ -8,7 +8,10 @@ import json
 import math
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -262,6 +265,7 @@ def test_a_corpus_whose_every_item_fails_to_load_stops_early_on_one_line(tiny_co
 
 DDP_CEILING = """
 import sys
+import time
 import lightning as L
 import torch
 sys.path.insert(0, sys.argv[1])
@@ -306,6 +310,7 @@ def test_every_rank_stops_at_the_same_step_when_one_rank_skips_too_many(tmp_path
 
 RANK0_FAILS = """
 import sys
+import time
 import lightning as L
 import torch
 sys.path.insert(0, sys.argv[1])
@@ -363,3 +368,52 @@ def test_a_stuck_dataloader_worker_does_not_keep_its_process_from_exiting(tmp_pa
     script.write_text(STUCK_WORKER)
     done = run_process([sys.executable, str(script)], timeout=120)
     assert done.returncode == 0 and "main done" in done.stdout, done.stderr[-3000:]
+
+
+KILLED_RANK = """
+import os, signal, sys
+import torch
+from torch.utils.data import DataLoader, Dataset
+from osum_core.data.loader import worker_settings
+
+class Numbers(Dataset):
+    def __len__(self):
+        return 64
+    def __getitem__(self, index):
+        return torch.tensor([index, os.getpid(), os.getppid()])
+
+if __name__ == "__main__":
+    loader = DataLoader(Numbers(), batch_size=4, num_workers=2, persistent_workers=True, **worker_settings(2))
+    batches = iter(loader)
+    rows = torch.cat([next(batches) for _ in range(4)])
+    parents = {int(pid) for pid in rows[:, 2]}
+    print("workers", *sorted({int(pid) for pid in rows[:, 1]}), flush=True)
+    print("forked by the rank" if os.getpid() in parents else "forked by another process", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer ends a rank: no exit handler runs
+"""
+
+
+def test_the_dataloader_workers_of_a_rank_killed_outright_exit(tmp_path):
+    # Workers are forked by a forkserver, not by the rank, so torch's own check (is my parent alive?) does not
+    # see the rank die; each worker watches the rank itself.
+    script = tmp_path / "killed_rank.py"
+    script.write_text(KILLED_RANK)
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as process:
+        line = process.stdout.readline()
+        assert line.startswith("workers"), line
+        workers = [int(pid) for pid in line.split()[1:]]
+        assert len(workers) == 2
+        # A worker forked from a rank with threads (gloo's, Lightning's) can hang on a lock one of them held.
+        assert process.stdout.readline().strip() == "forked by another process"
+        assert process.wait(timeout=60) == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in process_state(pid) for pid in workers):
+        assert time.monotonic() < deadline, f"workers {workers} still alive 30 s after their rank was killed"
+        time.sleep(0.2)
+
+
+def process_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"

@@ -329,6 +329,20 @@ def load_example_audio(example: PreparedExample) -> torch.Tensor:
     return load_audio(io.BytesIO(read_wav_member(example.wav, offset, size)), name=example.audio)
 
 
+@dataclass(frozen=True)
+class LossWeights:
+    """What a dataloader worker needs of a task: its weights (`Task` holds functions a plugin may define
+    inside another, which do not pickle, and workers receive the dataset pickled)."""
+
+    loss: float
+    label: float
+    ctc: float
+
+    @classmethod
+    def of(cls, task: Task) -> LossWeights:
+        return cls(task.loss_weight, task.label_loss_weight, task.ctc_loss_weight)
+
+
 class SpeechDataset(Dataset):
     """Turns the items of an epoch's plan (`PlanItem`) into tensors: loads audio, computes features, picks
     a prompt, and for an example with a target its ids and weights.
@@ -355,7 +369,7 @@ class SpeechDataset(Dataset):
         (``data.too_long: crop``). `on_error`: with ``skip``, an item that fails to load comes back as
         ``{"skipped": BadItem.to_json()}``, which `collate_examples` sets aside, instead of raising inside
         the dataloader worker."""
-        self.tasks = dict(tasks)
+        self.weights = {name: LossWeights.of(task) for name, task in tasks.items()}
         self.prompts = prompts
         self.max_frames = max_frames
         self.on_error = on_error
@@ -411,10 +425,10 @@ class SpeechDataset(Dataset):
         return row
 
     def target_tensors(self, example: PreparedExample) -> dict[str, torch.Tensor]:
-        task = self.tasks[example.task]
-        suffix_weight = task.loss_weight * task.label_loss_weight
-        weights = [task.loss_weight] * len(example.body_ids) + [suffix_weight] * len(example.suffix_ids)
-        weights.append(suffix_weight if example.suffix_ids else task.loss_weight)  # end-of-text follows the label
+        task = self.weights[example.task]
+        suffix_weight = task.loss * task.label
+        weights = [task.loss] * len(example.body_ids) + [suffix_weight] * len(example.suffix_ids)
+        weights.append(suffix_weight if example.suffix_ids else task.loss)  # end-of-text follows the label
         return {
             "target_ids": torch.tensor(example.target_ids(self.eos_id), dtype=torch.long),
             "target_weights": torch.tensor(weights, dtype=torch.float32),
@@ -423,5 +437,5 @@ class SpeechDataset(Dataset):
             ),
             # A label-only line without a transcript (OSUM-EChat's "<happy>") does not say what was spoken: an empty
             # CTC target would teach the head that its speech is all blank.
-            "ctc_weight": task.ctc_loss_weight if example.transcript_ids or example.target.transcribed else 0.0,
+            "ctc_weight": task.ctc if example.transcript_ids or example.target.transcribed else 0.0,
         }

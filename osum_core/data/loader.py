@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
@@ -298,6 +300,39 @@ def ignore_stop_signals(worker_id: int) -> None:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
+RANK_POLL_SECONDS = 5.0
+
+
+def exit_with_rank(rank_pid: int) -> None:
+    """In a dataloader worker: exit as soon as the rank that started it has gone, even killed outright
+    (SIGKILL, the OOM killer). torch's workers watch their parent, which is the forkserver here (it outlives
+    the rank while workers hold its pipe), so without this a killed rank would leave its workers behind."""
+    import select
+    import threading
+
+    def wait_and_exit() -> None:
+        try:
+            try:  # Linux: a process's pidfd is readable once it has exited
+                select.select([os.pidfd_open(rank_pid)], [], [])
+            except (AttributeError, OSError) as error:  # no pidfd here: ask every few seconds
+                if isinstance(error, ProcessLookupError):
+                    raise
+                while True:
+                    os.kill(rank_pid, 0)
+                    time.sleep(RANK_POLL_SECONDS)
+        except ProcessLookupError:  # gone
+            pass
+        os._exit(1)
+
+    threading.Thread(target=wait_and_exit, name="osum-exit-with-rank", daemon=True).start()
+
+
+def worker_started(rank_pid: int, worker_id: int) -> None:
+    """Every dataloader worker's `worker_init_fn`."""
+    ignore_stop_signals(worker_id)
+    exit_with_rank(rank_pid)
+
+
 WORKER_EXIT_GRACE_SECONDS = 10
 
 
@@ -322,6 +357,31 @@ def kill_workers_at_exit_registered() -> None:
     atexit.register(kill_workers_left_at_exit)
 
 
+WORKER_PRELOAD = ["osum_core.data.dataset", "osum_core.data.collate"]
+
+
+@functools.cache
+def worker_context() -> Any:
+    """Workers start from a forkserver, not by forking the rank. A rank has threads (gloo's, Lightning's,
+    torch's); a child forked while one of them holds a lock (malloc's, logging's) waits on that lock forever,
+    and its rank with it, which hung two-rank runs in the test stage. The forkserver is one clean process,
+    started once per rank with torch and the dataset's modules imported, so each worker still starts in a
+    fraction of a second. (Python 3.14 made forkserver the default for the same reason.)"""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)
+    return context
+
+
+def worker_settings(workers: int) -> dict[str, Any]:
+    """How osum's dataloaders start their `workers` processes (none: no settings)."""
+    if workers == 0:
+        return {}
+    kill_workers_at_exit_registered()
+    return {"multiprocessing_context": worker_context(), "worker_init_fn": functools.partial(worker_started, os.getpid())}
+
+
 class PlanLoader(DataLoader):
     """torch's DataLoader over a `PlanBatchSampler`, counting the batches it has handed out this epoch
     (the main process's count: workers read ahead, the training loop does not)."""
@@ -332,12 +392,9 @@ class PlanLoader(DataLoader):
         # Its own generator: the workers' base seed is not drawn from torch's global one, which dropout uses
         # and a checkpoint restores (the loader is rebuilt every epoch, also right after a resume).
         super().__init__(dataset, batch_sampler=sampler, collate_fn=collate_examples, num_workers=workers,
-                         persistent_workers=persistent and workers > 0,
-                         worker_init_fn=ignore_stop_signals if workers > 0 else None,
+                         persistent_workers=persistent and workers > 0, **worker_settings(workers),
                          generator=torch.Generator().manual_seed(seed + sampler.epoch))
         self.yielded, self.finished = 0, False
-        if workers > 0:
-            kill_workers_at_exit_registered()
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         self.yielded, self.finished = 0, False
