@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from osum_core.plugins import DemoRecipe, hookimpl
+from osum_core.plugins import CorpusRecipe, DemoRecipe, hookimpl
+from osum_tasks.corpora import aishell, librispeech
 from osum_core.task import Prediction, Target, Task, TaskMetric, is_garbled, normalize_target, strip_tags
 
 PROMPTS = {
@@ -67,3 +68,8 @@ def osum_tasks() -> list[Task]:
 @hookimpl
 def osum_demo_recipes() -> dict[str, DemoRecipe]:
     return {TASK.tag: DemoRecipe()}  # the planned digit string, as spoken
+
+
+@hookimpl
+def osum_corpus_recipes() -> list[CorpusRecipe]:
+    return [librispeech.RECIPE, aishell.RECIPE]  # AISHELL-1 feeds SGC as well

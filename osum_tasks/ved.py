@@ -10,7 +10,8 @@ import random
 
 import numpy as np
 
-from osum_core.plugins import CorpusSpec, DemoRecipe, Rendered, Utterance, hookimpl
+from osum_core.plugins import CorpusRecipe, CorpusSpec, DemoRecipe, Rendered, Utterance, hookimpl
+from osum_tasks.corpora import esc50
 from osum_core.task import LabelField, Task, tagged_task
 from osum_tasks.vocal_events import make_event
 
@@ -98,3 +99,8 @@ def osum_tasks() -> list[Task]:
 def osum_demo_recipes() -> dict[str, DemoRecipe]:
     # event_positions: where the vocal event goes: before or after the speech (with a gap), or over it.
     return {TASK.tag: DemoRecipe(draw, render, label_text, options={"event_positions": ["after"]})}
+
+
+@hookimpl
+def osum_corpus_recipes() -> list[CorpusRecipe]:
+    return [esc50.RECIPE]

@@ -1,4 +1,4 @@
-"""``osum data shard`` and ``osum data check``.
+"""``osum data shard``, ``osum data check``, ``osum data batch-sizes`` and ``osum data prepare``.
 
 `add_commands` runs whenever osum builds its parser (``osum --help`` too): each command imports the data
 pipeline (and torch with it) when it runs, not here."""
@@ -77,6 +77,54 @@ def cmd_batch_sizes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace, registry: TaskRegistry) -> int:
+    if args.list:
+        if not registry.corpora:
+            print("no corpus recipe is installed")
+        for name, recipe in sorted(registry.corpora.items()):
+            print(f"{name:<20} {','.join(recipe.tasks):<12} {registry.corpus_packages[name]:<14} {recipe.description}")
+        return 0
+    if not (args.name and args.source and args.out_dir):
+        print("osum data prepare: give NAME SRC_DIR OUT_DIR (or --list)", file=sys.stderr)
+        return 2
+    recipe = registry.corpora.get(args.name)
+    if recipe is None:
+        print(f"osum data prepare: no recipe {args.name!r}; installed: {', '.join(sorted(registry.corpora)) or 'none'}"
+              " (osum data prepare --list)", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    from osum_core.data.corpus_preparation import PrepareError, prepare_corpus, summary_lines
+
+    bars = []
+
+    def progress(split: str):
+        bar = tqdm(unit="file", desc=f"{split}: reading audio", disable=args.quiet)
+        bars.append(bar)
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done)
+
+        return update
+
+    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
+    try:
+        report = prepare_corpus(recipe, args.source, args.out_dir, registry.tasks, splits, args.workers, args.shard,
+                                args.per_shard, log=log, progress=progress)
+    except PrepareError as error:
+        print(f"osum data prepare {args.name}: {error}", file=sys.stderr)
+        return 2
+    finally:
+        for bar in bars:
+            bar.close()
+    print("\n".join(summary_lines(report)))
+    print(f"report: {args.out_dir}/prepare_report.json")
+    return 0
+
+
 def add_commands(data: argparse._SubParsersAction, with_registry) -> None:
     shard = data.add_parser("shard", help="jsonl manifests -> OSUM/WeNet tar shards, OUT_DIR/shards.list and the index")
     shard.add_argument("manifests", nargs="+", metavar="MANIFEST")
@@ -106,3 +154,15 @@ def add_commands(data: argparse._SubParsersAction, with_registry) -> None:
     sizes.add_argument("--out", help="also write the data.buckets keys to this YAML (use it as --config FILE)")
     sizes.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for osum fit")
     sizes.set_defaults(run=cmd_batch_sizes)
+
+    prepare = data.add_parser("prepare", help="a public corpus as released -> manifests (or shards) and a report")
+    prepare.add_argument("name", nargs="?", metavar="NAME", help="the recipe (osum data prepare --list)")
+    prepare.add_argument("source", nargs="?", metavar="SRC_DIR", help="the corpus folder as its release unpacks")
+    prepare.add_argument("out_dir", nargs="?", metavar="OUT_DIR", help="where <subset>.jsonl and the report go")
+    prepare.add_argument("--list", action="store_true", help="list the installed recipes: name, tasks, package")
+    prepare.add_argument("--splits", help="comma-separated subsets (default: every one found in SRC_DIR)")
+    prepare.add_argument("--workers", type=int, default=4, help="processes reading audio (default 4)")
+    prepare.add_argument("--shard", action="store_true", help="write tar shards and <subset>/shards.list instead")
+    prepare.add_argument("--per-shard", type=int, default=1000, help="utterances per shard (default 1000)")
+    prepare.add_argument("--quiet", action="store_true", help="no progress bars")
+    prepare.set_defaults(run=with_registry(cmd_prepare))

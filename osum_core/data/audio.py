@@ -57,6 +57,15 @@ def load_audio(path: str | Path | BinaryIO, sample_rate: int = 16000, name: str 
     """Mono float32 waveform at `sample_rate`, shape [samples]. `path` may be an open binary file (a
     member of a tar shard); `name` then says where it came from in messages. Audio without samples, a WAV
     cut short, NaN or infinite samples, or all zeros (a broken export, never speech) is an `AudioError`."""
+    wave, rate = decode_audio(path, name)
+    if rate != sample_rate:
+        wave = torchaudio.functional.resample(wave, rate, sample_rate)
+    return wave
+
+
+def decode_audio(path: str | Path | BinaryIO, name: str | None = None) -> tuple[torch.Tensor, int]:
+    """The whole file decoded: mono float32 samples at the file's own rate, and that rate; the errors of
+    `load_audio`."""
     name = name or str(path)
     if not hasattr(path, "read") and not os.path.isfile(path):  # type: ignore[arg-type]
         raise AudioError(f"{name}: audio file not found", "audio_missing")
@@ -74,6 +83,4 @@ def load_audio(path: str | Path | BinaryIO, sample_rate: int = 16000, name: str 
         raise AudioError(f"{name}: audio has NaN or infinite samples", "audio_not_finite")
     if not bool(wave.any()):
         raise AudioError(f"{name}: audio is all zeros (silence without any signal)", "audio_silent")
-    if rate != sample_rate:
-        wave = torchaudio.functional.resample(wave, rate, sample_rate)
-    return wave
+    return wave, rate

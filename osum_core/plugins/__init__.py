@@ -5,12 +5,16 @@ demo data the recipe types of `osum_core.demo.recipe` and eSpeak's `Voice`."""
 
 from osum_core.demo.recipe import CorpusSpec, DemoRecipe, Rendered, Utterance, with_prosody
 from osum_core.demo.speech_synth import Voice
+from osum_core.plugins.corpus_recipe import CorpusLayoutError, CorpusRecipe, LeftOut
 from osum_core.plugins.hookspecs import hookimpl
 from osum_core.plugins.manager import PluginProblem, TaskRegistry, load_tasks
 
 __all__ = [
+    "CorpusLayoutError",
+    "CorpusRecipe",
     "CorpusSpec",
     "DemoRecipe",
+    "LeftOut",
     "PluginProblem",
     "Rendered",
     "TaskRegistry",

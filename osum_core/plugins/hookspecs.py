@@ -9,6 +9,7 @@ from __future__ import annotations
 import pluggy
 
 from osum_core.demo.recipe import DemoRecipe
+from osum_core.plugins.corpus_recipe import CorpusRecipe
 from osum_core.task import Task
 
 PROJECT = "osum"
@@ -33,5 +34,18 @@ def osum_demo_recipes() -> dict[str, DemoRecipe]:
 
     A task without a recipe still trains on your own manifests; it just has no synthetic demo data.
     A tag claimed by two plugins is reported like a duplicate task name.
+    """
+    raise NotImplementedError  # a specification: plugins implement it
+
+
+@hookspec
+def osum_corpus_recipes() -> list[CorpusRecipe]:
+    """Optional. Return the public corpora this plugin can turn into training data (``osum data prepare``):
+    a list of `CorpusRecipe`, each with its name, the tasks its lines feed, the release's subsets and the
+    function from the unpacked folder to manifest lines. A corpus that feeds several tasks lives with one
+    of them and names the others.
+
+    A recipe name claimed by two plugins, or a recipe that breaks the contract, is reported with the
+    plugin's package name and left out.
     """
     raise NotImplementedError  # a specification: plugins implement it

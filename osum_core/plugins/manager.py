@@ -15,6 +15,7 @@ import pluggy
 
 from osum_core.demo.recipe import DemoRecipe
 from osum_core.plugins import hookspecs
+from osum_core.plugins.corpus_recipe import CorpusRecipe, recipe_problems
 from osum_core.task import Task
 from osum_core.task.contract import contract_problems, normalize_task_tag
 
@@ -39,13 +40,15 @@ class PluginProblem:
 
 @dataclass
 class TaskRegistry:
-    """The installed tasks by name, where each came from, the demo-corpus recipes by task tag, and the
-    plugins that failed."""
+    """The installed tasks by name, where each came from, the demo-corpus recipes by task tag, the public
+    corpus recipes by name, and the plugins that failed."""
 
     tasks: dict[str, Task] = field(default_factory=dict)
     packages: dict[str, str] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)  # task name -> "file:line" of its plugin
     recipes: dict[str, DemoRecipe] = field(default_factory=dict)
+    corpora: dict[str, CorpusRecipe] = field(default_factory=dict)  # corpus recipes by name
+    corpus_packages: dict[str, str] = field(default_factory=dict)  # corpus recipe name -> its package
     problems: list[PluginProblem] = field(default_factory=list)
 
     def select(self, names: Iterable[str]) -> list[Task]:
@@ -146,6 +149,8 @@ def load_tasks(blocked: Iterable[str] = (), extra_plugins: Iterable[object] = ()
                 registry.problems.append(PluginProblem(package, name, reason, "osum_demo_recipes"))
             else:
                 registry.recipes[tag] = recipe
+        for corpus in guarded(*where, "osum_corpus_recipes", plugin_corpus_recipes) or []:
+            add_corpus_recipe(registry, corpus, package, name)
     return registry
 
 
@@ -202,6 +207,31 @@ def plugin_recipes(manager: pluggy.PluginManager, plugin: object) -> dict[str, D
     if not isinstance(result, dict) or not all(isinstance(r, DemoRecipe) for r in result.values()):
         raise TypeError("osum_demo_recipes() must return a dict of task tag -> osum_core.plugins.DemoRecipe")
     return {normalize_task_tag(tag): recipe for tag, recipe in result.items()}
+
+
+def plugin_corpus_recipes(manager: pluggy.PluginManager, plugin: object) -> list[CorpusRecipe]:
+    """Call one plugin's ``osum_corpus_recipes`` hook and check that it returned a list."""
+    result = plugin_hook_result(manager, plugin, "osum_corpus_recipes")
+    if result is None:
+        return []
+    if not isinstance(result, list | tuple):
+        raise TypeError("osum_corpus_recipes() must return a list of osum_core.plugins.CorpusRecipe")
+    return list(result)
+
+
+def add_corpus_recipe(registry: TaskRegistry, recipe: object, package: str, plugin: str) -> None:
+    problems = recipe_problems(recipe)
+    if isinstance(recipe, CorpusRecipe) and recipe.name in registry.corpora:
+        owner = registry.corpus_packages[recipe.name]
+        problems.append(f"a corpus recipe named {recipe.name!r} exists already (from package {owner!r})")
+    if problems:
+        what = f"corpus recipe {recipe.name!r}" if isinstance(recipe, CorpusRecipe) else "corpus recipe"
+        reason = f"{what}: " + "; ".join(problems)
+        registry.problems.append(PluginProblem(package, plugin, reason, "osum_corpus_recipes"))
+        return
+    assert isinstance(recipe, CorpusRecipe)
+    registry.corpora[recipe.name] = recipe
+    registry.corpus_packages[recipe.name] = package
 
 
 def origin(plugin: object) -> str:

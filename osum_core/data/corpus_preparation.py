@@ -1,0 +1,308 @@
+"""``osum data prepare``: run a plugin's `CorpusRecipe` over a corpus folder, as the release unpacks, into
+manifests (or shards) and a report.
+
+For each subset the recipe yields manifest lines and the items it left out. Every line's audio is then read
+to its end, in parallel worker processes: its duration goes into the line, and a file that is missing,
+empty, cut short or undecodable leaves its lines out, named in the report with the reason. Each line must
+be one its task accepts (the task's own `build_target` runs on it, as training will). The subset is written
+atomically as ``OUT_DIR/<subset>.jsonl`` (or, with shards, ``OUT_DIR/<subset>/shards.list`` and its tars),
+then its part of the report (``OUT_DIR/.prepare/<subset>.json``): a subset whose part exists is finished,
+and a re-run keeps it; one cut short by a crash is redone. ``OUT_DIR/prepare_report.json`` gathers the
+parts: items, hours, tasks and labels per subset, every raw label and what it became, and everything left
+out and why."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import soundfile
+
+from osum_core.data.audio import decode_audio
+from osum_core.data.bad_items import BadItem
+from osum_core.data.dataset import assign_task, task_target
+from osum_core.data.manifest import write_manifest
+from osum_core.data.sharding import shard_manifests
+from osum_core.plugins.corpus_recipe import CorpusLayoutError, CorpusRecipe, LeftOut
+from osum_core.task import Task
+
+REPORT_NAME = "prepare_report.json"
+PARTS_DIR = ".prepare"  # each finished subset's part of the report
+SEGMENT_SLACK_SECONDS = 0.05  # a segment may end this far past its file's last sample (rounding in the release)
+REQUIRED_FIELDS = ("key", "wav", "txt", "task")
+# A file decoding to this much less than its header states is cut short (an MP3's header length is an estimate
+# when it has no Xing frame: the share leaves it room).
+CUT_SHORT_SECONDS, CUT_SHORT_SHARE = 0.2, 0.05
+UNMAPPED = "label not mapped"  # the `LeftOut.reason` of an item whose raw label (its `detail`) maps to nothing
+
+
+class PrepareError(ValueError):
+    """The corpus cannot be prepared as asked (a wrong SRC_DIR, an unknown subset, a broken recipe): the
+    message says why; nothing already finished is touched."""
+
+
+@dataclass(frozen=True)
+class AudioCheck:
+    """One audio file, read to its end: its length in seconds, or why it cannot be used."""
+
+    seconds: float = 0.0
+    problem: str = ""
+
+
+def check_audio(path: str) -> AudioCheck:
+    """Decode the whole file (in a worker process): its duration, or the reason it is unusable. A file
+    that decodes to much less than its header states was cut short (an MP3 decodes what is left of it)."""
+    try:
+        wave, rate = decode_audio(path)
+        stated = soundfile.info(path).frames / rate
+    except BadItem as error:
+        return AudioCheck(problem=str(error))
+    except Exception as error:  # noqa: BLE001 - any failure of one file costs that file only
+        return AudioCheck(problem=f"{path}: {type(error).__name__}: {error}")
+    seconds = len(wave) / rate
+    if stated - seconds > max(CUT_SHORT_SECONDS, CUT_SHORT_SHARE * stated):
+        return AudioCheck(problem=f"{path}: cut short: its header states {stated:.2f} s, {seconds:.2f} s decode")
+    return AudioCheck(seconds=seconds)
+
+
+def checked_audio(paths: Sequence[str], workers: int, progress: Callable[[int], None] | None) -> dict[str, AudioCheck]:
+    """`check_audio` of every path, `workers` processes at a time (0 or 1: in this process)."""
+    if workers <= 1:
+        results = {}
+        for path in paths:
+            results[path] = check_audio(path)
+            if progress:
+                progress(1)
+        return results
+    # forkserver: workers do not inherit this process's threads (a fork can hang on a lock one of them held).
+    context = multiprocessing.get_context("forkserver")
+    results = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for path, result in zip(paths, pool.map(check_audio, paths, chunksize=8), strict=True):
+            results[path] = result
+            if progress:
+                progress(1)
+    return results
+
+
+def selected_splits(recipe: CorpusRecipe, source: Path, wanted: Sequence[str] | None) -> list[str]:
+    """The subsets to prepare: `wanted`, or every one present under `source`; a wrong folder or an unknown
+    or absent subset is a `PrepareError` saying what was expected."""
+    if not source.is_dir():
+        raise PrepareError(f"{source}: no such folder; recipe {recipe.name} expects {recipe.source}")
+    try:
+        present = [split for split in recipe.find_splits(source)]
+    except CorpusLayoutError as error:
+        raise PrepareError(f"{source}: {error}") from None
+    unknown = [split for split in present if split not in recipe.splits]
+    if unknown:
+        raise PrepareError(f"recipe {recipe.name} found subsets it does not declare: {', '.join(unknown)}")
+    if not present:
+        raise PrepareError(f"{source}: none of {recipe.name}'s subsets ({', '.join(recipe.splits)}) is there; "
+                           f"expected {recipe.source}")
+    if wanted is None:
+        return [split for split in recipe.splits if split in present]
+    for split in wanted:
+        if split not in recipe.splits:
+            raise PrepareError(f"--splits: {recipe.name} has no subset {split!r}; its subsets: {', '.join(recipe.splits)}")
+        if split not in present:
+            raise PrepareError(f"--splits: subset {split!r} is not under {source}; found: {', '.join(present)}")
+    return list(dict.fromkeys(wanted))
+
+
+def recipe_tasks(recipe: CorpusRecipe, installed: Mapping[str, Task]) -> list[Task]:
+    missing = [name for name in recipe.tasks if name not in installed]
+    if missing:
+        raise PrepareError(f"recipe {recipe.name} feeds task(s) {', '.join(missing)}, not installed "
+                           f"(installed: {', '.join(sorted(installed))})")
+    return [installed[name] for name in recipe.tasks]
+
+
+def read_split(recipe: CorpusRecipe, source: Path, split: str) -> tuple[list[dict[str, Any]], list[LeftOut]]:
+    """The recipe's lines and left-out items for one subset, each line's fields checked."""
+    lines: list[dict[str, Any]] = []
+    left: list[LeftOut] = []
+    try:
+        for entry in recipe.read(source, split):
+            if isinstance(entry, LeftOut):
+                left.append(entry)
+                continue
+            missing = [name for name in REQUIRED_FIELDS if not isinstance(entry.get(name), str | Path)]
+            if missing:
+                raise PrepareError(f"recipe {recipe.name}, subset {split}: a line without {', '.join(missing)}: {dict(entry)!r}")
+            lines.append({**entry, "wav": str(Path(entry["wav"]).absolute())})
+    except (PrepareError, CorpusLayoutError):
+        raise
+    except Exception as error:  # noqa: BLE001 - a broken recipe is reported as such, not as a traceback
+        raise PrepareError(f"recipe {recipe.name} failed reading subset {split}: {type(error).__name__}: {error}") from error
+    return lines, left
+
+
+def finished_lines(lines: Sequence[dict[str, Any]], audio: Mapping[str, AudioCheck], tasks: Sequence[Task],
+                   left: list[LeftOut]) -> Iterator[tuple[dict[str, Any], Task, str]]:
+    """Each usable line with its `duration`, its task and its label suffix; the rest go to `left`."""
+    keys: set[str] = set()
+    for line in lines:
+        key = str(line["key"])
+        if key in keys:
+            left.append(LeftOut(key, "duplicate key"))
+            continue
+        check = audio[line["wav"]]
+        if check.problem:
+            left.append(LeftOut(key, "unreadable audio", check.problem))
+            continue
+        duration = check.seconds
+        if "start" in line or "end" in line:
+            start, end = float(line.get("start", 0.0)), float(line.get("end", check.seconds))
+            if not 0 <= start < end <= check.seconds + SEGMENT_SLACK_SECONDS:
+                left.append(LeftOut(key, "segment outside its audio",
+                                    f"{start:.2f}-{end:.2f} s of {check.seconds:.2f} s ({line['wav']})"))
+                continue
+            duration = end - start
+        task = assign_task(line, tasks)
+        if task is None:
+            raise PrepareError(f"key {key}: task tag {line['task']!r} is read by none of the recipe's tasks "
+                               f"({', '.join(t.name for t in tasks)})")
+        try:
+            target = task_target(line, task)
+        except BadItem as error:
+            left.append(LeftOut(key, "refused by its task", str(error)))
+            continue
+        keys.add(key)
+        yield {**line, "duration": round(duration, 4)}, task, target.suffix
+
+
+def prepare_split(recipe: CorpusRecipe, source: Path, out: Path, split: str, tasks: Sequence[Task], workers: int,
+                  shard: bool, per_shard: int, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+    """One subset: read, check the audio, write the output atomically; returns the subset's report."""
+    lines, left = read_split(recipe, source, split)
+    paths = list(dict.fromkeys(line["wav"] for line in lines))
+    if progress:
+        progress(0, len(paths))
+    audio = checked_audio(paths, workers, (lambda n: progress(n, len(paths))) if progress else None)
+    items: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    labels: dict[str, Counter[str]] = defaultdict(Counter)
+    mapping: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    kept = []
+    for line, task, suffix in finished_lines(lines, audio, tasks, left):
+        kept.append(line)
+        items[task.name] += 1
+        seconds[task.name] += line["duration"]
+        if suffix:
+            labels[task.name][suffix] += 1
+        raw = (line.get("extra") or {}).get("raw_label")
+        if raw is not None:
+            mapping[task.name][str(raw)][suffix] += 1
+    if shard:
+        staging = out / PARTS_DIR / f"{split}.jsonl"
+        write_manifest(staging, kept)
+        output = shard_manifests([staging], out / split, per_shard).relative_to(out)
+        staging.unlink()
+    else:
+        output = Path(f"{split}.jsonl")
+        write_manifest(out / output, kept)
+    return {
+        "subset": split,
+        "output": str(output),
+        "items": len(kept),
+        "hours": round(sum(seconds.values()) / 3600, 4),
+        "tasks": {name: {"items": items[name], "hours": round(seconds[name] / 3600, 4)} for name in items},
+        "labels": {name: dict(sorted(counts.items())) for name, counts in labels.items()},
+        "mapping": {name: {raw: dict(to) for raw, to in sorted(raws.items())} for name, raws in mapping.items()},
+        "left_out": {
+            "items": len(left),
+            "by_reason": dict(Counter(entry.reason for entry in left).most_common()),
+            # the release's labels that map to nothing (the recipe's documented choice), with their counts
+            "unmapped_labels": dict(sorted(Counter(e.detail for e in left if e.reason == UNMAPPED).items())),
+            "list": [{"item": e.item, "reason": e.reason, **({"detail": e.detail} if e.detail else {})} for e in left],
+        },
+    }
+
+
+def write_json(path: Path, value: Any) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
+def prepare_corpus(recipe: CorpusRecipe, source: str | Path, out: str | Path, installed: Mapping[str, Task],
+                   splits: Sequence[str] | None = None, workers: int = 1, shard: bool = False,
+                   per_shard: int = 1000, log: Callable[[str], None] = print,
+                   progress: Callable[[str], Callable[[int, int], None]] | None = None) -> dict[str, Any]:
+    """Prepare `splits` (default: every subset present) of the corpus at `source` into `out`; returns the
+    report it also writes as ``out/prepare_report.json``. `progress(subset)` gives a callback
+    ``(files_done, files_total)`` for that subset's audio."""
+    source, out = Path(source).absolute(), Path(out)
+    tasks = recipe_tasks(recipe, installed)
+    chosen = selected_splits(recipe, source, splits)
+    (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+    settings = {"recipe": recipe.name, "source": str(source), "shard": shard, **({"per_shard": per_shard} if shard else {})}
+    parts = {}
+    for split in chosen:
+        part_file = out / PARTS_DIR / f"{split}.json"
+        if part_file.is_file():
+            part = json.loads(part_file.read_text(encoding="utf-8"))
+            if part.get("settings") == settings and (out / part["output"]).is_file():
+                log(f"{split}: finished before, kept ({part['items']} items)")
+                parts[split] = part
+                continue
+            part_file.unlink()  # prepared otherwise (another source, recipe or output form): done again
+        part = prepare_split(recipe, source, out, split, tasks, workers, shard, per_shard,
+                             progress(split) if progress else None)
+        part["settings"] = settings
+        write_json(part_file, part)
+        parts[split] = part
+        log(f"{split}: {part['items']} items, {part['hours']:.2f} h, {part['left_out']['items']} left out")
+    report = gathered_report(recipe, source, out, settings)
+    write_json(out / REPORT_NAME, report)
+    return report
+
+
+def gathered_report(recipe: CorpusRecipe, source: Path, out: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Every finished subset of `out` prepared with `settings`, in the recipe's order."""
+    subsets = {}
+    for split in recipe.splits:
+        part_file = out / PARTS_DIR / f"{split}.json"
+        if part_file.is_file():
+            part = json.loads(part_file.read_text(encoding="utf-8"))
+            if part.get("settings") == settings:
+                subsets[split] = {k: v for k, v in part.items() if k not in ("subset", "settings")}
+    return {
+        "recipe": recipe.name,
+        "source": str(source),
+        "tasks": list(recipe.tasks),
+        "subsets": subsets,
+        "items": sum(s["items"] for s in subsets.values()),
+        "hours": round(sum(s["hours"] for s in subsets.values()), 4),
+        "left_out": sum(s["left_out"]["items"] for s in subsets.values()),
+    }
+
+
+def summary_lines(report: Mapping[str, Any], shown: int = 5) -> Iterable[str]:
+    """The report as a reader wants it on a terminal."""
+    yield (f"{report['recipe']} from {report['source']}: {report['items']} items, {report['hours']:.2f} h, "
+           f"{report['left_out']} left out")
+    for split, part in report["subsets"].items():
+        tasks = ", ".join(f"{name} {t['items']} ({t['hours']:.2f} h)" for name, t in part["tasks"].items())
+        yield f"  {split} -> {part['output']}: {tasks or 'nothing'}"
+        for name, counts in part["labels"].items():
+            yield f"    {name} labels: " + ", ".join(f"{label} {n}" for label, n in counts.items())
+        for name, raws in part["mapping"].items():
+            pairs = [f"{raw} -> {'/'.join(to)}" for raw, to in raws.items()]
+            yield f"    {name} raw labels: " + ", ".join(pairs)
+        left = part["left_out"]
+        if left["unmapped_labels"]:
+            yield "    raw labels left out: " + ", ".join(f"{raw} {n}" for raw, n in left["unmapped_labels"].items())
+        if left["items"]:
+            yield "    left out: " + ", ".join(f"{reason} {n}" for reason, n in left["by_reason"].items())
+            for entry in left["list"][:shown]:
+                yield f"      {entry['item']}: {entry['reason']}" + (f" ({entry['detail']})" if "detail" in entry else "")
+            if left["items"] > shown:
+                yield f"      … {left['items'] - shown} more in prepare_report.json"
