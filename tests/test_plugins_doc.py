@@ -174,3 +174,29 @@ def test_the_minimal_plugin_labels_its_demo_data(tmp_path):
     utterances = plan_corpus(CorpusSpec.from_config(demo, 0, (kws.tag,)), registry.recipes)
     assert {u.labels["keyword"] for u in utterances} == {"yes", "no"}
     assert all((u.labels["keyword"] == "yes") == ("seven" in u.words) for u in utterances)
+
+
+def test_the_documented_corpus_recipe_prepares_a_folder(tmp_path):
+    """PLUGINS.md's corpus recipe, beside its task: a folder of clips becomes a manifest and a report."""
+    import numpy as np
+    import soundfile
+
+    from osum_core.data.corpus_preparation import prepare_corpus
+
+    modules = {}
+    for name in ("osum_kws/kws.py", "osum_kws/corpora.py"):
+        (block,) = [b for b in code_blocks(DOC.read_text(encoding="utf-8")) if b.file == name]
+        modules[name] = types.ModuleType(name.replace("/", "_").removesuffix(".py"))
+        exec(compile(block.source, "PLUGINS.md", "exec"), modules[name].__dict__)
+    registry = load_tasks(extra_plugins=list(modules.values()))
+    assert registry.problems == [] and "kws-clips" in registry.corpora
+    noise = (np.random.default_rng(0).standard_normal(8000) * 0.1).astype(np.float32)
+    for stem in ("a_yes", "b_no", "c_maybe"):
+        (tmp_path / "src" / "clips").mkdir(parents=True, exist_ok=True)
+        soundfile.write(tmp_path / "src" / "clips" / f"{stem}.wav", noise, 16000)
+    report = prepare_corpus(registry.corpora["kws-clips"], tmp_path / "src", tmp_path / "out", registry.tasks,
+                            workers=0, log=lambda message: None)
+    part = report["subsets"]["all"]
+    assert part["labels"] == {"kws": {"<no>": 1, "<yes>": 1}}
+    assert part["left_out"]["unmapped_labels"] == {"maybe": 1}
+    assert [json.loads(x)["key"] for x in (tmp_path / "out" / "all.jsonl").read_text().splitlines()] == ["a_yes_kws", "b_no_kws"]
