@@ -28,7 +28,7 @@ demo-all: $(INSTALLED)
 	$(BIN)/osum fit --tasks asr,srwt,ved,ser,ssr,sgc,sap,sttc --config configs/demo_all.yaml --overwrite
 
 # The public plugin API that PLUGINS.md promises to keep stable: type-checked.
-PLUGIN_API := osum_core/task osum_core/plugins osum_core/demo/recipe.py
+PLUGIN_API := osum_core/task osum_core/plugins osum_core/demo/recipe.py osum_core/data/corpus_recipe.py
 
 # Lint, the plugin API's types, then the whole suite, slow end-to-end tests included (CI runs exactly this).
 test: $(INSTALLED)

@@ -28,7 +28,7 @@ from osum_core.model.speech_llm import GenerationSettings  # noqa: E402
 
 
 def checkpoint_rows(args) -> list[dict]:
-    from osum_core.checkpoints.directory import load_checkpoint
+    from osum_core.checkpoints.loading import load_checkpoint
     from osum_core.data.manifest import read_manifest
     from osum_core.inference.predict import DecodeStats, Request, predict
 

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from osum_core.plugins import CorpusRecipe, DemoRecipe, hookimpl
-from osum_tasks.corpora import aishell, librispeech
 from osum_core.task import Prediction, Target, Task, TaskMetric, is_garbled, normalize_target, strip_tags
+from osum_tasks.corpora import aishell, librispeech
 
 PROMPTS = {
     # OSUM's prompt_config.yaml (the three paraphrases recorded in the reference notes), then two of ours.

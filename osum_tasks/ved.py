@@ -11,8 +11,8 @@ import random
 import numpy as np
 
 from osum_core.plugins import CorpusRecipe, CorpusSpec, DemoRecipe, Rendered, Utterance, hookimpl
-from osum_tasks.corpora import esc50
 from osum_core.task import LabelField, Task, tagged_task
+from osum_tasks.corpora import esc50
 from osum_tasks.vocal_events import make_event
 
 LABELS = ("laugh", "cough", "cry", "screaming", "sigh", "throat clearing", "sneeze", "other")

@@ -7,7 +7,8 @@ import yaml
 from conftest import TINY, data_args
 from safetensors.torch import load_file
 
-from osum_core.checkpoints.directory import init_from_checkpoint, load_checkpoint
+from osum_core.checkpoints.directory import init_from_checkpoint
+from osum_core.checkpoints.loading import load_checkpoint
 from osum_core.checkpoints.state_keys import canonical_state_dict
 from osum_core.cli.main import main
 from osum_core.config import load_config

@@ -13,7 +13,7 @@ from test_checkpoint_import import openai_encoder_state, osum_state
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from osum_core.checkpoints.directory import load_checkpoint
+from osum_core.checkpoints.loading import load_checkpoint
 from osum_core.checkpoints.osum_import import read_osum_checkpoint
 from osum_core.checkpoints.state_keys import canonical_state_dict
 from osum_core.cli.main import main

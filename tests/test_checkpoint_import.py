@@ -330,7 +330,7 @@ def import_osum(tmp_path, original, *overrides, state=None, heads="4"):
 
 
 def test_import_osum_cli_writes_a_checkpoint_that_predict_and_test_load(original, tmp_path):
-    from osum_core.checkpoints.directory import load_checkpoint
+    from osum_core.checkpoints.loading import load_checkpoint
 
     out = tmp_path / "imported"
     assert import_osum(tmp_path, original) == 0

@@ -194,7 +194,7 @@ def test_tasks_lists_the_demo_recipes_options(capsys):
 def test_tasks_shows_the_weights_training_uses_and_where_each_is_set(capsys, registry):
     from osum_core.config import configured_tasks, fit_config
 
-    trained = configured_tasks(registry, ["ved", "srwt"], fit_config()["tasks"])
+    trained = configured_tasks(registry.tasks, ["ved", "srwt"], fit_config()["tasks"])
     assert main(["tasks", "--json"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["ved"]["label_loss_weight"] == trained["ved"].label_loss_weight == 2.0  # the demo trains VED with 2

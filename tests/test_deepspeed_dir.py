@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from osum_core.checkpoints.directory import load_checkpoint
+from osum_core.checkpoints.loading import load_checkpoint
 from osum_core.checkpoints.run_dir import find_run_checkpoint, resume_checkpoint
 from osum_core.checkpoints.state_keys import canonical_state_dict
 from osum_core.cli.main import main

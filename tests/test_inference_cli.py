@@ -10,7 +10,7 @@ import pytest
 import soundfile
 from conftest import stereo_44k, wav_bytes
 
-from osum_core.checkpoints.directory import load_checkpoint
+from osum_core.checkpoints.loading import load_checkpoint
 from osum_core.cli.main import main
 from osum_core.config import load_config
 from osum_core.inference.predict import Request, predict

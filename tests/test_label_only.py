@@ -21,7 +21,7 @@ TRANSCRIPT_PLUS_LABEL = {"ved": "laugh", "ser": "happy", "ssr": "客服", "sgc":
 
 
 def label_only(registry, name, **more):
-    return configured_tasks(registry, [name], {name: {"transcript": False, **more}})[name]
+    return configured_tasks(registry.tasks, [name], {name: {"transcript": False, **more}})[name]
 
 
 @pytest.mark.parametrize("name", sorted(TRANSCRIPT_PLUS_LABEL))
@@ -60,9 +60,9 @@ def test_the_label_only_option_keeps_the_configured_weights_and_refuses_a_non_bo
     ved = label_only(registry, "ved", label_loss_weight=2.0, ctc_loss_weight=0.0)
     assert (ved.label_loss_weight, ved.ctc_loss_weight, ved.options["transcript"]) == (2.0, 0.0, False)
     with pytest.raises(ConfigError, match=r"tasks\.ved'.*transcript must be true or false, got 'no'"):
-        configured_tasks(registry, ["ved"], {"ved": {"transcript": "no"}})
+        configured_tasks(registry.tasks, ["ved"], {"ved": {"transcript": "no"}})
     with pytest.raises(ConfigError, match=r"tasks\.asr\.transcript"):  # ASR is all transcript
-        configured_tasks(registry, ["asr"], {"asr": {"transcript": False}})
+        configured_tasks(registry.tasks, ["asr"], {"asr": {"transcript": False}})
     # Weights set before the option stay (a plugin's or a config's), whatever the option rebuilds.
     assert registry.tasks["ved"].with_weights(sampling_weight=5.0).with_options(transcript=False).sampling_weight == 5.0
     # OSUM's inference script writes tags without spaces: the option is offered all the same.

@@ -74,7 +74,7 @@ def test_srwt_metric_is_the_mean_boundary_shift_over_matched_words(registry):
 
 def test_srwt_format_is_a_task_option_set_in_the_config(registry):
     tasks = configured_tasks(
-        registry, ["srwt"], {"srwt": {"word_format": "{word}<{start},{end}>", "resolution": 0.05, "loss_weight": 2}}
+        registry.tasks, ["srwt"], {"srwt": {"word_format": "{word}<{start},{end}>", "resolution": 0.05, "loss_weight": 2}}
     )
     srwt = tasks["srwt"]
     target = srwt.build_target({"txt": "", "extra": {"words": [["four", 0.04, 0.36]]}})
@@ -82,11 +82,11 @@ def test_srwt_format_is_a_task_option_set_in_the_config(registry):
     assert srwt.parse_output("four<0.05,0.35>").fields["timestamps"] == [("four", 0.05, 0.35)]
     assert srwt.options == {"word_format": "{word}<{start},{end}>", "resolution": 0.05}
     with pytest.raises(ConfigError, match="tasks.srwt.word_fmt"):
-        configured_tasks(registry, ["srwt"], {"srwt": {"word_fmt": "x"}})
+        configured_tasks(registry.tasks, ["srwt"], {"srwt": {"word_fmt": "x"}})
     with pytest.raises(ConfigError, match="lacks"):
-        configured_tasks(registry, ["srwt"], {"srwt": {"word_format": "<{start}>{word}"}})
+        configured_tasks(registry.tasks, ["srwt"], {"srwt": {"word_format": "<{start}>{word}"}})
     with pytest.raises(ConfigError, match="tasks.ved.resolution"):
-        configured_tasks(registry, ["ved"], {"ved": {"resolution": 0.1}})
+        configured_tasks(registry.tasks, ["ved"], {"ved": {"resolution": 0.1}})
 
 
 def test_sttc_splits_transcript_and_reply_and_scores_the_reply(registry):

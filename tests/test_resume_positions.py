@@ -64,7 +64,7 @@ class Plan:
     def __init__(self, run_dir: Path) -> None:
         cfg = load_config("fit", [run_dir / "config.yaml"])
         registry = load_tasks()
-        tasks = configured_tasks(registry, json.loads((run_dir / "tasks.json").read_text()), cfg["tasks"])
+        tasks = configured_tasks(registry.tasks, json.loads((run_dir / "tasks.json").read_text()), cfg["tasks"])
         tokenizer = load_tokenizer(run_dir / "tokenizer")
         model = build_for_tokenizer(cfg["model"], tokenizer)
         module = SpeechDataModule.for_model(cfg, tasks, tokenizer, model, known_tasks=list(registry.tasks.values()))

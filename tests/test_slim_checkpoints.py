@@ -12,8 +12,8 @@ from conftest import TINY, data_args
 from test_backbone import QWEN, model_cfg
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from osum_core.checkpoints.directory import load_checkpoint
 from osum_core.checkpoints.frozen_parts import CheckpointMismatch, FrozenWeightsDiffer, frozen_record
+from osum_core.checkpoints.loading import load_checkpoint
 from osum_core.checkpoints.state_keys import canonical_state_dict
 from osum_core.cli.main import main
 from osum_core.model.build import build_speech_llm

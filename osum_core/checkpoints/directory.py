@@ -15,7 +15,7 @@ part of one, also when the save is killed or the disk fills (`DiskFullError`). A
 as a whole (no file of the previous export stays behind) when it is empty, or an osum checkpoint directory
 and ``--overwrite`` is given; any other existing path (a training run among them) is refused.
 
-`load_checkpoint` also takes a training run directory (`osum_core.checkpoints.run_dir`) or a Lightning
+`osum_core.checkpoints.loading.load_checkpoint` also takes a training run directory (`run_dir.py`) or a Lightning
 ``.ckpt`` inside one, so a run can be tested before it is exported.
 """
 
@@ -214,18 +214,6 @@ def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
-
-
-def load_checkpoint(path: str | Path, overrides: Sequence[str] = (), device: str = "cpu") -> LoadedCheckpoint:
-    """An osum checkpoint directory, a run directory or a run's .ckpt file."""
-    from osum_core.checkpoints.run_dir import load_run_checkpoint
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--ckpt {path}: no such file or directory")
-    if (path / CONFIG_FILE).is_file():
-        return load_checkpoint_dir(path, overrides, device)
-    return load_run_checkpoint(path, overrides, device)
 
 
 def init_from_checkpoint(model: SpeechLLM, directory: str | Path) -> dict[str, list[str]]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from osum_core.checkpoints.directory import check_export_out, load_checkpoint, save_checkpoint_dir
+from osum_core.checkpoints.directory import check_export_out, save_checkpoint_dir
+from osum_core.checkpoints.loading import load_checkpoint
 from osum_core.config import load_config, preset_files
 
 OSUM_TASKS = ["asr", "srwt", "ved", "ser", "ssr", "sgc", "sap", "sttc"]

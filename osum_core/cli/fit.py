@@ -56,7 +56,7 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     skipped by reason under ``"skipped"``)."""
     quiet_console()
     check_fit_config(cfg)  # every path and contradiction, before anything is built or written
-    tasks = configured_tasks(registry, task_names, cfg["tasks"])
+    tasks = configured_tasks(registry.tasks, task_names, cfg["tasks"])
     resume = resume_checkpoint(cfg["resume"])
     run_dir = Path(cfg["out"])
     checkpoint = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT

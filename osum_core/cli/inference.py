@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from osum_core.checkpoints.directory import LoadedCheckpoint, load_checkpoint
+from osum_core.checkpoints.directory import LoadedCheckpoint
+from osum_core.checkpoints.loading import load_checkpoint
 from osum_core.config import ConfigError, configured_tasks
 from osum_core.data.bad_items import SkipLog
 from osum_core.data.dataset import TaskPrompts
@@ -40,7 +41,7 @@ def prediction_requests(args, loaded: LoadedCheckpoint, registry: TaskRegistry) 
     cfg = loaded.config
     task = None
     if args.task:
-        task = configured_tasks(registry, [args.task], cfg["tasks"])[args.task]
+        task = configured_tasks(registry.tasks, [args.task], cfg["tasks"])[args.task]
     elif not args.prompt:
         trained = f"; this checkpoint's tasks: {', '.join(loaded.tasks)}" if loaded.tasks else ""
         raise ConfigError(f"give --task NAME (its prompt and parser{trained}), --prompt TEXT (free-form), or both")
@@ -96,7 +97,7 @@ def cmd_test(args, registry: TaskRegistry) -> int:
     device, batch_size = eval_settings(args, cfg)
     loaded.model.to(device)
     names = args.tasks.split(",")
-    tasks = configured_tasks(registry, names, cfg["tasks"])
+    tasks = configured_tasks(registry.tasks, names, cfg["tasks"])
     data = cfg["data"]
     if not data["test"]:
         if data["train"] or data["val"]:

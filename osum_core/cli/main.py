@@ -61,7 +61,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     registry = load_tasks()
     report_problems(registry)
     cfg = fit_config(args.preset, (), args.config, args.overrides)
-    configured = configured_tasks(registry, list(registry.tasks), cfg["tasks"])
+    configured = configured_tasks(registry.tasks, list(registry.tasks), cfg["tasks"])
     rows = task_rows(registry, configured, override_origins(args.preset, args.config, args.overrides))
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))

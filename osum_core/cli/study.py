@@ -182,7 +182,7 @@ class Study:
         args = self.args
         try:
             cfg = fit_config(args.preset, args.stage, args.config, overrides, args.strategy)
-            configured_tasks(self.registry, self.tasks, cfg["tasks"])
+            configured_tasks(self.registry.tasks, self.tasks, cfg["tasks"])
             if uses_demo_corpus(cfg):
                 check_recipe_options(cfg["data"]["demo"], self.registry.recipes)
         except (ValueError, FileNotFoundError) as error:

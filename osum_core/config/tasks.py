@@ -7,7 +7,7 @@ which file (or the command line) set each value, for `osum tasks`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ from osum_core.config.load import (
     preset_files,
     read_with_bases,
 )
-from osum_core.plugins import TaskRegistry
 from osum_core.task import Task
 from osum_core.task.contract import WEIGHTS
 
@@ -30,17 +29,31 @@ TASK_WEIGHTS = WEIGHTS  # every task has them; a task's own options come besides
 COMMAND_LINE = "the command line"
 
 
-def configured_tasks(registry: TaskRegistry, names: Sequence[str], overrides: Mapping[str, Any]) -> dict[str, Task]:
-    """The selected tasks with the config's overrides applied: ``tasks.<name>.<weight>`` for the weights
-    every task has, ``tasks.<name>.<option>`` for a task's own options (`Task.options`). A key for a task
-    that is not installed, or that the task does not take, is a `ConfigError` naming it (and the closest key
-    the task takes)."""
-    tasks = {task.name: task for task in registry.select(names)}
+def selected_tasks(installed: Mapping[str, Task], names: Iterable[str]) -> list[Task]:
+    """Installed tasks by name, in the order given; ``all`` means every installed task. Unknown names raise
+    ValueError listing the installed ones."""
+    names = [n.strip().lower() for n in names if n.strip()]
+    if names == ["all"]:
+        return list(installed.values())
+    unknown = [n for n in names if n not in installed]
+    if unknown:
+        raise ValueError(f"unknown task(s) {', '.join(unknown)}; installed tasks: {', '.join(sorted(installed)) or 'none'}")
+    if not names:
+        raise ValueError(f"no task given; installed tasks: {', '.join(sorted(installed))}")
+    return [installed[n] for n in dict.fromkeys(names)]
+
+
+def configured_tasks(installed: Mapping[str, Task], names: Sequence[str], overrides: Mapping[str, Any]) -> dict[str, Task]:
+    """The selected tasks of the `installed` ones (`selected_tasks`) with the config's overrides applied:
+    ``tasks.<name>.<weight>`` for the weights every task has, ``tasks.<name>.<option>`` for a task's own
+    options (`Task.options`). A key for a task that is not installed, or that the task does not take, is a
+    `ConfigError` naming it (and the closest key the task takes)."""
+    tasks = {task.name: task for task in selected_tasks(installed, names)}
     for name, settings in overrides.items():
-        if name not in registry.tasks:
-            raise ConfigError(f"config key 'tasks.{name}': no installed task {name!r} ({', '.join(sorted(registry.tasks))})")
+        if name not in installed:
+            raise ConfigError(f"config key 'tasks.{name}': no installed task {name!r} ({', '.join(sorted(installed))})")
         settings = dict(settings or {})
-        task = registry.tasks[name]
+        task = installed[name]
         takes = [*TASK_WEIGHTS, *task.options]
         unknown = [k for k in settings if k not in takes]
         if unknown:

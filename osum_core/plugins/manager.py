@@ -13,9 +13,10 @@ from typing import Any
 
 import pluggy
 
+from osum_core.config.tasks import selected_tasks
 from osum_core.demo.recipe import DemoRecipe
 from osum_core.plugins import hookspecs
-from osum_core.plugins.corpus_recipe import CorpusRecipe, recipe_problems
+from osum_core.data.corpus_recipe import CorpusRecipe, recipe_problems
 from osum_core.task import Task
 from osum_core.task.contract import contract_problems, normalize_task_tag
 
@@ -52,19 +53,8 @@ class TaskRegistry:
     problems: list[PluginProblem] = field(default_factory=list)
 
     def select(self, names: Iterable[str]) -> list[Task]:
-        """Tasks by name, in the order given; ``all`` means every installed task. Unknown names raise
-        ValueError listing the installed ones."""
-        names = [n.strip().lower() for n in names if n.strip()]
-        if names == ["all"]:
-            return list(self.tasks.values())
-        unknown = [n for n in names if n not in self.tasks]
-        if unknown:
-            raise ValueError(
-                f"unknown task(s) {', '.join(unknown)}; installed tasks: {', '.join(sorted(self.tasks)) or 'none'}"
-            )
-        if not names:
-            raise ValueError(f"no task given; installed tasks: {', '.join(sorted(self.tasks))}")
-        return [self.tasks[n] for n in dict.fromkeys(names)]
+        """Tasks by name (`osum_core.config.tasks.selected_tasks`)."""
+        return selected_tasks(self.tasks, names)
 
 
 def new_plugin_manager() -> pluggy.PluginManager:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+
 class CorpusLayoutError(ValueError):
     """SRC_DIR is not the release's folder: the message says what was expected there."""
 
