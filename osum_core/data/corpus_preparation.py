@@ -26,10 +26,10 @@ import soundfile
 
 from osum_core.data.audio import decode_audio
 from osum_core.data.bad_items import BadItem
+from osum_core.data.corpus_recipe import CorpusLayoutError, CorpusRecipe, LeftOut
 from osum_core.data.dataset import assign_task, task_target
 from osum_core.data.manifest import write_manifest
 from osum_core.data.sharding import shard_manifests
-from osum_core.data.corpus_recipe import CorpusLayoutError, CorpusRecipe, LeftOut
 from osum_core.task import Task
 
 REPORT_NAME = "prepare_report.json"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pluggy
 
-from osum_core.demo.recipe import DemoRecipe
 from osum_core.data.corpus_recipe import CorpusRecipe
+from osum_core.demo.recipe import DemoRecipe
 from osum_core.task import Task
 
 PROJECT = "osum"

@@ -14,9 +14,9 @@ from typing import Any
 import pluggy
 
 from osum_core.config.tasks import selected_tasks
+from osum_core.data.corpus_recipe import CorpusRecipe, recipe_problems
 from osum_core.demo.recipe import DemoRecipe
 from osum_core.plugins import hookspecs
-from osum_core.data.corpus_recipe import CorpusRecipe, recipe_problems
 from osum_core.task import Task
 from osum_core.task.contract import contract_problems, normalize_task_tag
 
