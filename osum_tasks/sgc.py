@@ -5,7 +5,8 @@ voices, so the model has to generalise over speakers."""
 
 from __future__ import annotations
 
-from osum_core.plugins import DemoRecipe, Utterance, hookimpl
+from osum_core.plugins import CorpusRecipe, DemoRecipe, Utterance, hookimpl
+from osum_tasks.corpora import commonvoice
 from osum_core.task import LabelField, Task, tagged_task
 
 LABELS = ("female", "male")
@@ -58,3 +59,8 @@ def osum_tasks() -> list[Task]:
 @hookimpl
 def osum_demo_recipes() -> dict[str, DemoRecipe]:
     return {TASK.tag: DemoRecipe(label_text=label_text)}
+
+
+@hookimpl
+def osum_corpus_recipes() -> list[CorpusRecipe]:
+    return [commonvoice.COMMONVOICE, commonvoice.KAGGLE_COMMONVOICE]  # SAP and ASR lines as well

@@ -385,3 +385,100 @@ def test_fit_trains_on_a_prepared_corpus_and_on_a_mixture_of_two(tmp_path):
                  f"data.val={prepared / 'esc' / 'fold2.jsonl'}", f"data.test={libri / 'test-clean.jsonl'}", *TINY]) == 0
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert os.path.isfile(tmp_path / "two" / "checkpoints" / "last.ckpt") and "asr" in json.dumps(metrics)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Common Voice: Mozilla's cv-corpus-<version>/<locale>/{train,dev,test}.tsv + clips/*.mp3, and Kaggle's copy.
+
+OLD_COLUMNS = ["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accents", "locale", "segment"]
+NEW_COLUMNS = ["client_id", "path", "sentence_id", "sentence", "sentence_domain", "up_votes", "down_votes", "age",
+               "gender", "accents", "variant", "locale", "segment"]
+
+
+def write_tsv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    # As the release writes them: tab-separated, quotes left as they are in the sentence.
+    text = "\t".join(columns) + "\n" + "".join("\t".join(row.get(c, "") for c in columns) + "\n" for row in rows)
+    path.write_text(text, encoding="utf-8")
+
+
+def commonvoice_release(root: Path) -> Path:
+    release = root / "cv-corpus-17.0-2024-03-15"
+    en = [  # the 16.x columns and gender values
+        {"client_id": "c1", "path": "common_voice_en_1.mp3", "sentence": '"Quoted, he said, and never closed',
+         "age": "twenties", "gender": "male", "locale": "en"},
+        {"client_id": "c2", "path": "common_voice_en_2.mp3", "sentence": "An old voice.", "age": "seventies", "gender": "", "locale": "en"},
+        {"client_id": "c3", "path": "common_voice_en_3.mp3", "sentence": "No labels here", "locale": "en"},
+        {"client_id": "c4", "path": "common_voice_en_4.mp3", "sentence": "Other gender", "gender": "other", "locale": "en"},
+        {"client_id": "c5", "path": "common_voice_en_5.mp3", "sentence": "Its clip is gone", "gender": "female", "locale": "en"},
+    ]
+    cy = [  # the 17.0 columns and gender values
+        {"client_id": "c6", "path": "common_voice_cy_1.mp3", "sentence_id": "s1", "sentence": "Bore da",
+         "age": "teens", "gender": "female_feminine", "locale": "cy"},
+        {"client_id": "c7", "path": "common_voice_cy_2.mp3", "sentence_id": "s2", "sentence": "Nos da",
+         "age": "", "gender": "do_not_wish_to_say", "locale": "cy"},
+    ]
+    for locale, columns, rows in (("en", OLD_COLUMNS, en), ("cy", NEW_COLUMNS, cy)):
+        folder = release / locale
+        (folder / "clips").mkdir(parents=True)
+        for index, row in enumerate(rows):
+            if row["path"] != "common_voice_en_5.mp3":
+                noise(folder / "clips" / row["path"], 0.5, seed=index)
+        write_tsv(folder / "train.tsv", columns, rows)
+        write_tsv(folder / "validated.tsv", columns, rows)  # not a subset osum prepares
+    write_tsv(release / "en" / "test.tsv", OLD_COLUMNS, en[:1])
+    return release
+
+
+def test_commonvoice_gender_and_age_lines_old_and_new_columns_and_unclosed_quotes(tmp_path, registry):
+    release = commonvoice_release(tmp_path)
+    out = tmp_path / "out"
+    report = prepare_corpus(registry.corpora["commonvoice"], release, out, registry.tasks, workers=0, log=lambda m: None)
+    assert sorted(report["subsets"]) == ["test", "train"]
+    train = {x["key"]: x for x in lines(out / "train.jsonl")}
+    en1 = str(release / "en" / "clips" / "common_voice_en_1.mp3")
+    assert train["common_voice_en_1_sgc"] == {
+        "key": "common_voice_en_1_sgc", "txt": '"quoted, he said, and never closed<male>', "task": "<TRANSCRIBE> <GENDER>",
+        "gender": "male", "extra": {"raw_label": "male"}, "wav": en1, "lang": "en", "speaker": "c1", "duration": 0.5}
+    assert train["common_voice_en_1_sap"]["txt"].endswith("<adult>")
+    assert train["common_voice_en_2_sap"]["txt"] == "an old voice.<old>" and "common_voice_en_2_sgc" not in train
+    assert train["common_voice_en_3_asr"]["txt"] == "no labels here" and train["common_voice_en_3_asr"]["task"] == "<TRANSCRIBE>"
+    assert train["common_voice_en_4_asr"]["txt"] == "other gender"  # no OSUM gender: transcribed instead
+    assert train["common_voice_cy_1_sgc"]["txt"] == "bore da<female>" and train["common_voice_cy_1_sap"]["txt"] == "bore da<child>"
+    assert train["common_voice_cy_2_asr"]["lang"] == "cy"
+    part = report["subsets"]["train"]
+    assert part["mapping"]["sgc"] == {"female_feminine": {"<female>": 1}, "male": {"<male>": 1}}
+    assert part["mapping"]["sap"] == {"seventies": {"<old>": 1}, "teens": {"<child>": 1}, "twenties": {"<adult>": 1}}
+    assert part["left_out"]["unmapped_labels"] == {"do_not_wish_to_say": 1, "other": 1}
+    assert part["left_out"]["by_reason"] == {"label not mapped": 2, "no audio": 1}
+    assert main(["data", "check", str(out / "train.jsonl"), "--tasks", "sgc,sap,asr", "--quiet"]) == 0
+    # One locale folder on its own is a source too.
+    one = prepare_corpus(registry.corpora["commonvoice"], release / "cy", tmp_path / "cy", registry.tasks, workers=0,
+                         log=lambda m: None)
+    assert one["subsets"]["train"]["items"] == 3
+
+
+def test_a_commonvoice_table_without_its_columns_names_them(tmp_path, registry):
+    release = commonvoice_release(tmp_path)
+    write_tsv(release / "en" / "train.tsv", ["client_id", "filename", "text"], [])
+    with pytest.raises(PrepareError, match=r"train.tsv: no column path, sentence \(its columns: client_id, filename, text\)"):
+        prepare_corpus(registry.corpora["commonvoice"], release, tmp_path / "out", registry.tasks, log=lambda m: None)
+
+
+def test_kaggle_commonvoice_reads_both_folder_layouts(tmp_path, registry):
+    root = tmp_path / "common-voice"
+    header = "filename,text,up_votes,down_votes,age,gender,accent,duration\n"
+    (root).mkdir()
+    (root / "cv-valid-test.csv").write_text(header + "cv-valid-test/sample-000000.mp3,learn to recognize omens,1,0,"
+                                            "fifties,female,england,\ncv-valid-test/sample-000001.mp3,gone,1,0,,,,\n")
+    (root / "cv-valid-dev.csv").write_text(header + "cv-valid-dev/sample-000000.mp3,be careful,2,0,,,,\n")
+    noise(root / "cv-valid-test" / "cv-valid-test" / "sample-000000.mp3", 0.5)  # as Kaggle's archive nests it
+    noise(root / "cv-valid-dev" / "sample-000000.mp3", 0.5)
+    out = tmp_path / "out"
+    report = prepare_corpus(registry.corpora["kaggle-commonvoice"], tmp_path, out, registry.tasks, workers=0,
+                            log=lambda m: None)
+    assert sorted(report["subsets"]) == ["cv-valid-dev", "cv-valid-test"]
+    test = lines(out / "cv-valid-test.jsonl")
+    assert [(x["key"], x["txt"]) for x in test] == [("cv-valid-test-sample-000000_sgc", "learn to recognize omens<female>"),
+                                                    ("cv-valid-test-sample-000000_sap", "learn to recognize omens<adult>")]
+    assert lines(out / "cv-valid-dev.jsonl")[0]["key"] == "cv-valid-dev-sample-000000_asr"
+    assert report["subsets"]["cv-valid-test"]["left_out"]["list"][0]["reason"] == "no audio"

@@ -137,8 +137,10 @@ def read_split(recipe: CorpusRecipe, source: Path, split: str) -> tuple[list[dic
             if missing:
                 raise PrepareError(f"recipe {recipe.name}, subset {split}: a line without {', '.join(missing)}: {dict(entry)!r}")
             lines.append({**entry, "wav": str(Path(entry["wav"]).absolute())})
-    except (PrepareError, CorpusLayoutError):
+    except PrepareError:
         raise
+    except CorpusLayoutError as error:  # found only once reading (a table without its columns)
+        raise PrepareError(str(error)) from None
     except Exception as error:  # noqa: BLE001 - a broken recipe is reported as such, not as a traceback
         raise PrepareError(f"recipe {recipe.name} failed reading subset {split}: {type(error).__name__}: {error}") from error
     return lines, left
