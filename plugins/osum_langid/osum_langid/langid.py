@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from osum_core.plugins import CorpusSpec, DemoRecipe, Utterance, hookimpl
+from osum_core.plugins import CorpusRecipe, CorpusSpec, DemoRecipe, Utterance, hookimpl
 from osum_core.task import LabelField, Task, tagged_task
+
+from osum_langid import corpora
 
 # Language code -> the eSpeak NG voice that speaks it; the variant (speaker) files work with any of them.
 VOICES = {"en": "en-us", "de": "de", "es": "es", "fr": "fr", "it": "it"}
@@ -67,3 +69,8 @@ def osum_tasks() -> list[Task]:
 @hookimpl
 def osum_demo_recipes() -> dict[str, DemoRecipe]:
     return {TASK.tag: RECIPE}
+
+
+@hookimpl
+def osum_corpus_recipes() -> list[CorpusRecipe]:
+    return [corpora.recipe(LABELS)]

@@ -145,3 +145,25 @@ def test_fit_trains_langid_beside_asr(tmp_path):
     assert metrics["langid"]["count"] == len(test_lines) == 2
     predictions = [json.loads(line) for line in (run / "test_predictions.jsonl").read_text().splitlines()]
     assert {p["task"] for p in predictions} == {"asr", "langid"}
+
+
+def test_its_common_voice_recipe_labels_the_locales_it_knows(tmp_path, registry):
+    import soundfile
+
+    from osum_core.data.corpus_preparation import prepare_corpus
+
+    release = tmp_path / "cv-corpus-17.0"
+    for locale, sentence in (("de", "Guten Morgen"), ("fr", "Bonjour à tous"), ("cy", "Bore da")):
+        (release / locale / "clips").mkdir(parents=True)
+        samples = (np.random.default_rng(0).standard_normal(8000) * 0.1).astype(np.float32)
+        soundfile.write(release / locale / "clips" / f"common_voice_{locale}_1.mp3", samples, 16000)
+        (release / locale / "train.tsv").write_text(f"client_id\tpath\tsentence\nc\tcommon_voice_{locale}_1.mp3\t{sentence}\n")
+    assert registry.corpus_packages["commonvoice-langid"] == "osum-langid"
+    report = prepare_corpus(registry.corpora["commonvoice-langid"], release, tmp_path / "out", registry.tasks,
+                            workers=0, log=lambda message: None)
+    lines = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert [(x["key"], x["txt"]) for x in lines] == [("common_voice_de_1_langid", "guten morgen<de>"),
+                                                     ("common_voice_fr_1_langid", "bonjour à tous<fr>")]
+    part = report["subsets"]["train"]
+    assert part["labels"] == {"langid": {"<de>": 1, "<fr>": 1}}
+    assert part["left_out"]["unmapped_labels"] == {"cy": 1}
