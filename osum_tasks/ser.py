@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from osum_core.plugins import CorpusSpec, DemoRecipe, Utterance, hookimpl, with_prosody
+from osum_core.plugins import CorpusRecipe, CorpusSpec, DemoRecipe, Utterance, hookimpl, with_prosody
+from osum_tasks.corpora import meld
 from osum_core.task import LabelField, Task, tagged_task
 
 LABELS = ("sad", "anger", "neutral", "happy", "surprise", "fear", "disgust", "other")
@@ -93,3 +94,8 @@ def osum_tasks() -> list[Task]:
 def osum_demo_recipes() -> dict[str, DemoRecipe]:
     # content_cues: share of utterances that also say their class's cue word (0: prosody alone).
     return {TASK.tag: DemoRecipe(draw=draw, label_text=label_text, options={"content_cues": 1.0})}
+
+
+@hookimpl
+def osum_corpus_recipes() -> list[CorpusRecipe]:
+    return [meld.RECIPE]

@@ -12,7 +12,7 @@ import numpy as np
 
 from osum_core.plugins import CorpusRecipe, CorpusSpec, DemoRecipe, Rendered, Utterance, hookimpl
 from osum_core.task import LabelField, Task, tagged_task
-from osum_tasks.corpora import esc50
+from osum_tasks.corpora import esc50, vocalsound
 from osum_tasks.vocal_events import make_event
 
 LABELS = ("laugh", "cough", "cry", "screaming", "sigh", "throat clearing", "sneeze", "other")
@@ -103,4 +103,4 @@ def osum_demo_recipes() -> dict[str, DemoRecipe]:
 
 @hookimpl
 def osum_corpus_recipes() -> list[CorpusRecipe]:
-    return [esc50.RECIPE]
+    return [esc50.RECIPE, vocalsound.RECIPE]

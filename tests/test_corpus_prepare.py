@@ -482,3 +482,130 @@ def test_kaggle_commonvoice_reads_both_folder_layouts(tmp_path, registry):
                                                     ("cv-valid-test-sample-000000_sap", "learn to recognize omens<adult>")]
     assert lines(out / "cv-valid-dev.jsonl")[0]["key"] == "cv-valid-dev-sample-000000_asr"
     assert report["subsets"]["cv-valid-test"]["left_out"]["list"][0]["reason"] == "no audio"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MELD: MELD.Raw/{split}_sent_emo.csv + train_splits/ dev_splits_complete/ output_repeated_splits_test/ *.mp4
+
+
+def mp4_clip(path: Path, seconds: float, seed: int = 0) -> Path:
+    """A video clip as MELD ships them: an MPEG-4 video stream and an AAC audio stream (44.1 kHz stereo)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = 44100
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=10)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        audio = container.add_stream("aac", rate=rate)
+        audio.layout = "stereo"
+        for index in range(int(seconds * 10)):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), index * 20 % 255, np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        samples = (np.random.default_rng(seed).standard_normal((2, int(seconds * rate))) * 0.1).astype(np.float32)
+        for start in range(0, samples.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + 1024]), format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = rate, start
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode(None):
+                container.mux(packet)
+    return path
+
+
+MELD_HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
+
+
+def meld_release(root: Path) -> Path:
+    corpus = root / "MELD.Raw"
+    rows = {
+        "train": [("also I was the point person on my company\u2019s transition", "Chandler", "neutral", 0, 0),
+                  ("Oh my God!", "Monica", "joy", 0, 1),
+                  ('"Yeah, right."', "Ross", "sadness", 1, 0),
+                  ("broken one", "Joey", "anger", 125, 3)],
+        "dev": [("Hey!", "Rachel", "surprise", 0, 0), ("gone", "Ross", "fear", 110, 7), ("lost clip", "Ross", "fear", 3, 1)],
+    }
+    for split, table in rows.items():
+        # train's archive unpacks its table beside the clips: both in MELD.Raw/ (as here) or under train/.
+        folder = corpus if split == "dev" else corpus / "train"
+        folder.mkdir(parents=True, exist_ok=True)
+        body = "".join(f'{n},"{text.replace(chr(34), chr(34) * 2)}",{who},{emotion},x,{d},{u},1,1,0,1\n'
+                       for n, (text, who, emotion, d, u) in enumerate(table, 1))
+        (folder / f"{split}_sent_emo.csv").write_bytes((MELD_HEADER + body).encode("cp1252"))
+        clips = folder / ("train_splits" if split == "train" else "dev_splits_complete")
+        for text, _, _, d, u in table:
+            if (split, d, u) not in (("dev", 110, 7), ("dev", 3, 1)):
+                mp4_clip(clips / f"dia{d}_utt{u}.mp4", 0.6, seed=d + u)
+    mp4_clip(corpus / "dev_splits_complete" / "dia66_utt9.mp4", 0.4)  # a clip without a row
+    (corpus / "test.tar.gz").write_bytes(b"\x1f\x8b")  # test not unpacked, with its table present
+    (corpus / "test_sent_emo.csv").write_text(MELD_HEADER)
+    return corpus
+
+
+def test_meld_extracts_the_audio_of_its_video_clips_once_and_reports_the_release_quirks(tmp_path, registry):
+    release = meld_release(tmp_path)
+    (release / "test_sent_emo.csv").unlink()  # so that test is not a subset here (see the next test)
+    out = tmp_path / "out"
+    report = prepare_corpus(registry.corpora["meld"], tmp_path, out, registry.tasks, workers=2, log=lambda m: None)
+    train = lines(out / "train.jsonl")
+    assert [(x["key"], x["txt"]) for x in train] == [
+        ("meld-train-dia0_utt0_ser", "also i was the point person on my company's transition<neutral>"),
+        ("meld-train-dia0_utt1_ser", "oh my god!<happy>"),
+        ("meld-train-dia1_utt0_ser", '"yeah, right."<sad>')]
+    first = train[0]
+    assert first["wav"] == str(out / "audio" / "train" / "MELD.Raw" / "train" / "train_splits" / "dia0_utt0.wav")
+    assert first["extra"] == {"raw_label": "neutral", "source_file": str(release / "train/train_splits/dia0_utt0.mp4")}
+    assert soundfile.info(first["wav"]).samplerate == 16000 and abs(first["duration"] - 0.6) < 0.06
+    assert (first["speaker"], first["lang"]) == ("Chandler", "en")
+    part = report["subsets"]["train"]
+    assert part["mapping"]["ser"] == {"joy": {"<happy>": 1}, "neutral": {"<neutral>": 1}, "sadness": {"<sad>": 1}}
+    assert part["left_out"]["list"] == [{"item": str(release / "train/train_sent_emo.csv") + ":5", "reason": "known broken",
+                                         "detail": "dia125_utt3.mp4: corrupted in the release (MELD issue #39)"}]
+    dev = report["subsets"]["dev"]["left_out"]["by_reason"]
+    assert dev == {"known broken": 1, "no audio": 1, "not in dev_sent_emo.csv": 1}
+    # Extracted once: a re-run of a redone subset keeps the WAVs it finds.
+    wav = Path(first["wav"])
+    stamp = wav.stat().st_mtime_ns
+    (out / PARTS_DIR / "train.json").unlink()
+    prepare_corpus(registry.corpora["meld"], tmp_path, out, registry.tasks, workers=0, log=lambda m: None)
+    assert wav.stat().st_mtime_ns == stamp
+    assert main(["data", "check", str(out / "train.jsonl"), "--tasks", "ser", "--quiet"]) == 0
+
+
+def test_meld_with_an_archive_still_packed_says_so(tmp_path, registry):
+    meld_release(tmp_path)
+    with pytest.raises(PrepareError, match=r"test.tar.gz is not unpacked: tar -xzf"):
+        prepare_corpus(registry.corpora["meld"], tmp_path, tmp_path / "out", registry.tasks, log=lambda m: None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# VocalSound: audio_16k/<f|m><id>_<n>_<label>.wav, datafiles/{tr,val,te}.json with the authors' paths
+
+
+def test_vocalsound_splits_by_its_datafiles_matched_by_file_name(tmp_path, registry):
+    root = tmp_path / "vs_release_16k"
+    names = {"tr": ["f0003_0_cough.wav", "m0010_0_laughter.wav", "f0003_0_sniff.wav", "m0010_0_gone.wav"],
+             "val": ["m0100_0_throatclearing.wav"], "te": ["f0200_1_sneeze.wav", "f0200_0_sigh.wav"]}
+    (root / "datafiles").mkdir(parents=True)
+    for split, files in names.items():
+        data = [{"wav": f"/data/sls/scratch/yuangong/vocalsound/data/audio_16k/{n}", "labels": "/m/01b_21"} for n in files]
+        (root / "datafiles" / f"{split}.json").write_text(json.dumps({"data": data}))
+        for name in files:
+            if name != "f0200_0_sigh.wav":
+                noise(root / "audio_16k" / name, 0.5)
+    noise(root / "audio_16k" / "m0999_0_cough.wav", 0.5)  # in no split file
+    out = tmp_path / "out"
+    report = prepare_corpus(registry.corpora["vocalsound"], tmp_path, out, registry.tasks, workers=0, log=lambda m: None)
+    train = lines(out / "train.jsonl")
+    assert train[0] == {"key": "f0003_0_cough_ved", "wav": str(root / "audio_16k/f0003_0_cough.wav"), "txt": "<cough>",
+                        "task": "<TRANSCRIBE> <CAPTION>", "speaker": "f0003", "gender": "female",
+                        "extra": {"raw_label": "cough"}, "duration": 0.5}
+    assert [x["txt"] for x in train] == ["<cough>", "<laugh>", "<other>"]
+    assert [x["txt"] for x in lines(out / "dev.jsonl")] == ["<throat clearing>"]
+    assert [x["txt"] for x in lines(out / "test.jsonl")] == ["<sneeze>"]
+    left = report["subsets"]["train"]["left_out"]
+    assert left["by_reason"] == {"label not mapped": 1, "in no split file": 1}
+    assert left["unmapped_labels"] == {"gone": 1}
+    assert report["subsets"]["test"]["left_out"]["by_reason"] == {"no audio": 1}

@@ -84,3 +84,40 @@ def decode_audio(path: str | Path | BinaryIO, name: str | None = None) -> tuple[
     if not bool(wave.any()):
         raise AudioError(f"{name}: audio is all zeros (silence without any signal)", "audio_silent")
     return wave, rate
+
+
+# Containers soundfile cannot open (video, AAC): their audio is extracted once with PyAV (FFmpeg), as WAV.
+CONTAINER_SUFFIXES = (".mp4", ".m4a", ".mkv", ".mov", ".webm", ".avi")
+
+
+def extract_audio(source: str | Path, target: str | Path, sample_rate: int = 16000) -> float:
+    """The first audio stream of a container file (`source`, e.g. an .mp4 clip) as 16-bit mono WAV at
+    `sample_rate` in `target`, written atomically; returns its duration in seconds. A file without audio, or
+    that FFmpeg cannot decode, is an `AudioError` naming it."""
+    try:
+        import av
+    except ImportError:
+        raise AudioError(f"{source}: reading audio from {Path(source).suffix} files needs PyAV, which bundles "
+                         "FFmpeg: pip install av (or osum[video])") from None
+    target = Path(target)
+    chunks = []
+    try:
+        with av.open(str(source)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{source}: the file has no audio stream", "audio_empty")
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+            for frame in container.decode(audio=0):
+                chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+    except AudioError:
+        raise
+    except Exception as error:  # noqa: BLE001 - FFmpeg's many errors (av.error.*) all mean: cannot read it
+        raise AudioError(f"{source}: cannot read audio ({type(error).__name__}: {error})") from None
+    samples = torch.cat([torch.from_numpy(c) for c in chunks]).numpy() if chunks else None
+    if samples is None or len(samples) == 0:
+        raise AudioError(f"{source}: the audio stream holds no samples", "audio_empty")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    soundfile.write(partial, samples, sample_rate, format="WAV", subtype="PCM_16")
+    partial.replace(target)
+    return len(samples) / sample_rate

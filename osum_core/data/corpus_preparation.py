@@ -24,7 +24,7 @@ from typing import Any
 
 import soundfile
 
-from osum_core.data.audio import decode_audio
+from osum_core.data.audio import CONTAINER_SUFFIXES, decode_audio, extract_audio
 from osum_core.data.bad_items import BadItem
 from osum_core.data.corpus_recipe import CorpusLayoutError, CorpusRecipe, LeftOut
 from osum_core.data.dataset import assign_task, task_target
@@ -34,6 +34,7 @@ from osum_core.task import Task
 
 REPORT_NAME = "prepare_report.json"
 PARTS_DIR = ".prepare"  # each finished subset's part of the report
+AUDIO_DIR = "audio"  # the WAVs of container files (.mp4) soundfile cannot read, extracted once
 SEGMENT_SLACK_SECONDS = 0.05  # a segment may end this far past its file's last sample (rounding in the release)
 REQUIRED_FIELDS = ("key", "wav", "txt", "task")
 # A file decoding to this much less than its header states is cut short (an MP3's header length is an estimate
@@ -55,10 +56,17 @@ class AudioCheck:
     problem: str = ""
 
 
-def check_audio(path: str) -> AudioCheck:
-    """Decode the whole file (in a worker process): its duration, or the reason it is unusable. A file
-    that decodes to much less than its header states was cut short (an MP3 decodes what is left of it)."""
+def check_audio(job: tuple[str, str | None]) -> AudioCheck:
+    """In a worker process: decode the whole file, after extracting its audio into the job's WAV target
+    when soundfile cannot read the container (an .mp4), unless a finished target is there already. Its
+    duration, or why it is unusable. A file that decodes to much less than its header states was cut short
+    (an MP3 decodes what is left of it)."""
+    path, converted = job
     try:
+        if converted is not None:
+            if not Path(converted).is_file():
+                extract_audio(path, converted)
+            path = converted
         wave, rate = decode_audio(path)
         stated = soundfile.info(path).frames / rate
     except BadItem as error:
@@ -71,12 +79,26 @@ def check_audio(path: str) -> AudioCheck:
     return AudioCheck(seconds=seconds)
 
 
-def checked_audio(paths: Sequence[str], workers: int, progress: Callable[[int], None] | None) -> dict[str, AudioCheck]:
-    """`check_audio` of every path, `workers` processes at a time (0 or 1: in this process)."""
+def converted_path(out: Path, split: str, source: Path, wav: str) -> str | None:
+    """Where the WAV of a container file soundfile cannot read goes: OUT_DIR/audio/<split>/ and its path
+    under SRC_DIR; None for a file read where it lies."""
+    path = Path(wav)
+    if path.suffix.lower() not in CONTAINER_SUFFIXES:
+        return None
+    try:
+        relative = path.relative_to(source)
+    except ValueError:
+        relative = Path(path.name)
+    return str((out / AUDIO_DIR / split / relative).with_suffix(".wav").absolute())
+
+
+def checked_audio(jobs: Sequence[tuple[str, str | None]], workers: int,
+                  progress: Callable[[int], None] | None) -> dict[str, AudioCheck]:
+    """`check_audio` of every (path, conversion target), `workers` processes at a time (0 or 1: here)."""
     if workers <= 1:
         results = {}
-        for path in paths:
-            results[path] = check_audio(path)
+        for job in jobs:
+            results[job[0]] = check_audio(job)
             if progress:
                 progress(1)
         return results
@@ -84,8 +106,8 @@ def checked_audio(paths: Sequence[str], workers: int, progress: Callable[[int], 
     context = multiprocessing.get_context("forkserver")
     results = {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for path, result in zip(paths, pool.map(check_audio, paths, chunksize=8), strict=True):
-            results[path] = result
+        for job, result in zip(jobs, pool.map(check_audio, jobs, chunksize=8), strict=True):
+            results[job[0]] = result
             if progress:
                 progress(1)
     return results
@@ -184,10 +206,14 @@ def prepare_split(recipe: CorpusRecipe, source: Path, out: Path, split: str, tas
                   shard: bool, per_shard: int, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     """One subset: read, check the audio, write the output atomically; returns the subset's report."""
     lines, left = read_split(recipe, source, split)
-    paths = list(dict.fromkeys(line["wav"] for line in lines))
+    jobs = [(path, converted_path(out, split, source, path)) for path in dict.fromkeys(line["wav"] for line in lines)]
     if progress:
-        progress(0, len(paths))
-    audio = checked_audio(paths, workers, (lambda n: progress(n, len(paths))) if progress else None)
+        progress(0, len(jobs))
+    audio = checked_audio(jobs, workers, (lambda n: progress(n, len(jobs))) if progress else None)
+    converted = {path: target for path, target in jobs if target is not None}
+    lines = [{**line, "wav": converted[line["wav"]], "extra": {**(line.get("extra") or {}), "source_file": line["wav"]}}
+             if line["wav"] in converted else line for line in lines]
+    audio.update({converted[path]: check for path, check in audio.items() if path in converted})
     items: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
     labels: dict[str, Counter[str]] = defaultdict(Counter)
