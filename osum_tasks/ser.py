@@ -10,8 +10,8 @@ import dataclasses
 import random
 
 from osum_core.plugins import CorpusRecipe, CorpusSpec, DemoRecipe, Utterance, hookimpl, with_prosody
-from osum_tasks.corpora import meld
 from osum_core.task import LabelField, Task, tagged_task
+from osum_tasks.corpora import meld
 
 LABELS = ("sad", "anger", "neutral", "happy", "surprise", "fear", "disgust", "other")
 

@@ -6,8 +6,8 @@ voices, so the model has to generalise over speakers."""
 from __future__ import annotations
 
 from osum_core.plugins import CorpusRecipe, DemoRecipe, Utterance, hookimpl
-from osum_tasks.corpora import commonvoice
 from osum_core.task import LabelField, Task, tagged_task
+from osum_tasks.corpora import commonvoice
 
 LABELS = ("female", "male")
 FIELD = LabelField("gender", LABELS)

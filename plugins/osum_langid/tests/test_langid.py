@@ -149,7 +149,6 @@ def test_fit_trains_langid_beside_asr(tmp_path):
 
 def test_its_common_voice_recipe_labels_the_locales_it_knows(tmp_path, registry):
     import soundfile
-
     from osum_core.data.corpus_preparation import prepare_corpus
 
     release = tmp_path / "cv-corpus-17.0"
