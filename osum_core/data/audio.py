@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import soundfile
 import torch
 import torchaudio.functional
 
 from osum_core.data.bad_items import BadItem
+
+SPAN_SLACK_SECONDS = 0.05  # a segment may end this far past its file's last sample (rounding in the release)
 
 
 class AudioError(BadItem):
@@ -53,19 +55,25 @@ def check_complete(path: str | Path | BinaryIO, name: str) -> None:
                          "missing)", "audio_unreadable")
 
 
-def load_audio(path: str | Path | BinaryIO, sample_rate: int = 16000, name: str | None = None) -> torch.Tensor:
+Span = tuple[float, float]  # (start, end) in seconds: a segment of a longer recording
+
+
+def load_audio(path: str | Path | BinaryIO, sample_rate: int = 16000, name: str | None = None,
+               span: Span | None = None) -> torch.Tensor:
     """Mono float32 waveform at `sample_rate`, shape [samples]. `path` may be an open binary file (a
-    member of a tar shard); `name` then says where it came from in messages. Audio without samples, a WAV
-    cut short, NaN or infinite samples, or all zeros (a broken export, never speech) is an `AudioError`."""
-    wave, rate = decode_audio(path, name)
+    member of a tar shard); `name` then says where it came from in messages. `span`: only that segment is
+    read (a manifest line's ``start``/``end``). Audio without samples, a WAV cut short, NaN or infinite
+    samples, all zeros (a broken export, never speech) or a span past the file's end is an `AudioError`."""
+    wave, rate = decode_audio(path, name, span)
     if rate != sample_rate:
         wave = torchaudio.functional.resample(wave, rate, sample_rate)
     return wave
 
 
-def decode_audio(path: str | Path | BinaryIO, name: str | None = None) -> tuple[torch.Tensor, int]:
-    """The whole file decoded: mono float32 samples at the file's own rate, and that rate; the errors of
-    `load_audio`."""
+def decode_audio(path: str | Path | BinaryIO, name: str | None = None,
+                 span: Span | None = None) -> tuple[torch.Tensor, int]:
+    """The file (or its `span`) decoded: mono float32 samples at the file's own rate, and that rate; the
+    errors of `load_audio`."""
     name = name or str(path)
     if not hasattr(path, "read") and not os.path.isfile(path):  # type: ignore[arg-type]
         raise AudioError(f"{name}: audio file not found", "audio_missing")
@@ -73,7 +81,10 @@ def decode_audio(path: str | Path | BinaryIO, name: str | None = None) -> tuple[
         raise AudioError(f"{name}: audio file is empty (0 bytes)", "audio_empty")
     check_complete(path, name)
     try:
-        data, rate = soundfile.read(path if hasattr(path, "read") else str(path), dtype="float32", always_2d=True)
+        if span is None:
+            data, rate = soundfile.read(path if hasattr(path, "read") else str(path), dtype="float32", always_2d=True)
+        else:
+            data, rate = read_span(path, span, name)
     except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
         raise AudioError(f"{name}: cannot read audio ({error})") from None
     if data.shape[0] == 0:
@@ -84,6 +95,18 @@ def decode_audio(path: str | Path | BinaryIO, name: str | None = None) -> tuple[
     if not bool(wave.any()):
         raise AudioError(f"{name}: audio is all zeros (silence without any signal)", "audio_silent")
     return wave, rate
+
+
+def read_span(path: str | Path | BinaryIO, span: Span, name: str) -> tuple[Any, int]:
+    """Samples `span` of a file, seeking to its start (a segment of an hour-long Opus recording is read, not
+    the hour); a span that ends past the file's end is an `AudioError`."""
+    with soundfile.SoundFile(path if hasattr(path, "read") else str(path)) as audio:  # type: ignore[arg-type]
+        first, last = round(span[0] * audio.samplerate), round(span[1] * audio.samplerate)
+        if last > audio.frames + round(SPAN_SLACK_SECONDS * audio.samplerate):
+            raise AudioError(f"{name}: the segment {span[0]:.2f}-{span[1]:.2f} s ends past the audio's "
+                             f"{audio.frames / audio.samplerate:.2f} s", "audio_unreadable")
+        audio.seek(min(first, audio.frames))
+        return audio.read(max(last - first, 0), dtype="float32", always_2d=True), audio.samplerate
 
 
 # Containers soundfile cannot open (video, AAC): their audio is extracted once with PyAV (FFmpeg), as WAV.

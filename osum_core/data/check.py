@@ -80,7 +80,7 @@ def check_record(record: dict[str, Any], preparer: ExamplePreparer, report: Chec
             return
         member = record.get("_member")
         if member is None:
-            wave = load_audio(record["wav"], name=f"{where}: {record['wav']}")
+            wave = load_audio(record["wav"], name=f"{where}: {record['wav']}", span=example.span)
         else:
             wave = load_audio(io.BytesIO(read_wav_member(record["wav"], *member)), name=where)
     except BadItem as error:

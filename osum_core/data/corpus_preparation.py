@@ -24,7 +24,7 @@ from typing import Any
 
 import soundfile
 
-from osum_core.data.audio import CONTAINER_SUFFIXES, decode_audio, extract_audio
+from osum_core.data.audio import CONTAINER_SUFFIXES, SPAN_SLACK_SECONDS, decode_audio, extract_audio
 from osum_core.data.bad_items import BadItem
 from osum_core.data.corpus_recipe import CorpusLayoutError, CorpusRecipe, LeftOut
 from osum_core.data.dataset import assign_task, task_target
@@ -35,7 +35,6 @@ from osum_core.task import Task
 REPORT_NAME = "prepare_report.json"
 PARTS_DIR = ".prepare"  # each finished subset's part of the report
 AUDIO_DIR = "audio"  # the WAVs of container files (.mp4) soundfile cannot read, extracted once
-SEGMENT_SLACK_SECONDS = 0.05  # a segment may end this far past its file's last sample (rounding in the release)
 REQUIRED_FIELDS = ("key", "wav", "txt", "task")
 # A file decoding to this much less than its header states is cut short (an MP3's header length is an estimate
 # when it has no Xing frame: the share leaves it room).
@@ -184,7 +183,7 @@ def finished_lines(lines: Sequence[dict[str, Any]], audio: Mapping[str, AudioChe
         duration = check.seconds
         if "start" in line or "end" in line:
             start, end = float(line.get("start", 0.0)), float(line.get("end", check.seconds))
-            if not 0 <= start < end <= check.seconds + SEGMENT_SLACK_SECONDS:
+            if not 0 <= start < end <= check.seconds + SPAN_SLACK_SECONDS:
                 left.append(LeftOut(key, "segment outside its audio",
                                     f"{start:.2f}-{end:.2f} s of {check.seconds:.2f} s ({line['wav']})"))
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import random
 from array import array
@@ -22,7 +23,7 @@ import soundfile
 import torch
 from torch.utils.data import Dataset
 
-from osum_core.data.audio import AudioError, load_audio
+from osum_core.data.audio import AudioError, Span, load_audio
 from osum_core.data.bad_items import BadItem
 from osum_core.data.features import HOP_LENGTH, SAMPLE_RATE, LogMel, SpecAugment
 from osum_core.data.shards import duration_frames, read_wav_member
@@ -50,6 +51,7 @@ class PreparedExample:
     frames: int
     source: str
     member: tuple[int, int] | None = None  # (offset, size) of the audio inside the tar `wav`, for shards
+    span: Span | None = None  # (start, end) seconds of `wav`: a segment of a longer recording
 
     def target_ids(self, end_of_text: int) -> tuple[int, ...]:
         """What the LLM learns to write: the body, the suffix, then end-of-text."""
@@ -104,13 +106,31 @@ def audio_frames(path: str, source: str, key: str | None = None) -> int:
     return int(info.frames * SAMPLE_RATE / info.samplerate) // HOP_LENGTH
 
 
+def record_span(record: Mapping[str, Any], source: str, key: str) -> Span | None:
+    """A manifest line's segment of its recording, ``start`` and ``end`` in seconds (a missing ``start`` is 0;
+    ``end`` is needed); None for a line without either."""
+    if "start" not in record and "end" not in record:
+        return None
+    start, end = record.get("start", 0), record.get("end")
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (start, end))
+    if not numbers or not 0 <= start < end:  # type: ignore[operator]
+        raise ExampleError(f"{source}: key {key}: fields 'start' and 'end' must be seconds with 0 <= start < end, "
+                           f"got start={json.dumps(start)[:20]}, end={json.dumps(end)[:20]}", "wrong_type", key=key)
+    return float(start), float(end)  # type: ignore[arg-type]
+
+
 def record_frames(record: Mapping[str, Any], source: str, key: str) -> int:
     """The utterance's length in feature frames: from its shard's index, from its manifest line's
-    ``duration`` (seconds, trusted as a shard's is: the file is only checked to exist), or from its audio
-    file's header."""
+    ``duration`` (seconds, trusted as a shard's is: the file is only checked to exist), from its segment's
+    ``start`` and ``end``, or from its audio file's header."""
     if record.get("_frames") is not None:
         return int(record["_frames"])
     path = str(record["wav"])
+    span = record_span(record, source, key)
+    if "duration" not in record and span is not None:
+        if not os.path.isfile(path):
+            raise missing_audio(path, source, key)
+        return round((span[1] - span[0]) * SAMPLE_RATE) // HOP_LENGTH
     if "duration" not in record:
         return audio_frames(path, source, key)
     frames = duration_frames(record["duration"])
@@ -185,6 +205,7 @@ def prepare_example(record: Mapping[str, Any], task: Task, tokenizer: Any, max_f
         frames=frames,
         source=source,
         member=tuple(member) if member is not None else None,  # type: ignore[arg-type]
+        span=record_span(record, source, key) if member is None else None,
     )
 
 
@@ -200,6 +221,7 @@ def prediction_example(record: Mapping[str, Any], prompt: str, max_frames: int |
         key=key, wav=str(record["wav"]), task=prompt, target=None, transcript_ids=(), body_ids=(), suffix_ids=(),
         frames=checked_frames(record, source, key, max_frames, too_long), source=source,
         member=tuple(member) if member is not None else None,  # type: ignore[arg-type]
+        span=record_span(record, source, key) if member is None else None,
     )
 
 
@@ -322,9 +344,10 @@ def prepare_examples(
 
 
 def load_example_audio(example: PreparedExample) -> torch.Tensor:
-    """The example's waveform: from its file, or from its byte range inside a tar shard."""
+    """The example's waveform: from its file (its segment, for a line with ``start``/``end``), or from its
+    byte range inside a tar shard."""
     if example.member is None:
-        return load_audio(example.wav)
+        return load_audio(example.wav, span=example.span)
     offset, size = example.member
     return load_audio(io.BytesIO(read_wav_member(example.wav, offset, size)), name=example.audio)
 

@@ -15,6 +15,7 @@ from typing import Any
 import soundfile
 
 from osum_core.data.audio import load_audio
+from osum_core.data.dataset import example_source, record_span
 from osum_core.data.features import SAMPLE_RATE
 from osum_core.data.length_index import index_file, write_index
 from osum_core.data.manifest import read_manifest
@@ -24,12 +25,11 @@ LIST_NAME = "shards.list"
 
 
 def wav_bytes(example: dict[str, Any]) -> tuple[bytes, float]:
-    """The example's audio as 16 kHz mono int16 wav bytes, and its duration in seconds."""
-    wave = load_audio(example["wav"], SAMPLE_RATE)
-    if "start" in example or "end" in example:
-        start = int(float(example.get("start", 0)) * SAMPLE_RATE)
-        end = int(float(example["end"]) * SAMPLE_RATE) if "end" in example else len(wave)
-        wave = wave[start:end]
+    """The example's audio (its segment, for a line with ``start``/``end``) as 16 kHz mono int16 wav bytes,
+    and its duration in seconds."""
+    key = str(example.get("key"))
+    span = record_span(example, example_source(example), key)
+    wave = load_audio(example["wav"], SAMPLE_RATE, span=span)
     buffer = io.BytesIO()
     soundfile.write(buffer, wave.clamp(-1, 1).numpy(), SAMPLE_RATE, format="WAV", subtype="PCM_16")
     return buffer.getvalue(), len(wave) / SAMPLE_RATE
