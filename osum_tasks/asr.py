@@ -7,7 +7,7 @@ from typing import Any
 
 from osum_core.plugins import CorpusRecipe, DemoRecipe, hookimpl
 from osum_core.task import Prediction, Target, Task, TaskMetric, is_garbled, normalize_target, strip_tags
-from osum_tasks.corpora import aishell, librispeech
+from osum_tasks.corpora import aishell, librispeech, wenetspeech
 
 PROMPTS = {
     # OSUM's prompt_config.yaml (the three paraphrases recorded in the reference notes), then two of ours.
@@ -72,4 +72,4 @@ def osum_demo_recipes() -> dict[str, DemoRecipe]:
 
 @hookimpl
 def osum_corpus_recipes() -> list[CorpusRecipe]:
-    return [librispeech.RECIPE, aishell.RECIPE]  # AISHELL-1 feeds SGC as well
+    return [librispeech.RECIPE, aishell.RECIPE, wenetspeech.RECIPE]  # AISHELL-1 feeds SGC as well

@@ -609,3 +609,46 @@ def test_vocalsound_splits_by_its_datafiles_matched_by_file_name(tmp_path, regis
     assert left["by_reason"] == {"label not mapped": 1, "in no split file": 1}
     assert left["unmapped_labels"] == {"gone": 1}
     assert report["subsets"]["test"]["left_out"]["by_reason"] == {"no audio": 1}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# WenetSpeech: WenetSpeech.json (audios[] with segments[]) and audio/<subset>/<source>/<id>.opus recordings
+
+
+def test_wenetspeech_segments_of_opus_recordings_by_subset(tmp_path, registry, capsys):
+    root = tmp_path / "WenetSpeech"
+    recordings = [
+        ("Y0000000000_a", "audio/train/youtube/B00000/Y0000000000_a.opus", 6.0,
+         [("Y0000000000_a_S00000", 0.5, 2.0, "怎么样 这些 日子", ["S", "M", "L"]),
+          ("Y0000000000_a_S00001", 2.5, 5.5, "住得还习惯吧", ["M", "L"]),
+          ("Y0000000000_a_S00002", 5.0, 9.0, "past the end", ["M", "L"])]),
+        ("Y0000000001_b", "audio/train/youtube/B00000/Y0000000001_b.opus", 0,  # its file is missing
+         [("Y0000000001_b_S00000", 0.0, 1.0, "没有音频", ["M", "L"])]),
+        ("T0000000000_c", "audio/test/net/T0000000000_c.opus", 4.0,
+         [("T0000000000_c_S00000", 1.0, 3.0, "测试 集", ["TEST_NET"])]),
+    ]
+    audios = []
+    for aid, path, seconds, segments in recordings:
+        if seconds:
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            samples = (np.random.default_rng(0).standard_normal(int(seconds * 48000)) * 0.1).astype(np.float32)
+            soundfile.write(root / path, samples, 48000, format="OGG", subtype="OPUS")
+        audios.append({"aid": aid, "duration": seconds, "format": "opus", "path": path, "source": "youtube",
+                       "segments": [{"sid": sid, "begin_time": b, "end_time": e, "confidence": 1.0, "subsets": subsets,
+                                     "text": text} for sid, b, e, text, subsets in segments]})
+    (root / "WenetSpeech.json").write_text(json.dumps({"dataset": "WenetSpeech", "version": "v1.0", "audios": audios},
+                                                      ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "out"
+    report = prepare_corpus(registry.corpora["wenetspeech"], root, out, registry.tasks, splits=["m", "test_net"],
+                            workers=0, log=lambda m: None)
+    m = lines(out / "m.jsonl")
+    wav = str(root / "audio/train/youtube/B00000/Y0000000000_a.opus")
+    assert m[0] == {"key": "Y0000000000_a_S00000_asr", "wav": wav, "start": 0.5, "end": 2.0, "txt": "怎么样这些日子",
+                    "task": "<TRANSCRIBE>", "lang": "zh", "extra": {"source": "youtube", "confidence": 1.0},
+                    "duration": 1.5}
+    assert [x["key"] for x in m] == ["Y0000000000_a_S00000_asr", "Y0000000000_a_S00001_asr"]
+    assert report["subsets"]["m"]["left_out"]["by_reason"] == {"no audio": 1, "segment outside its audio": 1}
+    assert [x["txt"] for x in lines(out / "test_net.jsonl")] == ["测试集"]
+    assert report["subsets"]["m"]["hours"] == round(4.5 / 3600, 4)
+    assert main(["data", "check", str(out / "m.jsonl"), "--tasks", "asr", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["hours"] == pytest.approx(4.5 / 3600, abs=1e-4)

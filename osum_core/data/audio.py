@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy
 import soundfile
 import torch
 import torchaudio.functional
@@ -95,6 +96,36 @@ def decode_audio(path: str | Path | BinaryIO, name: str | None = None,
     if not bool(wave.any()):
         raise AudioError(f"{name}: audio is all zeros (silence without any signal)", "audio_silent")
     return wave, rate
+
+
+MEASURE_BLOCK_SECONDS = 30  # `measure_audio` holds this much of a file at a time
+
+
+def measure_audio(path: str | Path, name: str | None = None) -> tuple[int, int]:
+    """Decode the whole file, a block at a time (an hour-long recording is never held whole), with every
+    check of `load_audio`; returns its sample count and rate."""
+    name = name or str(path)
+    if not os.path.isfile(path):
+        raise AudioError(f"{name}: audio file not found", "audio_missing")
+    if os.path.getsize(path) == 0:
+        raise AudioError(f"{name}: audio file is empty (0 bytes)", "audio_empty")
+    check_complete(path, name)
+    frames, heard = 0, False
+    try:
+        with soundfile.SoundFile(str(path)) as audio:
+            rate = audio.samplerate
+            for block in audio.blocks(blocksize=MEASURE_BLOCK_SECONDS * rate, dtype="float32", always_2d=True):
+                if not numpy.isfinite(block).all():
+                    raise AudioError(f"{name}: audio has NaN or infinite samples", "audio_not_finite")
+                heard = heard or bool(block.any())
+                frames += len(block)
+    except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
+        raise AudioError(f"{name}: cannot read audio ({error})") from None
+    if frames == 0:
+        raise AudioError(f"{name}: audio is empty", "audio_empty")
+    if not heard:
+        raise AudioError(f"{name}: audio is all zeros (silence without any signal)", "audio_silent")
+    return frames, rate
 
 
 def read_span(path: str | Path | BinaryIO, span: Span, name: str) -> tuple[Any, int]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import soundfile
 
-from osum_core.data.audio import CONTAINER_SUFFIXES, SPAN_SLACK_SECONDS, decode_audio, extract_audio
+from osum_core.data.audio import CONTAINER_SUFFIXES, SPAN_SLACK_SECONDS, extract_audio, measure_audio
 from osum_core.data.bad_items import BadItem
 from osum_core.data.corpus_recipe import CorpusLayoutError, CorpusRecipe, LeftOut
 from osum_core.data.dataset import assign_task, task_target
@@ -66,13 +66,13 @@ def check_audio(job: tuple[str, str | None]) -> AudioCheck:
             if not Path(converted).is_file():
                 extract_audio(path, converted)
             path = converted
-        wave, rate = decode_audio(path)
+        frames, rate = measure_audio(path)
         stated = soundfile.info(path).frames / rate
     except BadItem as error:
         return AudioCheck(problem=str(error))
     except Exception as error:  # noqa: BLE001 - any failure of one file costs that file only
         return AudioCheck(problem=f"{path}: {type(error).__name__}: {error}")
-    seconds = len(wave) / rate
+    seconds = frames / rate
     if stated - seconds > max(CUT_SHORT_SECONDS, CUT_SHORT_SHARE * stated):
         return AudioCheck(problem=f"{path}: cut short: its header states {stated:.2f} s, {seconds:.2f} s decode")
     return AudioCheck(seconds=seconds)
