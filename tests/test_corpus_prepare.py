@@ -75,7 +75,9 @@ def test_librispeech_every_field_the_report_and_what_was_left_out(tmp_path, regi
     out = tmp_path / "out"
     report = prepare_corpus(registry.corpora["librispeech"], tmp_path / "src", out, registry.tasks, workers=0, log=lambda m: None)
 
-    assert sorted(p.name for p in out.iterdir()) == [PARTS_DIR, "dev-clean.jsonl", "prepare_report.json", "test-clean.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [PARTS_DIR, "dev-clean.jsonl", "left_out", "prepare_report.json",
+                                                     "test-clean.jsonl"]
+    assert sorted(p.name for p in (out / PARTS_DIR).iterdir()) == ["dev-clean.json", "test-clean.json"]  # nothing staged is left
     dev = lines(out / "dev-clean.jsonl")
     assert [x["key"] for x in dev] == ["84-121123-0000_asr", "84-121123-0001_asr"]
     first = dev[0]
@@ -93,6 +95,7 @@ def test_librispeech_every_field_the_report_and_what_was_left_out(tmp_path, regi
     assert left == {("84-121123.trans.txt", "no audio"), ("84-121123-0010.flac", "no transcript"),
                     ("174-50561-0000_asr", "unreadable audio")}
     assert part["left_out"]["by_reason"] == {"no audio": 1, "no transcript": 1, "unreadable audio": 1}
+    assert lines(out / part["left_out"]["file"]) == part["left_out"]["list"]  # every item, one line each
     unreadable = next(e for e in part["left_out"]["list"] if e["reason"] == "unreadable audio")
     assert "174-50561-0000.flac" in unreadable["detail"]
     assert report["subsets"]["test-clean"]["left_out"]["list"] == [
@@ -652,3 +655,22 @@ def test_wenetspeech_segments_of_opus_recordings_by_subset(tmp_path, registry, c
     assert report["subsets"]["m"]["hours"] == round(4.5 / 3600, 4)
     assert main(["data", "check", str(out / "m.jsonl"), "--tasks", "asr", "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["hours"] == pytest.approx(4.5 / 3600, abs=1e-4)
+
+
+def test_duplicate_keys_keep_the_first_and_every_left_out_item_is_in_its_file(tmp_path, registry):
+    wav = noise(tmp_path / "src" / "clips" / "a.wav", 0.3)
+
+    def read(source: Path, split: str):
+        for index in range(150):
+            yield LeftOut(f"row {index}", "label not mapped", "grunt" if index % 2 else "hum")
+        for key in ("k1", "k2", "k1", "k3", "k2"):
+            yield {"key": key, "wav": str(wav), "txt": f"{key}<laugh>", "task": "<TRANSCRIBE> <CAPTION>"}
+
+    recipe = CorpusRecipe("dups", "", ("ved",), ("all",), "", find_one, read)
+    report = prepare_corpus(recipe, tmp_path / "src", tmp_path / "out", registry.tasks, workers=0, log=lambda m: None)
+    assert [x["txt"] for x in lines(tmp_path / "out" / "all.jsonl")] == ["k1<laugh>", "k2<laugh>", "k3<laugh>"]
+    left = report["subsets"]["all"]["left_out"]
+    assert left["items"] == 152 and left["by_reason"] == {"label not mapped": 150, "duplicate key": 2}
+    assert left["unmapped_labels"] == {"grunt": 75, "hum": 75}
+    assert len(left["list"]) == 100 and len(lines(tmp_path / "out" / left["file"])) == 152
+    assert [x["item"] for x in lines(tmp_path / "out" / left["file"])][-2:] == ["k1", "k2"]

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+import numpy
 import soundfile
 
 from osum_core.data.audio import CONTAINER_SUFFIXES, SPAN_SLACK_SECONDS, extract_audio, measure_audio
@@ -33,6 +35,8 @@ from osum_core.data.sharding import shard_manifests
 from osum_core.task import Task
 
 REPORT_NAME = "prepare_report.json"
+LEFT_OUT_DIR = Path("left_out")  # <subset>.jsonl: every item a subset left out, and why
+LEFT_OUT_SHOWN = 100  # of them, in the report itself
 PARTS_DIR = ".prepare"  # each finished subset's part of the report
 AUDIO_DIR = "audio"  # the WAVs of container files (.mp4) soundfile cannot read, extracted once
 REQUIRED_FIELDS = ("key", "wav", "txt", "task")
@@ -145,110 +149,157 @@ def recipe_tasks(recipe: CorpusRecipe, installed: Mapping[str, Task]) -> list[Ta
     return [installed[name] for name in recipe.tasks]
 
 
-def read_split(recipe: CorpusRecipe, source: Path, split: str) -> tuple[list[dict[str, Any]], list[LeftOut]]:
-    """The recipe's lines and left-out items for one subset, each line's fields checked."""
-    lines: list[dict[str, Any]] = []
-    left: list[LeftOut] = []
+def staged_split(recipe: CorpusRecipe, source: Path, split: str, lines_file: Path,
+                 left_file: Path) -> tuple[list[str], set[str]]:
+    """Stream the recipe's lines for one subset into `lines_file` and its left-out items into `left_file`
+    (jsonl; a subset of millions of lines is never held in memory), each line's fields checked. Returns the
+    distinct audio files in order, and the keys seen more than once."""
+    paths: dict[str, None] = {}
+    hashes = array("q")
     try:
-        for entry in recipe.read(source, split):
-            if isinstance(entry, LeftOut):
-                left.append(entry)
-                continue
-            missing = [name for name in REQUIRED_FIELDS if not isinstance(entry.get(name), str | Path)]
-            if missing:
-                raise PrepareError(f"recipe {recipe.name}, subset {split}: a line without {', '.join(missing)}: {dict(entry)!r}")
-            lines.append({**entry, "wav": str(Path(entry["wav"]).absolute())})
+        with lines_file.open("w", encoding="utf-8") as lines, left_file.open("w", encoding="utf-8") as left:
+            for entry in recipe.read(source, split):
+                if isinstance(entry, LeftOut):
+                    left.write(left_out_json(entry) + "\n")
+                    continue
+                missing = [name for name in REQUIRED_FIELDS if not isinstance(entry.get(name), str | Path)]
+                if missing:
+                    raise PrepareError(f"recipe {recipe.name}, subset {split}: a line without "
+                                       f"{', '.join(missing)}: {dict(entry)!r}")
+                line = {**entry, "wav": str(Path(entry["wav"]).absolute())}
+                lines.write(json.dumps(line, ensure_ascii=False) + "\n")
+                paths[line["wav"]] = None
+                hashes.append(hash(str(line["key"])))
     except PrepareError:
         raise
     except CorpusLayoutError as error:  # found only once reading (a table without its columns)
         raise PrepareError(str(error)) from None
     except Exception as error:  # noqa: BLE001 - a broken recipe is reported as such, not as a traceback
         raise PrepareError(f"recipe {recipe.name} failed reading subset {split}: {type(error).__name__}: {error}") from error
-    return lines, left
+    values, counts = numpy.unique(numpy.frombuffer(hashes, dtype=numpy.int64), return_counts=True)
+    repeated = set(values[counts > 1].tolist())  # hashes of keys that may repeat: only these are tracked
+    return list(paths), {key for key in staged_keys(lines_file) if hash(key) in repeated} if repeated else set()
 
 
-def finished_lines(lines: Sequence[dict[str, Any]], audio: Mapping[str, AudioCheck], tasks: Sequence[Task],
-                   left: list[LeftOut]) -> Iterator[tuple[dict[str, Any], Task, str]]:
-    """Each usable line with its `duration`, its task and its label suffix; the rest go to `left`."""
-    keys: set[str] = set()
-    for line in lines:
-        key = str(line["key"])
-        if key in keys:
-            left.append(LeftOut(key, "duplicate key"))
-            continue
-        check = audio[line["wav"]]
-        if check.problem:
-            left.append(LeftOut(key, "unreadable audio", check.problem))
-            continue
-        duration = check.seconds
-        if "start" in line or "end" in line:
-            start, end = float(line.get("start", 0.0)), float(line.get("end", check.seconds))
-            if not 0 <= start < end <= check.seconds + SPAN_SLACK_SECONDS:
-                left.append(LeftOut(key, "segment outside its audio",
-                                    f"{start:.2f}-{end:.2f} s of {check.seconds:.2f} s ({line['wav']})"))
+def staged_keys(lines_file: Path) -> Iterator[str]:
+    with lines_file.open(encoding="utf-8") as lines:
+        for text in lines:
+            yield str(json.loads(text)["key"])
+
+
+def left_out_json(entry: LeftOut) -> str:
+    return json.dumps({"item": entry.item, "reason": entry.reason, **({"detail": entry.detail} if entry.detail else {})},
+                      ensure_ascii=False)
+
+
+def finished_lines(lines_file: Path, audio: Mapping[str, AudioCheck], converted: Mapping[str, str],
+                   tasks: Sequence[Task], repeated: set[str], left: TextIO) -> Iterator[tuple[dict[str, Any], Task, str]]:
+    """Each usable staged line with its `duration` (and its extracted WAV where its file was a container), its
+    task and its label suffix; the rest are written to `left`."""
+    seen: set[str] = set()  # of the keys in `repeated` only
+    with lines_file.open(encoding="utf-8") as lines:
+        for text in lines:
+            line = json.loads(text)
+            key = str(line["key"])
+            if key in repeated:
+                if key in seen:
+                    left.write(left_out_json(LeftOut(key, "duplicate key")) + "\n")
+                    continue
+                seen.add(key)
+            check = audio[line["wav"]]
+            if check.problem:
+                left.write(left_out_json(LeftOut(key, "unreadable audio", check.problem)) + "\n")
                 continue
-            duration = end - start
-        task = assign_task(line, tasks)
-        if task is None:
-            raise PrepareError(f"key {key}: task tag {line['task']!r} is read by none of the recipe's tasks "
-                               f"({', '.join(t.name for t in tasks)})")
-        try:
-            target = task_target(line, task)
-        except BadItem as error:
-            left.append(LeftOut(key, "refused by its task", str(error)))
-            continue
-        keys.add(key)
-        yield {**line, "duration": round(duration, 4)}, task, target.suffix
+            if line["wav"] in converted:
+                line["extra"] = {**(line.get("extra") or {}), "source_file": line["wav"]}
+                line["wav"] = converted[line["wav"]]
+            duration = check.seconds
+            if "start" in line or "end" in line:
+                start, end = line.get("start", 0.0), line.get("end", check.seconds)
+                if not (isinstance(start, int | float) and isinstance(end, int | float)
+                        and 0 <= start < end <= check.seconds + SPAN_SLACK_SECONDS):
+                    detail = f"{start}-{end} s of {check.seconds:.2f} s ({line['wav']})"
+                    left.write(left_out_json(LeftOut(key, "segment outside its audio", detail)) + "\n")
+                    continue
+                duration = end - start
+            task = assign_task(line, tasks)
+            if task is None:
+                raise PrepareError(f"key {key}: task tag {line['task']!r} is read by none of the recipe's tasks "
+                                   f"({', '.join(t.name for t in tasks)})")
+            try:
+                target = task_target(line, task)
+            except BadItem as error:
+                left.write(left_out_json(LeftOut(key, "refused by its task", str(error))) + "\n")
+                continue
+            yield {**line, "duration": round(duration, 4)}, task, target.suffix
 
 
 def prepare_split(recipe: CorpusRecipe, source: Path, out: Path, split: str, tasks: Sequence[Task], workers: int,
                   shard: bool, per_shard: int, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     """One subset: read, check the audio, write the output atomically; returns the subset's report."""
-    lines, left = read_split(recipe, source, split)
-    jobs = [(path, converted_path(out, split, source, path)) for path in dict.fromkeys(line["wav"] for line in lines)]
+    staging = out / PARTS_DIR
+    lines_file, left_file = staging / f"{split}.lines.jsonl", staging / f"{split}.left_out.jsonl"
+    paths, repeated = staged_split(recipe, source, split, lines_file, left_file)
+    jobs = [(path, converted_path(out, split, source, path)) for path in paths]
     if progress:
         progress(0, len(jobs))
     audio = checked_audio(jobs, workers, (lambda n: progress(n, len(jobs))) if progress else None)
     converted = {path: target for path, target in jobs if target is not None}
-    lines = [{**line, "wav": converted[line["wav"]], "extra": {**(line.get("extra") or {}), "source_file": line["wav"]}}
-             if line["wav"] in converted else line for line in lines]
-    audio.update({converted[path]: check for path, check in audio.items() if path in converted})
     items: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
     labels: dict[str, Counter[str]] = defaultdict(Counter)
     mapping: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
-    kept = []
-    for line, task, suffix in finished_lines(lines, audio, tasks, left):
-        kept.append(line)
-        items[task.name] += 1
-        seconds[task.name] += line["duration"]
-        if suffix:
-            labels[task.name][suffix] += 1
-        raw = (line.get("extra") or {}).get("raw_label")
-        if raw is not None:
-            mapping[task.name][str(raw)][suffix] += 1
-    if shard:
-        staging = out / PARTS_DIR / f"{split}.jsonl"
-        write_manifest(staging, kept)
-        output = shard_manifests([staging], out / split, per_shard).relative_to(out)
-        staging.unlink()
-    else:
-        output = Path(f"{split}.jsonl")
-        write_manifest(out / output, kept)
+
+    def counted(left: TextIO) -> Iterator[dict[str, Any]]:
+        for line, task, suffix in finished_lines(lines_file, audio, converted, tasks, repeated, left):
+            items[task.name] += 1
+            seconds[task.name] += line["duration"]
+            if suffix:
+                labels[task.name][suffix] += 1
+            raw = (line.get("extra") or {}).get("raw_label")
+            if raw is not None:
+                mapping[task.name][str(raw)][suffix] += 1
+            yield line
+
+    with left_file.open("a", encoding="utf-8") as left:
+        if shard:
+            manifest = staging / f"{split}.jsonl"
+            write_manifest(manifest, counted(left))
+            output = shard_manifests([manifest], out / split, per_shard).relative_to(out)
+            manifest.unlink()
+        else:
+            output = Path(f"{split}.jsonl")
+            write_manifest(out / output, counted(left))
+    lines_file.unlink()
+    left_out = LEFT_OUT_DIR / f"{split}.jsonl"
+    (out / LEFT_OUT_DIR).mkdir(exist_ok=True)
+    left_file.replace(out / left_out)
+    reasons: Counter[str] = Counter()
+    unmapped: Counter[str] = Counter()
+    shown = []
+    with (out / left_out).open(encoding="utf-8") as entries:
+        for text in entries:
+            entry = json.loads(text)
+            reasons[entry["reason"]] += 1
+            if entry["reason"] == UNMAPPED:
+                unmapped[entry.get("detail", "")] += 1
+            if len(shown) < LEFT_OUT_SHOWN:
+                shown.append(entry)
     return {
         "subset": split,
         "output": str(output),
-        "items": len(kept),
+        "items": sum(items.values()),
         "hours": round(sum(seconds.values()) / 3600, 4),
         "tasks": {name: {"items": items[name], "hours": round(seconds[name] / 3600, 4)} for name in items},
         "labels": {name: dict(sorted(counts.items())) for name, counts in labels.items()},
         "mapping": {name: {raw: dict(to) for raw, to in sorted(raws.items())} for name, raws in mapping.items()},
         "left_out": {
-            "items": len(left),
-            "by_reason": dict(Counter(entry.reason for entry in left).most_common()),
+            "items": sum(reasons.values()),
+            "by_reason": dict(reasons.most_common()),
             # the release's labels that map to nothing (the recipe's documented choice), with their counts
-            "unmapped_labels": dict(sorted(Counter(e.detail for e in left if e.reason == UNMAPPED).items())),
-            "list": [{"item": e.item, "reason": e.reason, **({"detail": e.detail} if e.detail else {})} for e in left],
+            "unmapped_labels": dict(sorted(unmapped.items())),
+            "file": str(left_out),  # every item left out, one JSON line each
+            "list": shown,  # the first LEFT_OUT_SHOWN of them
         },
     }
 
