@@ -37,6 +37,7 @@ from osum_core.task import Task
 REPORT_NAME = "prepare_report.json"
 LEFT_OUT_DIR = Path("left_out")  # <subset>.jsonl: every item a subset left out, and why
 LEFT_OUT_SHOWN = 100  # of them, in the report itself
+POOL_WINDOW = 4096  # audio files handed to the worker pool at a time (1.7 million clips are not 1.7 million futures)
 PARTS_DIR = ".prepare"  # each finished subset's part of the report
 AUDIO_DIR = "audio"  # the WAVs of container files (.mp4) soundfile cannot read, extracted once
 REQUIRED_FIELDS = ("key", "wav", "txt", "task")
@@ -109,10 +110,12 @@ def checked_audio(jobs: Sequence[tuple[str, str | None]], workers: int,
     context = multiprocessing.get_context("forkserver")
     results = {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for job, result in zip(jobs, pool.map(check_audio, jobs, chunksize=8), strict=True):
-            results[job[0]] = result
-            if progress:
-                progress(1)
+        for first in range(0, len(jobs), POOL_WINDOW):  # map() makes a future per job at once: a window at a time
+            window = jobs[first : first + POOL_WINDOW]
+            for job, result in zip(window, pool.map(check_audio, window, chunksize=8), strict=True):
+                results[job[0]] = result
+                if progress:
+                    progress(1)
     return results
 
 
