@@ -1,6 +1,7 @@
 """X without ASR (``tasks.<name>.transcript=false``) and the per-task CTC weight (``tasks.<name>.ctc_loss_weight``):
 the two settings OSUM's ASR+X claim is measured with (README, "Is ASR+X better than X alone?")."""
 
+import dataclasses
 import json
 
 import pytest
@@ -147,3 +148,13 @@ def test_both_forms_split_the_transcripts_alike_with_the_demo_tokenizer(registry
 
 def asr_words(lines, asr):
     return {word for line in lines if asr.selects(line) for word in asr.target(line).transcript.split()}
+
+
+def test_two_selected_tasks_reading_one_tag_are_refused(registry):
+    from osum_core.config import shared_tags
+
+    label_only_ved = configured_tasks(registry.tasks, ["ved"], {"ved": {"transcript": False}})["ved"]
+    other = dataclasses.replace(label_only_ved, name="ved_events")  # reads <CAPTION> and <TRANSCRIBE> <CAPTION>
+    (message,) = shared_tags([registry.tasks["ved"], other])
+    assert message.startswith("tasks ved and ved_events both read lines tagged <TRANSCRIBE> <CAPTION>")
+    assert shared_tags(list(registry.tasks.values())) == []  # the installed tasks keep to their own tags

@@ -30,7 +30,7 @@ from osum_core.checkpoints.run_dir import (
 )
 from osum_core.cli.console import quiet_console
 from osum_core.cli.fit_checks import check_fit_config
-from osum_core.config import configured_tasks, to_yaml
+from osum_core.config import ConfigError, configured_tasks, shared_tags, to_yaml
 from osum_core.config.load import absolute_data_paths
 from osum_core.data.bad_items import SkipLog
 from osum_core.demo.prepare import resolve_demo_data
@@ -57,6 +57,9 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     quiet_console()
     check_fit_config(cfg)  # every path and contradiction, before anything is built or written
     tasks = configured_tasks(registry.tasks, task_names, cfg["tasks"])
+    overlaps = shared_tags(list(tasks.values()))
+    if overlaps:
+        raise ConfigError("; ".join(overlaps))
     resume = resume_checkpoint(cfg["resume"])
     run_dir = Path(cfg["out"])
     checkpoint = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT

@@ -11,7 +11,7 @@ from osum_core.config.load import (
     preset_files,
     to_yaml,
 )
-from osum_core.config.tasks import configured_tasks
+from osum_core.config.tasks import configured_tasks, shared_tags
 from osum_core.config.trainer import trainer_arguments
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_PRESET",
     "ConfigError",
     "configured_tasks",
+    "shared_tags",
     "fit_config",
     "load_config",
     "preset_files",

@@ -71,6 +71,20 @@ def configured_tasks(installed: Mapping[str, Task], names: Sequence[str], overri
     return tasks
 
 
+def shared_tags(tasks: Sequence[Task]) -> list[str]:
+    """Messages for selected tasks that read each other's lines: a manifest line goes to the first task that
+    selects it, so the second would silently never see those lines."""
+    found = []
+    for index, first in enumerate(tasks):
+        for second in tasks[index + 1 :]:
+            for owner, reader in ((second, first), (first, second)):
+                if reader.selects({"task": owner.tag}):
+                    found.append(f"tasks {first.name} and {second.name} both read lines tagged {owner.tag}; each line "
+                                 f"would train {first.name} only. Train them in separate runs, or give one a tag of its own")
+                    break
+    return found
+
+
 def shown_path(path: Path) -> str:
     """A shipped config as ``configs/...`` (where it is in the repository), any other file as given."""
     try:
