@@ -178,6 +178,19 @@ def test_a_scheduler_signal_saves_stops_cleanly_and_resumes_exactly(signal_name,
     assert_same_training(stopped, whole)
 
 
+def test_a_scheduler_signal_during_a_long_accumulated_step_still_saves(tiny_corpus, tmp_path):
+    # The rest of the step needs more batches than the workers had read ahead (2 per worker): the workers,
+    # and the forkserver they came from, must have outlived the signal the whole job got.
+    train = str(tiny_corpus / "train.jsonl")
+    stopped = tmp_path / "stopped"
+    command = fit_command(stopped, train, tiny_corpus, "checkpoint.every_n_steps=null", "trainer.accumulate_grad_batches=6")
+    with started_until_step(command, stopped, 1) as process:
+        os.killpg(process.pid, signal.SIGTERM)
+        stderr = stderr_at_end(process)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "stopped by SIGTERM after step" in stderr and "exited unexpectedly" not in stderr
+
+
 KILL_INSIDE_SAVE = """
 import os, sys
 import torch

@@ -357,7 +357,8 @@ def kill_workers_at_exit_registered() -> None:
     atexit.register(kill_workers_left_at_exit)
 
 
-WORKER_PRELOAD = ["osum_core.data.dataset", "osum_core.data.collate"]
+# The first module makes the forkserver ignore scheduler signals; the others spare each worker their imports.
+WORKER_PRELOAD = ["osum_core.data.worker_signals", "osum_core.data.dataset", "osum_core.data.collate"]
 
 
 @functools.cache
