@@ -16,6 +16,7 @@ import soundfile
 from conftest import TINY
 
 from osum_core.cli.main import main
+from osum_core.data import corpus_preparation
 from osum_core.data.corpus_preparation import PARTS_DIR, PrepareError, prepare_corpus
 from osum_core.plugins import CorpusLayoutError, CorpusRecipe, LeftOut, hookimpl, load_tasks
 
@@ -77,7 +78,8 @@ def test_librispeech_every_field_the_report_and_what_was_left_out(tmp_path, regi
 
     assert sorted(p.name for p in out.iterdir()) == [PARTS_DIR, "dev-clean.jsonl", "left_out", "prepare_report.json",
                                                      "test-clean.jsonl"]
-    assert sorted(p.name for p in (out / PARTS_DIR).iterdir()) == ["dev-clean.json", "test-clean.json"]  # nothing staged is left
+    # Nothing staged is left; each audio file's check is kept (for other subsets and re-runs).
+    assert sorted(p.name for p in (out / PARTS_DIR).iterdir()) == ["audio.jsonl", "dev-clean.json", "test-clean.json"]
     dev = lines(out / "dev-clean.jsonl")
     assert [x["key"] for x in dev] == ["84-121123-0000_asr", "84-121123-0001_asr"]
     first = dev[0]
@@ -130,7 +132,7 @@ def test_splits_are_chosen_and_an_unknown_or_absent_one_is_refused(tmp_path, reg
         prepare_corpus(recipe, tmp_path / "src", out, registry.tasks, splits=["train-clean-100"], log=lambda m: None)
 
 
-def test_a_rerun_keeps_finished_subsets_and_redoes_one_cut_short(tmp_path, registry):
+def test_a_rerun_keeps_finished_subsets_and_redoes_one_cut_short(tmp_path, registry, monkeypatch):
     librispeech_release(tmp_path / "src")
     recipe = registry.corpora["librispeech"]
     out = tmp_path / "out"
@@ -141,7 +143,11 @@ def test_a_rerun_keeps_finished_subsets_and_redoes_one_cut_short(tmp_path, regis
     (out / PARTS_DIR / "test-clean.json").unlink()
     (out / "test-clean.jsonl").write_text('{"half": ')
     said.clear()
+    decoded = []
+    real_check = corpus_preparation.check_audio
+    monkeypatch.setattr(corpus_preparation, "check_audio", lambda job: decoded.append(job) or real_check(job))
     report = prepare_corpus(recipe, tmp_path / "src", out, registry.tasks, workers=0, log=said.append)
+    assert decoded == []  # every file's check was recorded the first time
     assert said[0] == "dev-clean: finished before, kept (2 items)" and said[1].startswith("test-clean: 2 items")
     assert (out / "dev-clean.jsonl").stat().st_mtime_ns == before["dev-clean.jsonl"][0]
     assert (out / "test-clean.jsonl").read_text() == before["test-clean.jsonl"][1]
@@ -167,7 +173,7 @@ def test_shards_instead_of_manifests(tmp_path, registry, capsys):
                  "--workers", "0", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "dev-clean -> dev-clean/shards.list: asr 2" in printed and "left out: " in printed
-    assert not list(out.glob("*.jsonl")) and not list((out / PARTS_DIR).glob("*.jsonl"))
+    assert not list(out.glob("*.jsonl")) and [p.name for p in (out / PARTS_DIR).glob("*.jsonl")] == ["audio.jsonl"]
     assert (out / "dev-clean" / "shards.list").read_text().split() == ["shard-000000.tar", "shard-000001.tar"]
     assert main(["data", "check", str(out / "dev-clean" / "shards.list"), "--tasks", "asr", "--quiet"]) == 0
     report = json.loads((out / "prepare_report.json").read_text())
@@ -200,6 +206,7 @@ def aishell_release(root: Path, unpacked: bool = True) -> Path:
     if unpacked:
         noise(data / "wav" / "train" / "S0002" / "BAC009S0002W0500.wav", 0.5)  # audio without a transcript line
         cut_short(data / "wav" / "test" / "S0764" / "BAC009S0764W0122.wav")
+        (data / "wav" / "S0002.tar.gz").write_bytes(b"\x1f\x8b")  # unpacking leaves the archive beside its folder
     else:
         (data / "wav").mkdir(parents=True)
         (data / "wav" / "S0002.tar.gz").write_bytes(b"\x1f\x8b")
@@ -473,7 +480,8 @@ def test_kaggle_commonvoice_reads_both_folder_layouts(tmp_path, registry):
     (root).mkdir()
     (root / "cv-valid-test.csv").write_text(header + "cv-valid-test/sample-000000.mp3,learn to recognize omens,1,0,"
                                             "fifties,female,england,\ncv-valid-test/sample-000001.mp3,gone,1,0,,,,\n")
-    (root / "cv-valid-dev.csv").write_text(header + "cv-valid-dev/sample-000000.mp3,be careful,2,0,,,,\n")
+    (root / "cv-valid-dev.csv").write_text(header + 'cv-valid-dev/sample-000000.mp3,"be careful, now",2,0,,male,,\n'
+                                           "cv-valid-dev/sample-000001.mp3,an extra, comma,2,0,,male,,\n")
     noise(root / "cv-valid-test" / "cv-valid-test" / "sample-000000.mp3", 0.5)  # as Kaggle's archive nests it
     noise(root / "cv-valid-dev" / "sample-000000.mp3", 0.5)
     out = tmp_path / "out"
@@ -483,7 +491,9 @@ def test_kaggle_commonvoice_reads_both_folder_layouts(tmp_path, registry):
     test = lines(out / "cv-valid-test.jsonl")
     assert [(x["key"], x["txt"]) for x in test] == [("cv-valid-test-sample-000000_sgc", "learn to recognize omens<female>"),
                                                     ("cv-valid-test-sample-000000_sap", "learn to recognize omens<adult>")]
-    assert lines(out / "cv-valid-dev.jsonl")[0]["key"] == "cv-valid-dev-sample-000000_asr"
+    dev = lines(out / "cv-valid-dev.jsonl")
+    assert [(x["key"], x["txt"]) for x in dev] == [("cv-valid-dev-sample-000000_sgc", "be careful, now<male>")]
+    assert report["subsets"]["cv-valid-dev"]["left_out"]["list"][0]["reason"] == "unreadable row"
     assert report["subsets"]["cv-valid-test"]["left_out"]["list"][0]["reason"] == "no audio"
 
 
@@ -674,3 +684,25 @@ def test_duplicate_keys_keep_the_first_and_every_left_out_item_is_in_its_file(tm
     assert left["unmapped_labels"] == {"grunt": 75, "hum": 75}
     assert len(left["list"]) == 100 and len(lines(tmp_path / "out" / left["file"])) == 152
     assert [x["item"] for x in lines(tmp_path / "out" / left["file"])][-2:] == ["k1", "k2"]
+
+
+def test_a_segment_without_its_end_is_left_out_as_training_would_refuse_it(tmp_path, registry):
+    wav = noise(tmp_path / "src" / "clips" / "long.wav", 3.0)
+
+    def read(source: Path, split: str):
+        yield {"key": "whole", "wav": str(wav), "txt": "one<laugh>", "task": "<TRANSCRIBE> <CAPTION>", "start": 0.5, "end": 2.0}
+        yield {"key": "open", "wav": str(wav), "txt": "two<laugh>", "task": "<TRANSCRIBE> <CAPTION>", "start": 1.0}
+
+    recipe = CorpusRecipe("segments", "", ("ved",), ("all",), "", find_one, read)
+    report = prepare_corpus(recipe, tmp_path / "src", tmp_path / "out", registry.tasks, workers=0, log=lambda m: None)
+    assert [(x["key"], x["duration"]) for x in lines(tmp_path / "out" / "all.jsonl")] == [("whole", 1.5)]
+    (entry,) = report["subsets"]["all"]["left_out"]["list"]
+    assert entry["reason"] == "unreadable segment" and "0 <= start < end" in entry["detail"]
+
+
+def test_wenetspeech_prepares_l_and_the_evaluation_subsets_unless_told(tmp_path, registry):
+    root = tmp_path / "WenetSpeech"
+    root.mkdir()
+    (root / "WenetSpeech.json").write_text(json.dumps({"audios": []}))
+    report = prepare_corpus(registry.corpora["wenetspeech"], root, tmp_path / "out", registry.tasks, log=lambda m: None)
+    assert list(report["subsets"]) == ["l", "dev", "test_net", "test_meeting"]

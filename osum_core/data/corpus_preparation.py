@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,7 +30,7 @@ import soundfile
 from osum_core.data.audio import CONTAINER_SUFFIXES, SPAN_SLACK_SECONDS, extract_audio, measure_audio
 from osum_core.data.bad_items import BadItem
 from osum_core.data.corpus_recipe import CorpusLayoutError, CorpusRecipe, LeftOut
-from osum_core.data.dataset import assign_task, task_target
+from osum_core.data.dataset import assign_task, record_span, task_target
 from osum_core.data.manifest import write_manifest
 from osum_core.data.sharding import shard_manifests
 from osum_core.task import Task
@@ -37,8 +38,9 @@ from osum_core.task import Task
 REPORT_NAME = "prepare_report.json"
 LEFT_OUT_DIR = Path("left_out")  # <subset>.jsonl: every item a subset left out, and why
 LEFT_OUT_SHOWN = 100  # of them, in the report itself
-POOL_WINDOW = 4096  # audio files handed to the worker pool at a time (1.7 million clips are not 1.7 million futures)
+IN_FLIGHT_PER_WORKER = 16  # audio files handed to the worker pool ahead of its results
 PARTS_DIR = ".prepare"  # each finished subset's part of the report
+AUDIO_CHECKS = "audio.jsonl"  # in PARTS_DIR: every audio file's check (`AudioChecks`)
 AUDIO_DIR = "audio"  # the WAVs of container files (.mp4) soundfile cannot read, extracted once
 REQUIRED_FIELDS = ("key", "wav", "txt", "task")
 # A file decoding to this much less than its header states is cut short (an MP3's header length is an estimate
@@ -97,26 +99,73 @@ def converted_path(out: Path, split: str, source: Path, wav: str) -> str | None:
 
 
 def checked_audio(jobs: Sequence[tuple[str, str | None]], workers: int,
-                  progress: Callable[[int], None] | None) -> dict[str, AudioCheck]:
-    """`check_audio` of every (path, conversion target), `workers` processes at a time (0 or 1: here)."""
+                  on_result: Callable[[tuple[str, str | None], AudioCheck], None]) -> None:
+    """`check_audio` of every (path, conversion target), `workers` processes at a time (0 or 1: here);
+    `on_result(job, check)` as each finishes."""
     if workers <= 1:
-        results = {}
         for job in jobs:
-            results[job[0]] = check_audio(job)
-            if progress:
-                progress(1)
-        return results
+            on_result(job, check_audio(job))
+        return
     # forkserver: workers do not inherit this process's threads (a fork can hang on a lock one of them held).
     context = multiprocessing.get_context("forkserver")
-    results = {}
+    pending: dict[Future[AudioCheck], tuple[str, str | None]] = {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for first in range(0, len(jobs), POOL_WINDOW):  # map() makes a future per job at once: a window at a time
-            window = jobs[first : first + POOL_WINDOW]
-            for job, result in zip(window, pool.map(check_audio, window, chunksize=8), strict=True):
-                results[job[0]] = result
+        for job in jobs:  # a bounded number in flight: 1.7 million clips are not 1.7 million futures at once
+            if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
+                for future in wait(pending, return_when=FIRST_COMPLETED).done:
+                    on_result(pending.pop(future), future.result())
+            pending[pool.submit(check_audio, job)] = job
+        for future in wait(pending).done:
+            on_result(pending.pop(future), future.result())
+
+
+class AudioChecks:
+    """Every audio file's check, kept in ``OUT_DIR/.prepare/audio.jsonl`` as it is made, by path, conversion
+    target, size and modification time: a file is decoded once for all subsets that use it (WenetSpeech's
+    S, M and L share their recordings) and once across re-runs (a crash in a subset of 10,000 hours)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.known: dict[tuple[str, str | None, int, int], AudioCheck] = {}
+        if path.is_file():
+            with path.open(encoding="utf-8") as lines:
+                for text in lines:
+                    try:
+                        row = json.loads(text)
+                        self.known[tuple(row["file"])] = AudioCheck(row["seconds"], row["problem"])  # type: ignore[index]
+                    except (ValueError, KeyError, TypeError):  # a line cut short by a crash: checked again
+                        continue
+
+    @staticmethod
+    def identity(job: tuple[str, str | None]) -> tuple[str, str | None, int, int] | None:
+        try:
+            stat = os.stat(job[0])
+        except OSError:
+            return None  # missing: checked again (cheaply) every time
+        return (job[0], job[1], stat.st_size, stat.st_mtime_ns)
+
+    def checked(self, jobs: Sequence[tuple[str, str | None]], workers: int,
+                progress: Callable[[int], None] | None) -> dict[str, AudioCheck]:
+        """`checked_audio` of the jobs not checked before, each recorded as it finishes; the others from
+        the record."""
+        identities = {job: self.identity(job) for job in jobs}
+        results = {job[0]: self.known[i] for job, i in identities.items() if i is not None and i in self.known}
+        if progress and results:
+            progress(len(results))
+        with self.path.open("a", encoding="utf-8") as record:
+            def done(job: tuple[str, str | None], check: AudioCheck) -> None:
+                results[job[0]] = check
+                identity = self.identity(job)
+                if identity is not None:
+                    self.known[identity] = check
+                    record.write(json.dumps({"file": identity, "seconds": check.seconds, "problem": check.problem},
+                                            ensure_ascii=False) + "\n")
+                    record.flush()
                 if progress:
                     progress(1)
-    return results
+
+            checked_audio([job for job in jobs if job[0] not in results], workers, done)
+        return results
 
 
 def selected_splits(recipe: CorpusRecipe, source: Path, wanted: Sequence[str] | None) -> list[str]:
@@ -135,7 +184,8 @@ def selected_splits(recipe: CorpusRecipe, source: Path, wanted: Sequence[str] | 
         raise PrepareError(f"{source}: none of {recipe.name}'s subsets ({', '.join(recipe.splits)}) is there; "
                            f"expected {recipe.source}")
     if wanted is None:
-        return [split for split in recipe.splits if split in present]
+        defaults = [split for split in recipe.default_splits if split in present]
+        return defaults or [split for split in recipe.splits if split in present]
     for split in wanted:
         if split not in recipe.splits:
             raise PrepareError(f"--splits: {recipe.name} has no subset {split!r}; its subsets: {', '.join(recipe.splits)}")
@@ -217,14 +267,17 @@ def finished_lines(lines_file: Path, audio: Mapping[str, AudioCheck], converted:
                 line["extra"] = {**(line.get("extra") or {}), "source_file": line["wav"]}
                 line["wav"] = converted[line["wav"]]
             duration = check.seconds
-            if "start" in line or "end" in line:
-                start, end = line.get("start", 0.0), line.get("end", check.seconds)
-                if not (isinstance(start, int | float) and isinstance(end, int | float)
-                        and 0 <= start < end <= check.seconds + SPAN_SLACK_SECONDS):
-                    detail = f"{start}-{end} s of {check.seconds:.2f} s ({line['wav']})"
+            try:
+                span = record_span(line, line["wav"], key)  # the rule training, osum test and osum data check apply
+            except BadItem as error:
+                left.write(left_out_json(LeftOut(key, "unreadable segment", str(error))) + "\n")
+                continue
+            if span is not None:
+                if span[1] > check.seconds + SPAN_SLACK_SECONDS:
+                    detail = f"{span[0]}-{span[1]} s of {check.seconds:.2f} s ({line['wav']})"
                     left.write(left_out_json(LeftOut(key, "segment outside its audio", detail)) + "\n")
                     continue
-                duration = end - start
+                duration = span[1] - span[0]
             task = assign_task(line, tasks)
             if task is None:
                 raise PrepareError(f"key {key}: task tag {line['task']!r} is read by none of the recipe's tasks "
@@ -238,7 +291,8 @@ def finished_lines(lines_file: Path, audio: Mapping[str, AudioCheck], converted:
 
 
 def prepare_split(recipe: CorpusRecipe, source: Path, out: Path, split: str, tasks: Sequence[Task], workers: int,
-                  shard: bool, per_shard: int, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+                  shard: bool, per_shard: int, progress: Callable[[int, int], None] | None,
+                  checks: AudioChecks) -> dict[str, Any]:
     """One subset: read, check the audio, write the output atomically; returns the subset's report."""
     staging = out / PARTS_DIR
     lines_file, left_file = staging / f"{split}.lines.jsonl", staging / f"{split}.left_out.jsonl"
@@ -246,7 +300,7 @@ def prepare_split(recipe: CorpusRecipe, source: Path, out: Path, split: str, tas
     jobs = [(path, converted_path(out, split, source, path)) for path in paths]
     if progress:
         progress(0, len(jobs))
-    audio = checked_audio(jobs, workers, (lambda n: progress(n, len(jobs))) if progress else None)
+    audio = checks.checked(jobs, workers, (lambda n: progress(n, len(jobs))) if progress else None)
     converted = {path: target for path, target in jobs if target is not None}
     items: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
@@ -324,6 +378,7 @@ def prepare_corpus(recipe: CorpusRecipe, source: str | Path, out: str | Path, in
     tasks = recipe_tasks(recipe, installed)
     chosen = selected_splits(recipe, source, splits)
     (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+    checks = AudioChecks(out / PARTS_DIR / AUDIO_CHECKS)
     settings = {"recipe": recipe.name, "source": str(source), "shard": shard, **({"per_shard": per_shard} if shard else {})}
     parts = {}
     for split in chosen:
@@ -336,7 +391,7 @@ def prepare_corpus(recipe: CorpusRecipe, source: str | Path, out: str | Path, in
                 continue
             part_file.unlink()  # prepared otherwise (another source, recipe or output form): done again
         part = prepare_split(recipe, source, out, split, tasks, workers, shard, per_shard,
-                             progress(split) if progress else None)
+                             progress(split) if progress else None, checks)
         part["settings"] = settings
         write_json(part_file, part)
         parts[split] = part

@@ -49,6 +49,8 @@ class CorpusRecipe:
         ``task``; ``duration`` is measured by osum) and `LeftOut` items. A line keeps the release's own
         label as ``extra.raw_label`` where it maps one, so the report shows every mapping. Audio is
         pointed at where it lies; a recipe never writes into SRC_DIR.
+    default_splits: the subsets prepared when ``--splits`` is not given (those of them present); empty: every
+        subset present. For a release whose subsets nest or overlap (WenetSpeech's S ⊂ M ⊂ L).
     """
 
     name: str
@@ -58,6 +60,7 @@ class CorpusRecipe:
     source: str
     find_splits: Callable[[Path], Iterable[str]]
     read: Callable[[Path, str], Iterable[RecordOrLeftOut]]
+    default_splits: tuple[str, ...] = ()
 
 
 def recipe_problems(recipe: object) -> list[str]:
@@ -71,6 +74,8 @@ def recipe_problems(recipe: object) -> list[str]:
         problems.append("tasks must name the task(s) its lines feed")
     if not recipe.splits or len(set(recipe.splits)) != len(recipe.splits):
         problems.append("splits must list the release's subsets, each once")
+    if not set(recipe.default_splits) <= set(recipe.splits):
+        problems.append("default_splits must be some of splits")
     for name in ("find_splits", "read"):
         if not callable(getattr(recipe, name)):
             problems.append(f"{name} must be a function")

@@ -75,9 +75,12 @@ def read(source: Path, split: str) -> Iterator[dict | LeftOut]:
     genders, bad = speaker_genders(root)
     if split == SUBSETS[0]:
         yield from bad  # reported once, with the first subset
-    for archive in sorted((root / "data_aishell" / "wav").glob("*.tar.gz")):
-        if split == SUBSETS[0]:
-            yield LeftOut(str(archive), "archive not unpacked", UNPACK)
+    wav_root = root / "data_aishell" / "wav"
+    if split == SUBSETS[0]:  # an archive whose speaker folder is in no subset (unpacking leaves the archive)
+        for archive in sorted(wav_root.glob("*.tar.gz")):
+            speaker = archive.name.removesuffix(".tar.gz")
+            if not any((wav_root / subset / speaker).is_dir() for subset in SUBSETS):
+                yield LeftOut(str(archive), "archive not unpacked", UNPACK)
     for wav in sorted((root / "data_aishell" / "wav" / split).glob("*/*.wav")):
         utterance, speaker = wav.stem, wav.parent.name
         if utterance not in said:

@@ -26,18 +26,27 @@ MOZILLA_SPLITS = ("train", "dev", "test")
 KAGGLE_SPLITS = ("cv-valid-train", "cv-valid-dev", "cv-valid-test", "cv-other-train", "cv-other-dev", "cv-other-test")
 
 
-def table_rows(path: Path, delimiter: str, needed: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row) of a TSV/CSV read without quote processing: Common Voice sentences open quotes they
-    never close, which a quoting reader would run on over the following lines."""
+def table_rows(path: Path, delimiter: str, needed: tuple[str, ...],
+               quoted: bool) -> Iterator[tuple[int, dict[str, str] | LeftOut]]:
+    """(line number, row) of a table; a row whose field count is not the header's is a `LeftOut`. Mozilla's
+    TSVs are read without quote processing (`quoted` false): their sentences open quotes they never close,
+    which a quoting reader would run on over the following lines. Kaggle's CSVs were written by a CSV
+    writer, which quotes a text holding a comma."""
     with path.open(encoding="utf-8", newline="") as table:
-        reader = csv.reader(table, delimiter=delimiter, quoting=csv.QUOTE_NONE)
+        reader = csv.reader(table, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
         header = next(reader, None) or []
         missing = [name for name in needed if name not in header]
         if missing:
             raise CorpusLayoutError(f"{path}: no column {', '.join(missing)} (its columns: {', '.join(header)})")
-        for number, fields in enumerate(reader, 2):
-            if fields:
-                yield number, dict(zip(header, fields))
+        for fields in reader:
+            number = reader.line_num
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                yield number, LeftOut(f"{path}:{number}", "unreadable row",
+                                      f"{len(fields)} fields, the header has {len(header)}: {delimiter.join(fields)[:200]}")
+                continue
+            yield number, dict(zip(header, fields))
 
 
 def clip_lines(stem: str, wav: Path, sentence: str, gender: str, age: str, where: str,
@@ -85,7 +94,10 @@ def read_mozilla(source: Path, split: str) -> Iterator[dict | LeftOut]:
         table = folder / f"{split}.tsv"
         if not table.is_file():
             continue
-        for number, row in table_rows(table, "\t", ("path", "sentence")):
+        for number, row in table_rows(table, "\t", ("path", "sentence"), quoted=False):
+            if isinstance(row, LeftOut):
+                yield row
+                continue
             where = f"{table}:{number}"
             name, sentence = row.get("path", "").strip(), row.get("sentence", "").strip()
             if not name or not sentence:
@@ -138,7 +150,10 @@ def kaggle_audio(root: Path, name: str) -> Path | None:
 def read_kaggle(source: Path, split: str) -> Iterator[dict | LeftOut]:
     root = kaggle_root(source)
     table = root / f"{split}.csv"
-    for number, row in table_rows(table, ",", ("filename", "text", "age", "gender")):
+    for number, row in table_rows(table, ",", ("filename", "text", "age", "gender"), quoted=True):
+        if isinstance(row, LeftOut):
+            yield row
+            continue
         where = f"{table}:{number}"
         name, sentence = row.get("filename", "").strip(), row.get("text", "").strip()
         if not name or not sentence:

@@ -3,8 +3,9 @@
 ``text``, ``subsets``) and ``audio/…/*.opus``, recordings up to hours long. ASR lines, one per segment: the
 recording's file with ``start`` and ``end``, which osum reads as that segment (nothing is cut or copied).
 The JSON is streamed (``ijson``), never loaded whole. A subset is a release subset, lower-cased: ``s``, ``m``,
-``l`` (nested: S ⊂ M ⊂ L), ``w`` (weakly labelled), ``dev``, ``test_net``, ``test_meeting``; choose with
-``--splits`` (e.g. ``m,dev,test_net,test_meeting``)."""
+``l`` (nested: S ⊂ M ⊂ L, the same segments under the same keys: train on one of them), ``w`` (weakly
+labelled), ``dev``, ``test_net``, ``test_meeting``; by default ``l`` and the three evaluation subsets, others
+with ``--splits`` (e.g. ``m,dev,test_net,test_meeting``)."""
 
 from __future__ import annotations
 
@@ -45,11 +46,12 @@ def read(source: Path, split: str) -> Iterator[dict | LeftOut]:
             name = recording.get("path")
             aid = recording.get("aid", f"audios[{number}]")
             wav = root / name if isinstance(name, str) else None
+            present = wav is not None and wav.is_file()  # once per recording, not per segment (15M stats)
             for segment in segments:
                 sid = str(segment.get("sid") or f"{aid}_{segment.get('begin_time')}")
                 text = str(segment.get("text") or "").strip()
                 start, end = segment.get("begin_time"), segment.get("end_time")
-                if wav is None or not wav.is_file():
+                if not present:
                     yield LeftOut(sid, "no audio", f"{name} is missing")
                 elif not text:
                     yield LeftOut(sid, "empty transcript")
@@ -69,4 +71,5 @@ RECIPE = CorpusRecipe(
     source=f"the WenetSpeech release as unpacked, holding {META} and audio/",
     find_splits=find_splits,
     read=read,
+    default_splits=("l", "dev", "test_net", "test_meeting"),
 )
