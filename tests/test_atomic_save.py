@@ -18,6 +18,7 @@ import torch
 import osum_core.checkpoints.atomic as atomic
 import osum_core.checkpoints.directory as directory
 from osum_core.checkpoints.atomic import AtomicCheckpointIO, DiskFullError, atomic_write
+from osum_core.checkpoints.loading import load_checkpoint
 from osum_core.checkpoints.run_dir import find_run_checkpoint, resume_checkpoint
 
 INTACT = "the previous file at that path is intact"
@@ -194,7 +195,7 @@ def test_an_interrupted_export_leaves_the_previous_export(tiny, tmp_path, monkey
         assert str(out) in str(raised.value) and "the previous folder at that path is intact" in str(raised.value)
     assert files_of(out) == before and os.listdir(tmp_path) == ["demo"]
     monkeypatch.undo()
-    assert directory.load_checkpoint(out).checksum == info["sha256"]
+    assert load_checkpoint(out).checksum == info["sha256"]
 
 
 def test_an_interrupted_first_export_leaves_nothing_to_load(tiny, tmp_path, monkeypatch):
@@ -204,7 +205,7 @@ def test_an_interrupted_first_export_leaves_nothing_to_load(tiny, tmp_path, monk
         export(tiny, out)
     assert os.listdir(tmp_path) == []
     with pytest.raises(FileNotFoundError):
-        directory.load_checkpoint(out)
+        load_checkpoint(out)
 
 
 @pytest.mark.parametrize("swap", [True, False], ids=["renameat2", "two-renames"])
@@ -219,7 +220,7 @@ def test_an_export_replaces_a_previous_one_whole(tiny, tmp_path, monkeypatch, sw
     info = export(tiny, out, overwrite=True)
     assert not (out / "import_report.txt").exists()  # nothing of the previous export stays behind
     assert os.listdir(tmp_path) == ["demo"]
-    assert directory.load_checkpoint(out).checksum == info["sha256"]
+    assert load_checkpoint(out).checksum == info["sha256"]
 
 
 def test_an_export_refuses_to_replace_what_is_not_an_export(tiny, tmp_path):
