@@ -155,7 +155,7 @@ class AudioChecks:
         with self.path.open("a", encoding="utf-8") as record:
             def done(job: tuple[str, str | None], check: AudioCheck) -> None:
                 results[job[0]] = check
-                identity = self.identity(job)
+                identity = identities[job]  # as stated before the check: a file changed since is checked again
                 if identity is not None:
                     self.known[identity] = check
                     record.write(json.dumps({"file": identity, "seconds": check.seconds, "problem": check.problem},
