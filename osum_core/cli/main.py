@@ -1,4 +1,4 @@
-"""``osum`` command line: ``fit``, ``study``, ``test``, ``predict``, ``export``, ``import-osum``, ``tasks``, ``data synth``,
+"""``osum`` command line: ``fit``, ``study``, ``serve``, ``test``, ``predict``, ``export``, ``import-osum``, ``tasks``, ``data synth``,
 ``data shard``, ``data check``."""
 
 from __future__ import annotations
@@ -232,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     from osum_core.cli.study import add_command as add_study  # light: a study imports osum when it runs
 
     add_study(commands, with_registry)
+
+    from osum_core.cli.serve import add_command as add_serve  # light: the server is imported when it runs
+
+    add_serve(commands, with_registry)
 
     test = commands.add_parser("test", help="evaluate a checkpoint on test manifests and write a report")
     test.add_argument("--ckpt", required=True, help="osum checkpoint directory, run directory or .ckpt file")

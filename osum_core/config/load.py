@@ -47,6 +47,8 @@ VALUE_TYPES: dict[str, tuple[type, ...]] = {
     "model.llm.path": (str,),
     "model.llm.tokenizer": (str,),
     "checkpoint.every_n_steps": (int,),
+    "serve.model_name": (str,),                     # configs/serve.yaml
+    "serve.api_key": (str,),
 }
 
 # Keys that moved: a file or override that uses the old name still works (run directories written by an

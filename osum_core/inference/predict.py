@@ -114,7 +114,12 @@ class Decoded:
 def generated_texts(model: SpeechLLM, tokenizer: Any, batch: Mapping[str, Any], settings: GenerationSettings) -> list[str]:
     """The text generated for each example of a collated batch (its tensors on the model's device), special
     tokens left out: what validation, ``osum test`` and ``osum predict`` score or print."""
-    ids = model.generate(settings=settings, **batch)
+    return decoded_texts(tokenizer, model.generate(settings=settings, **batch))
+
+
+def decoded_texts(tokenizer: Any, ids: Sequence[Sequence[int]]) -> list[str]:
+    """The text of each generated sequence: special tokens left out, surrounding whitespace stripped (what
+    `osum_core.inference.streaming.BatchTextStreamer`'s pieces join to)."""
     return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 

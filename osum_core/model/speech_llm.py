@@ -236,6 +236,7 @@ class SpeechLLM(nn.Module):
         prompt_ids: torch.Tensor,
         prompt_lengths: torch.Tensor,
         settings: GenerationSettings,
+        streamer: Any = None,
         **_: Any,
     ) -> list[list[int]]:
         """Token ids generated for each example of a batch (end-of-text removed).
@@ -248,7 +249,8 @@ class SpeechLLM(nn.Module):
             texts = tokenizer.batch_decode(ids)
 
         The batch is padded on the left with position ids that skip the padding, so each example's
-        greedy output equals the output it gets alone."""
+        greedy output equals the output it gets alone. `streamer`: a transformers streamer handed each step's
+        tokens (`osum_core.inference.streaming.BatchTextStreamer` follows every row of the batch)."""
         speech = self.encode_speech(features, feature_lengths, packed=self.packed)
         layout = build_layout(
             self.embed_tokens(prompt_ids), prompt_lengths, speech["speech"], speech["speech_lengths"],
@@ -267,6 +269,7 @@ class SpeechLLM(nn.Module):
             repetition_penalty=settings.repetition_penalty,
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
+            streamer=streamer,
         )
         results = []
         for row in output.tolist():
