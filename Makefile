@@ -7,12 +7,12 @@ INSTALLED := $(VENV)/.installed
 EXAMPLE_PLUGIN := plugins/osum_langid
 TESTS := tests $(EXAMPLE_PLUGIN)/tests
 
-.PHONY: setup demo demo-all test test-fast bench bench-quick clean-demo
+.PHONY: setup demo demo-all test test-fast bench bench-quick bench-serve browser clean-demo
 
 # osum itself, and the example third-party plugin installed the way its users would install it.
 $(INSTALLED): pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[test,tensorboard]'
+	$(BIN)/python -m pip install --quiet -e '.[test,serve,tensorboard]'
 	$(BIN)/python -m pip install --quiet --no-deps -e $(EXAMPLE_PLUGIN)
 	touch $(INSTALLED)
 
@@ -30,8 +30,17 @@ demo-all: $(INSTALLED)
 # The public plugin API that PLUGINS.md promises to keep stable: type-checked.
 PLUGIN_API := osum_core/task osum_core/plugins osum_core/demo/recipe.py osum_core/data/corpus_recipe.py
 
+# The demo page's browser test drives Debian's Chromium through Playwright (never `playwright install`, which
+# downloads a browser). Installed here when missing and this runs as root; where it cannot be, the test says so
+# and is skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+	    apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "make: Chromium could not be installed: the demo page's browser test will be skipped"
+
 # Lint, the plugin API's types, then the whole suite, slow end-to-end tests included (CI runs exactly this).
-test: $(INSTALLED)
+test: $(INSTALLED) browser
 	$(BIN)/ruff check osum_core osum_tasks plugins tests bench configs
 	$(BIN)/mypy $(PLUGIN_API)
 	$(BIN)/python -m pytest -q --durations=15 $(TESTS)
