@@ -4,7 +4,7 @@ numbers of concurrent clients; and whether every answer equals the one-at-a-time
 does not depend on the batch, so a different answer is a bug).
 
     python bench/serve_load.py --ckpt runs/demo_export --audio data/demo/test.jsonl \\
-        [--concurrency 1,4,16,64] [--requests 64] [--modes off,on] [--max-batch 16] [--batch-wait-ms 20] \\
+        [--concurrency 1,4,16,64] [--requests 64] [--modes off,on] [--max-batch 16] [--batch-wait-ms 50] \\
         [key=value ...]          # passed to `osum serve`: eval.generation.max_new_tokens=8, serve.device=cpu
 
 A checkpoint: `osum fit --tasks asr,ved --out runs/demo` then `osum export --ckpt runs/demo --out
@@ -342,7 +342,7 @@ def main() -> None:
                         help="requests per level (default 64): max(this, 2 C), rounded up to a multiple of C")
     parser.add_argument("--modes", default="off,on", help="off (--max-batch 1), on (--max-batch N); default off,on")
     parser.add_argument("--max-batch", type=int, default=16, help="--max-batch of mode on (default 16)")
-    parser.add_argument("--batch-wait-ms", type=float, default=20.0, help="--batch-wait-ms of both modes (default 20)")
+    parser.add_argument("--batch-wait-ms", type=float, default=50.0, help="--batch-wait-ms of both modes (default 50)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take (default 300)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     parser.add_argument("overrides", nargs="*", metavar="key=value",

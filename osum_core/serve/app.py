@@ -34,7 +34,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from osum_core.model.speech_llm import GenerationSettings
-from osum_core.serve.batcher import QueueFull, RequestBatcher
+from osum_core.serve.batcher import Arrival, QueueFull, RequestBatcher
 from osum_core.serve.engine import Audio, RowOutput, SpeechEngine, merge_windows
 from osum_core.serve.errors import APIError, bad_field
 from osum_core.serve.metrics import ServerMetrics
@@ -79,6 +79,42 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class Guard:
+    """The API key on /v1 (401 in OpenAI's shape without it), and every request counted and timed for
+    /metrics by endpoint and status."""
+
+    def __init__(self, app: Any, api: SpeechAPI, api_key: str | None) -> None:
+        self.app = app
+        self.metrics = api.metrics
+        self.expected = f"Bearer {api_key}".encode() if api_key is not None else None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        began = time.perf_counter()
+        path = scope["path"]
+        status = 500
+
+        async def sending(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if self.expected is not None and path.startswith("/v1/") and not hmac.compare_digest(given, self.expected):
+                refusal = APIError(401, "Incorrect API key provided: send Authorization: Bearer KEY "
+                                   "(osum serve --api-key)", code="invalid_api_key")
+                await error_response(refusal)(scope, receive, sending)
+            else:
+                await self.app(scope, receive, sending)
+        finally:
+            endpoint = path if path in ENDPOINTS else "other"
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - began)
 
 
 def error_response(error: APIError) -> JSONResponse:
@@ -149,18 +185,26 @@ class SpeechAPI:
     async def read_audio(self, data: bytes, name: str) -> Audio:
         return await run_in_threadpool(self.engine.read_audio, data, name)
 
-    async def decode(self, audio: Audio, prompt: str, settings: GenerationSettings) -> list[RowOutput]:
-        job = self.submit(audio, prompt, settings, streaming=False)
-        return await job.outputs
-
-    def submit(self, audio: Audio, prompt: str, settings: GenerationSettings, streaming: bool) -> Any:
+    async def decode(self, audio: Audio, prompt: str, settings: GenerationSettings, arrival: Arrival) -> list[RowOutput]:
+        job = self.submit(audio, prompt, settings, False, arrival)
         try:
-            return self.batcher.submit(self.engine.rows(audio, prompt), settings, streaming)
+            return await job.outputs
+        except Exception as error:  # noqa: BLE001 - the batch failed: its requests get a 500, the server goes on
+            raise decoding_failed(error) from error
+
+    def submit(self, audio: Audio, prompt: str, settings: GenerationSettings, streaming: bool,
+               arrival: Arrival) -> Any:
+        try:
+            return self.batcher.submit(self.engine.rows(audio, prompt), settings, streaming, arrival)
         except QueueFull as full:
             raise APIError(503, f"the server is busy: {full}; retry later", code="queue_full") from None
 
     # --- /v1/audio/transcriptions -----------------------------------------------------------------------
     async def transcription(self, request: Request) -> Response:
+        with self.batcher.arrival() as arrival:
+            return await self.transcribe(request, arrival)
+
+    async def transcribe(self, request: Request, arrival: Arrival) -> Response:
         form = await request.form(max_files=1, max_fields=32)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -194,7 +238,7 @@ class SpeechAPI:
                             code="word_timestamps_unavailable")
         audio = await self.read_audio(await upload.read(), upload.filename or "file")
         prompt = self.engine.prompt(task, language)
-        outputs = await self.decode(audio, prompt, self.generation(temperature))
+        outputs = await self.decode(audio, prompt, self.generation(temperature), arrival)
         text, parsed = merge_windows(task, [o.text for o in outputs], audio.offsets)
         transcript = parsed.transcript if parsed is not None else text
         words = None
@@ -230,6 +274,10 @@ class SpeechAPI:
 
     # --- /v1/chat/completions ---------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
+        with self.batcher.arrival() as arrival:
+            return await self.answer_chat(request, arrival)
+
+    async def answer_chat(self, request: Request, arrival: Arrival) -> Response:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -260,11 +308,15 @@ class SpeechAPI:
         reply = ChatReply(self.name if body["model"] == self.name else body["model"], task, audio, settings)
         if body.get("stream"):
             options = body.get("stream_options") or {}
-            job = self.submit(audio, prompt, settings, streaming=True)
+            job = self.submit(audio, prompt, settings, True, arrival)
             return StreamingResponse(reply.events(job, bool(options.get("include_usage"))),
                                      media_type="text/event-stream")
-        outputs = await self.decode(audio, prompt, settings)
+        outputs = await self.decode(audio, prompt, settings, arrival)
         return JSONResponse(reply.completion(outputs))
+
+
+def decoding_failed(error: Exception) -> APIError:
+    return APIError(500, f"decoding failed: {type(error).__name__}: {error}", code="decoding_failed")
 
 
 def parsed_json(task: Task | None, parsed: Prediction | None, text: str) -> dict[str, Any]:
@@ -372,8 +424,7 @@ class ChatReply:
                 yield self.delta({"content": piece}, **usage_field)
             outputs = await job.outputs
         except Exception as error:  # noqa: BLE001 - the stream has begun: the error is its last event
-            failure = APIError(500, f"decoding failed: {type(error).__name__}: {error}", code="decoding_failed")
-            yield f"data: {json.dumps(failure.body())}\n\n"
+            yield f"data: {json.dumps(decoding_failed(error).body())}\n\n"
             return
         _, osum, finish, usage = self.parts(outputs)
         yield self.delta({}, finish, osum=osum, **usage_field)
@@ -412,25 +463,6 @@ def build_app(engine: SpeechEngine, settings: Mapping[str, Any], name: str, api_
     async def server_error(_: Request, error: Exception) -> JSONResponse:
         return error_response(APIError(500, f"{type(error).__name__}: {error}", code="server_error"))
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        began = time.perf_counter()
-        path = request.url.path
-        if path.startswith("/v1/") and api_key is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                response: Response = error_response(APIError(
-                    401, "Incorrect API key provided: send Authorization: Bearer KEY (osum serve --api-key)",
-                    code="invalid_api_key"))
-            else:
-                response = await call_next(request)
-        else:
-            response = await call_next(request)
-        endpoint = path if path in ENDPOINTS else "other"
-        api.metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        api.metrics.latency.labels(endpoint).observe(time.perf_counter() - began)
-        return response
-
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Response:
         return await api.transcription(request)
@@ -462,6 +494,7 @@ def build_app(engine: SpeechEngine, settings: Mapping[str, Any], name: str, api_
     async def page() -> HTMLResponse:
         return HTMLResponse(resources.files("osum_core.serve").joinpath("page/index.html").read_text("utf-8"))
 
+    app.add_middleware(Guard, api=api, api_key=api_key)
     app.add_middleware(BodyLimit, limit=int(settings["max_request_mb"] * 2**20))
     return app
 

@@ -1,11 +1,16 @@
 """Dynamic batching: concurrent requests decoded together.
 
 A request becomes a `Job` (its rows, its generation settings) and waits in the queue. One loop takes the
-oldest job, waits up to ``serve.batch_wait_ms`` for more (not at all when ``serve.max_batch`` rows are
-already waiting), gathers the waiting jobs whose settings equal the first's, up to ``max_batch`` rows, and
+oldest job, gathers the waiting jobs whose settings equal the first's, up to ``serve.max_batch`` rows, and
 decodes them as one batch in a worker thread, so the event loop keeps accepting, reading and answering
 other requests meanwhile; jobs with other settings wait for a batch of their own, in their order. While a
 batch decodes, the next one gathers.
+
+Before it starts, a batch that is not full waits, up to ``serve.batch_wait_ms``, for the requests it has
+reason to expect, and only for those: requests the server has accepted and is still reading (`arrival`),
+and the next requests of the clients the last batch has just answered (as many as it answered, until that
+many have come). With nothing to expect it starts at once: a lone client never waits, and clients that
+send one request after another meet in one batch instead of splitting into two that take turns.
 
 A job hears of its rows' text as it grows (`Job.texts`, for streaming) and gets its rows' outputs, or the
 error that failed its batch: an exception inside decoding fails that batch's jobs only, and the loop goes
@@ -18,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +99,22 @@ class Job:
             self.outputs.set_result(outputs)
 
 
+class Arrival:
+    """A request being read (`RequestBatcher.arrival`)."""
+
+    def __init__(self, batcher: RequestBatcher) -> None:
+        self.batcher = batcher
+        self.open = True
+        batcher.arriving += 1
+
+    def end(self) -> None:
+        if self.open:
+            self.open = False
+            self.batcher.arriving -= 1
+            if self.batcher.arrived is not None:
+                self.batcher.arrived.set()  # a batch waiting for this request looks again
+
+
 class RequestBatcher:
     """Gathers `Job`s into batches of at most `max_batch` rows and decodes them with `decode` (a
     `SpeechEngine.decode`) in one worker thread. `report(BatchReport)` is told of every batch."""
@@ -110,6 +132,9 @@ class RequestBatcher:
         self.report = report
         self.waiting: deque[Job] = deque()
         self.decoding = 0  # jobs in the batch being decoded
+        self.arriving = 0  # requests being read, not yet submitted
+        self.returning = 0  # clients answered by the last batch that have not sent their next request
+        self.last_end = 0.0  # when the last batch finished decoding
         self.arrived: asyncio.Event | None = None
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="osum-decode")
         self.loop_task: asyncio.Task | None = None
@@ -136,7 +161,21 @@ class RequestBatcher:
         self.waiting.clear()
         self.worker.shutdown(wait=True)
 
-    def submit(self, rows: Sequence[Row], settings: GenerationSettings, streaming: bool = False) -> Job:
+    @contextmanager
+    def arrival(self) -> Iterator[Arrival]:
+        """Around a request, from its first byte: until it is submitted (or refused), a batch that is not
+        full waits for it."""
+        arrival = Arrival(self)
+        try:
+            yield arrival
+        finally:
+            arrival.end()
+
+    def submit(self, rows: Sequence[Row], settings: GenerationSettings, streaming: bool = False,
+               arrival: Arrival | None = None) -> Job:
+        if arrival is not None:
+            arrival.end()
+        self.returning = max(0, self.returning - 1)
         if self.queued >= self.max_queue:
             raise QueueFull(f"{self.queued} requests are waiting or decoding (serve.max_queue={self.max_queue})")
         job = Job(rows, settings, streaming)
@@ -145,6 +184,10 @@ class RequestBatcher:
         assert self.arrived is not None, "RequestBatcher.start() first"
         self.arrived.set()
         return job
+
+    def expecting(self) -> bool:
+        """Whether more requests are on their way: being read, or due from clients just answered."""
+        return self.arriving > 0 or self.returning > 0
 
     def waiting_rows(self) -> int:
         return sum(len(job.rows) for job in self.waiting)
@@ -173,8 +216,9 @@ class RequestBatcher:
             while not self.waiting:
                 self.arrived.clear()
                 await self.arrived.wait()
-            deadline = self.waiting[0].submitted + self.wait_seconds
-            while self.waiting_rows() < self.max_batch and (left := deadline - time.perf_counter()) > 0:
+            deadline = max(self.waiting[0].submitted, self.last_end) + self.wait_seconds
+            while (self.waiting_rows() < self.max_batch and self.expecting()
+                   and (left := deadline - time.perf_counter()) > 0):
                 self.arrived.clear()
                 try:
                     await asyncio.wait_for(self.arrived.wait(), left)
@@ -206,6 +250,8 @@ class RequestBatcher:
         finally:
             self.decoding = 0
         seconds = time.perf_counter() - began
+        self.last_end = time.perf_counter()
+        self.returning = len(batch)
         start = 0
         for job in batch:
             job.finish(outputs if failed else outputs[start : start + len(job.rows)])
