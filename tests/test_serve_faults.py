@@ -154,3 +154,16 @@ def test_a_client_that_leaves_mid_stream_costs_only_its_own_answer(serving, tiny
     assert answer.choices[0].message.content
     stream = client.chat.completions.create(model="demo:asr", messages=json.loads(body)["messages"], stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == answer.choices[0].message.content
+
+
+def test_a_stream_whose_batch_fails_ends_with_an_error_event_and_the_server_goes_on(serving, tiny_corpus):
+    server = serving(max_batch=4, batch_wait_ms=10.0)
+    client = server.client()
+    wav = demo_files(tiny_corpus, ASR, 1)[0].read_bytes()
+    messages = [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}}]}]
+    server.decoding.fail = True
+    with pytest.raises(openai.APIError) as error:
+        list(client.chat.completions.create(model="demo:asr", messages=messages, stream=True))
+    assert "injected failure" in error.value.message
+    assert client.chat.completions.create(model="demo:asr", messages=messages).choices[0].message.content

@@ -109,6 +109,17 @@ def test_the_page_answers_an_upload_and_a_recording_as_the_api_does(ser_export, 
         assert "recording: " in page.inner_text("#audio-info")
         recorded = answer_on_page(page, f"{export.name}:ser")
         page.screenshot(path=str(ARTIFACTS / "serve_page_recording.png"), full_page=True)
+        # Word times (an SRWT answer's fields.timestamps) are drawn as bands over the waveform: the page's own
+        # drawing, given a parse as the server sends it.
+        band = page.evaluate("""() => {
+            showParse({task: "srwt", transcript: "one two", label: null, duration: 2.5,
+                       fields: {timestamps: [["one", 0.5, 1.0], ["two", 1.5, 2.0]]}});
+            const canvas = document.querySelector('#waveform'), g = canvas.getContext('2d');
+            const seconds = samples.length / 16000, at = (t) => Math.round(t / seconds * canvas.width);
+            const alpha = (t) => g.getImageData(at(t), 5, 1, 1).data[3];
+            return [alpha(0.75), alpha(1.25), alpha(1.75)];
+        }""")
+        assert band[0] > 0 and band[1] == 0 and band[2] > 0, band
         chromium.close()
         # Opus changes the samples: the answer may differ from the file's, but it is the model's, parsed.
         assert recorded["status"].startswith("done"), recorded
