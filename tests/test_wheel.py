@@ -25,8 +25,9 @@ def test_wheel_carries_the_configs_and_runs_outside_the_checkout(tmp_path):
         ROOT, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("osum-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"osum_configs/fit.yaml", "osum_configs/presets/demo.yaml", "osum_configs/presets/osum-7b.yaml",
-            "osum_configs/stages/adapter.yaml"} <= names
+    assert {"osum_configs/fit.yaml", "osum_configs/serve.yaml", "osum_configs/presets/demo.yaml",
+            "osum_configs/presets/osum-7b.yaml", "osum_configs/stages/adapter.yaml",
+            "osum_core/serve/page/index.html"} <= names
     packages = {p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("osum_core/**/__init__.py")}
     assert {f"{p}/__init__.py" for p in packages} <= names, "a package of osum_core is missing from the wheel"
 
