@@ -14,6 +14,7 @@ import time
 
 import openai
 import pytest
+from openai.types.audio import TranscriptionVerbose
 from serve_helpers import DECODING, Server, audio_bytes, demo_files
 
 from osum_core.checkpoints.loading import load_checkpoint
@@ -76,7 +77,8 @@ def test_transcriptions_answer_as_osum_predict_in_every_format(server, exported,
                                                  language="en", prompt="digits, spoken", temperature=0)
     import soundfile
 
-    assert verbose.text == text and verbose.language == "en"
+    assert verbose.text == text and verbose.language == "english"
+    TranscriptionVerbose.model_validate(verbose.model_dump())  # OpenAI's own types, strictly
     assert verbose.duration == pytest.approx(soundfile.info(file).duration, abs=1e-3)
     assert [(s.start, s.text) for s in verbose.segments] == [(0.0, text)]
     assert verbose.segments[0].end == pytest.approx(verbose.duration)

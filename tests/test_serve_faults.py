@@ -35,13 +35,13 @@ class Decoding:
         self.fail = False
         self.batches: list[int] = []
 
-    def __call__(self, rows, settings, on_text=None):
+    def __call__(self, rows, settings, on_text=None, limits=None):
         self.batches.append(len(rows))
         time.sleep(self.delay)
         if self.fail:
             self.fail = False
             raise RuntimeError("injected failure inside generate")
-        return self.decode(rows, settings, on_text)
+        return self.decode(rows, settings, on_text, limits)
 
 
 class InProcessServer:

@@ -88,14 +88,57 @@ def decode_audio(path: str | Path | BinaryIO, name: str | None = None,
             data, rate = read_span(path, span, name)
     except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
         raise AudioError(f"{name}: cannot read audio ({error})") from None
-    if data.shape[0] == 0:
+    return checked_wave(torch.from_numpy(data).mean(dim=1), name), rate  # channels averaged, as OSUM does
+
+
+def checked_wave(wave: torch.Tensor, name: str) -> torch.Tensor:
+    """`wave` (mono samples) if it can be used: not empty, finite, not all zeros; else an `AudioError`."""
+    if wave.shape[0] == 0:
         raise AudioError(f"{name}: audio is empty", "audio_empty")
-    wave = torch.from_numpy(data).mean(dim=1)  # channels are averaged, as OSUM does
     if not bool(torch.isfinite(wave).all()):
         raise AudioError(f"{name}: audio has NaN or infinite samples", "audio_not_finite")
     if not bool(wave.any()):
         raise AudioError(f"{name}: audio is all zeros (silence without any signal)", "audio_silent")
-    return wave, rate
+    return wave
+
+
+class AudioTooLong(AudioError):
+    """Audio longer than a limit; `seconds` is its length (or, where its header states none, how much was
+    decoded before decoding stopped)."""
+
+    reason = "too_long"
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message, "too_long")
+        self.seconds = seconds
+
+
+UPLOAD_BLOCK_SECONDS = 10
+
+
+def load_limited_audio(file: BinaryIO, max_seconds: float, name: str, sample_rate: int = 16000) -> torch.Tensor:
+    """`load_audio` for audio from outside (a server's upload): the length the header states is checked before
+    anything is decoded, and decoding goes a block at a time, each block mixed to mono at once (a file of many
+    channels at a high rate is never held whole) and stopping as soon as the audio passes `max_seconds` (a
+    stream whose header states no length): `AudioTooLong`. The other checks and errors are `load_audio`'s."""
+    check_complete(file, name)
+    blocks, frames = [], 0
+    try:
+        with soundfile.SoundFile(file) as audio:
+            rate = audio.samplerate
+            if audio.frames / rate > max_seconds:
+                raise AudioTooLong(f"{name}: {audio.frames / rate:.1f} s of audio", audio.frames / rate)
+            for block in audio.blocks(blocksize=UPLOAD_BLOCK_SECONDS * rate, dtype="float32", always_2d=True):
+                frames += len(block)
+                if frames / rate > max_seconds:
+                    raise AudioTooLong(f"{name}: more than {max_seconds:g} s of audio", frames / rate)
+                blocks.append(block.mean(axis=1))
+    except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
+        raise AudioError(f"{name}: cannot read audio ({error})") from None
+    wave = checked_wave(torch.from_numpy(numpy.concatenate(blocks) if blocks else numpy.zeros(0, "float32")), name)
+    if rate != sample_rate:
+        wave = torchaudio.functional.resample(wave, rate, sample_rate)
+    return wave
 
 
 MEASURE_BLOCK_SECONDS = 30  # `measure_audio` holds this much of a file at a time

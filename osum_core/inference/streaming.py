@@ -26,8 +26,11 @@ class BatchTextStreamer:
     """A transformers streamer over a batch of `rows` sequences: `generate(..., streamer=BatchTextStreamer(...))`.
     Greedy and sampled decoding only (transformers refuses a streamer with beam search)."""
 
-    def __init__(self, tokenizer: Any, rows: int, end_of_text: int, on_text: TextCallback) -> None:
+    def __init__(self, tokenizer: Any, rows: int, end_of_text: int, on_text: TextCallback,
+                 limits: list[int] | None = None) -> None:
+        """`limits`: each row's most tokens (a row is finished once it has them, whatever the batch does)."""
         self.tokenizer = tokenizer
+        self.limits = limits
         self.end_of_text = end_of_text
         self.on_text = on_text
         self.ids: list[list[int]] = [[] for _ in range(rows)]
@@ -47,7 +50,10 @@ class BatchTextStreamer:
                 self.finish(row)
                 continue
             self.ids[row].append(token)
-            self.send(row, final=False)
+            if self.limits is not None and len(self.ids[row]) >= self.limits[row]:
+                self.finish(row)
+            else:
+                self.send(row, final=False)
 
     def end(self) -> None:
         for row in range(len(self.ids)):

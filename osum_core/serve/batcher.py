@@ -21,12 +21,13 @@ dropped. More than ``serve.max_queue`` jobs waiting or decoding: `QueueFull` (th
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from osum_core.model.speech_llm import GenerationSettings
@@ -35,6 +36,11 @@ from osum_core.serve.engine import DecodeFunction, Row, RowOutput
 
 class QueueFull(Exception):
     pass
+
+
+def batch_key(settings: GenerationSettings) -> GenerationSettings:
+    """What jobs of one batch must share: their generation settings but the token limit."""
+    return replace(settings, max_new_tokens=0)
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,7 @@ class RequestBatcher:
         self.arrived: asyncio.Event | None = None
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="osum-decode")
         self.loop_task: asyncio.Task | None = None
+        self.broken: BaseException | None = None  # what stopped the loop, if anything did
 
     @property
     def queued(self) -> int:
@@ -146,6 +153,18 @@ class RequestBatcher:
     def start(self) -> None:
         self.arrived = asyncio.Event()
         self.loop_task = asyncio.get_running_loop().create_task(self.run())
+        self.loop_task.add_done_callback(self.loop_ended)
+
+    def loop_ended(self, task: asyncio.Task) -> None:
+        """The loop never ends but by `stop`; if a bug ends it, every waiting request fails with it, later
+        ones are refused, and /health says so, rather than requests waiting forever."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self.broken = task.exception()
+        print(f"osum serve: the batching loop stopped: {self.broken!r}", file=sys.stderr, flush=True)
+        for job in self.waiting:
+            job.finish(RuntimeError(f"the batching loop stopped: {self.broken!r}"))
+        self.waiting.clear()
 
     async def stop(self) -> None:
         """Stop after the batch in hand; jobs still waiting fail (the server stops only once every request
@@ -176,6 +195,8 @@ class RequestBatcher:
         if arrival is not None:
             arrival.end()
         self.returning = max(0, self.returning - 1)
+        if self.broken is not None:
+            raise RuntimeError(f"the batching loop stopped: {self.broken!r}")
         if self.queued >= self.max_queue:
             raise QueueFull(f"{self.queued} requests are waiting or decoding (serve.max_queue={self.max_queue})")
         job = Job(rows, settings, streaming)
@@ -185,21 +206,32 @@ class RequestBatcher:
         self.arrived.set()
         return job
 
+    def drop(self, job: Job) -> None:
+        """A job whose client has left: taken out of the queue if it is still waiting (one being decoded
+        finishes with its batch, and its answer is not sent)."""
+        if job in self.waiting:
+            self.waiting.remove(job)
+            job.outputs.cancel()
+            job.texts.put_nowait(None)
+
     def expecting(self) -> bool:
-        """Whether more requests are on their way: being read, or due from clients just answered."""
-        return self.arriving > 0 or self.returning > 0
+        """Whether more requests are on their way: being read, or due from the clients the last batch
+        answered (within `wait_seconds` of its end: a client that has not come back by then is not coming)."""
+        recent = time.perf_counter() - self.last_end < self.wait_seconds
+        return self.arriving > 0 or (self.returning > 0 and recent)
 
     def waiting_rows(self) -> int:
         return sum(len(job.rows) for job in self.waiting)
 
     def take_batch(self) -> list[Job]:
         """The oldest job and the waiting jobs with its settings, in order, up to `max_batch` rows (a job
-        of more rows than that is a batch of its own)."""
-        first = self.waiting[0]
+        of more rows than that is a batch of its own). Jobs that differ only in their token limit
+        (``max_tokens``) share a batch: it decodes to the largest, each row is cut to its own."""
+        first = batch_key(self.waiting[0].settings)
         batch: list[Job] = []
         rows = 0
         for job in list(self.waiting):
-            if job.settings != first.settings:
+            if batch_key(job.settings) != first:
                 continue
             if batch and rows + len(job.rows) > self.max_batch:
                 break
@@ -222,7 +254,7 @@ class RequestBatcher:
                 self.arrived.clear()
                 try:
                     await asyncio.wait_for(self.arrived.wait(), left)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # TimeoutError itself only from Python 3.11 on
                     break
             batch = self.take_batch()
             await self.decode_batch(loop, batch)
@@ -237,12 +269,14 @@ class RequestBatcher:
                 loop.call_soon_threadsafe(job.row_text, n, piece, finished)
 
         wants_text = any(job.streaming for job in batch)
+        limits = [job.settings.max_new_tokens for job in batch for _ in job.rows]
+        settings = replace(batch[0].settings, max_new_tokens=max(limits))
         began = time.perf_counter()
         waits = [began - job.submitted for job in batch]
         self.decoding = len(batch)
         try:
             outputs: Any = await loop.run_in_executor(
-                self.worker, self.decode, rows, batch[0].settings, on_text if wants_text else None
+                self.worker, self.decode, rows, settings, on_text if wants_text else None, limits
             )
             failed = False
         except Exception as error:  # noqa: BLE001 - a failed batch fails its own requests, not the server

@@ -14,6 +14,7 @@ its own row, when ``serve.long_audio`` is ``split``: the windows' answers are jo
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -22,7 +23,7 @@ import soundfile
 import torch
 
 from osum_core.checkpoints.directory import LoadedCheckpoint
-from osum_core.data.audio import AudioError, load_audio
+from osum_core.data.audio import AudioError, AudioTooLong, load_limited_audio
 from osum_core.data.collate import collate_examples
 from osum_core.data.dataset import TaskPrompts
 from osum_core.data.features import HOP_LENGTH, SAMPLE_RATE, LogMel
@@ -105,15 +106,14 @@ class SpeechEngine:
                            "webm/opus recording must be converted first, as the demo page does)",
                            param="file", code="unsupported_audio_format") from None
         try:
-            wave = load_audio(io.BytesIO(data), SAMPLE_RATE, name=name)
+            wave = load_limited_audio(io.BytesIO(data), self.max_audio_seconds, name, SAMPLE_RATE)
+        except AudioTooLong as error:
+            raise APIError(413, f"{error}; this server takes at most {self.max_audio_seconds:g} s "
+                           "(serve.max_audio_seconds)", param="file", code="audio_too_long") from None
         except AudioError as error:
             status = 422 if error.reason in UNUSABLE else 400
             raise APIError(status, str(error), param="file", code="invalid_audio") from None
         seconds = len(wave) / SAMPLE_RATE
-        if seconds > self.max_audio_seconds:
-            raise APIError(413, f"{name}: {seconds:.1f} s of audio; this server takes at most "
-                           f"{self.max_audio_seconds:g} s (serve.max_audio_seconds)", param="file",
-                           code="audio_too_long")
         if len(wave) > self.window_samples and self.long_audio == "refuse":
             raise APIError(413, f"{name}: {seconds:.1f} s of audio; the model reads at most "
                            f"{self.window_seconds:g} s at once and this server refuses longer audio "
@@ -144,18 +144,22 @@ class SpeechEngine:
         """The checkpoint's decoding settings (``eval.generation``) with a request's `changes`."""
         return replace(self.generation, **changes)
 
-    def decode(self, rows: Sequence[Row], settings: GenerationSettings,
-               on_text: TextCallback | None = None) -> list[RowOutput]:
+    def decode(self, rows: Sequence[Row], settings: GenerationSettings, on_text: TextCallback | None = None,
+               limits: Sequence[int] | None = None) -> list[RowOutput]:
         """Every row's generated text, decoded as one batch. `on_text(row, piece, finished)` receives each
-        row's text as it grows (with beam search, once, whole, at the end)."""
+        row's text as it grows (with beam search, once, whole, at the end). `limits`: each row's own most
+        tokens, at most ``settings.max_new_tokens`` (the batch decodes to the largest; a row is cut to its
+        own: greedy decoding's first N tokens are the answer it gives with a limit of N)."""
+        limits = list(limits) if limits is not None else [settings.max_new_tokens] * len(rows)
         items = [{"features": row.features, "prompt_ids": torch.tensor(row.prompt_ids, dtype=torch.long),
                   "task": "", "key": str(n), "target": None} for n, row in enumerate(rows)]
         batch = {k: v.to(self.device) for k, v in collate_examples(items).items() if isinstance(v, torch.Tensor)}
         streamer = None
         if on_text is not None and settings.num_beams == 1:
-            streamer = BatchTextStreamer(self.tokenizer, len(rows), self.model.eos_token_id, on_text)
+            streamer = BatchTextStreamer(self.tokenizer, len(rows), self.model.eos_token_id, on_text, limits)
         with torch.inference_mode():
             ids = self.model.generate(settings=settings, streamer=streamer, **batch)
+        ids = [row_ids[:limit] for row_ids, limit in zip(ids, limits, strict=True)]
         texts = decoded_texts(self.tokenizer, ids)
         if on_text is not None and streamer is None:
             for n, text in enumerate(texts):
@@ -186,4 +190,12 @@ def merge_windows(task: Task | None, texts: Sequence[str], offsets: Sequence[flo
                             label=parsed[0].label, fields=fields, valid=all(p.valid for p in parsed))
 
 
-DecodeFunction = Callable[[Sequence[Row], GenerationSettings, "TextCallback | None"], list[RowOutput]]
+def answer_json(task: Task | None, parsed: Prediction | None, text: str) -> dict[str, Any]:
+    """A task's parse of an answer, as the ``osum`` field of a reply (JSON types only)."""
+    if task is None or parsed is None:
+        return {"task": None, "text": text}
+    return {"task": task.name, "text": text, "transcript": parsed.transcript, "label": parsed.label,
+            "fields": json.loads(json.dumps(dict(parsed.fields))), "valid": parsed.valid}
+
+
+DecodeFunction = Callable[[Sequence[Row], GenerationSettings, "TextCallback | None", Sequence[int]], list[RowOutput]]

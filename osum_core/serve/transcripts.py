@@ -3,8 +3,9 @@ and ``verbose_json``; segments made from word times.
 
 With word times (the SRWT task), a segment ends at a pause of ``serve.segment_gap_seconds`` or once it spans
 ``serve.segment_max_seconds``; without them, one segment spans the audio. OpenAI's per-segment decoding
-statistics (``avg_logprob``, ``compression_ratio``, ``no_speech_prob``) are Whisper's and osum does not
-compute them: they are null.
+statistics (``avg_logprob``, ``compression_ratio``, ``no_speech_prob``) are Whisper's; osum does not compute
+them and writes 0.0 (OpenAI's types require numbers). ``language`` is written as OpenAI writes it, the
+language's English name (``english``, ``chinese``) for the codes osum's prompts have.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+LANGUAGE_NAMES = {"en": "english", "zh": "chinese"}
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,12 @@ def verbose_json(text: str, language: str | None, duration: float, segments: Seq
                  words: Sequence[Word] | None, temperature: float) -> dict[str, Any]:
     body: dict[str, Any] = {
         "task": "transcribe",
-        "language": language,
+        "language": LANGUAGE_NAMES.get(language or "", language),
         "duration": round(duration, 3),
         "text": text,
         "segments": [
             {"id": n, "seek": 0, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text, "tokens": [],
-             "temperature": temperature, "avg_logprob": None, "compression_ratio": None, "no_speech_prob": None}
+             "temperature": temperature, "avg_logprob": 0.0, "compression_ratio": 0.0, "no_speech_prob": 0.0}
             for n, s in enumerate(segments)
         ],
     }
