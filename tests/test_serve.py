@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import http.client
+import io
+import itertools
 import json
 import re
 import threading
@@ -14,6 +17,7 @@ import time
 
 import openai
 import pytest
+import soundfile
 from openai.types.audio import TranscriptionVerbose
 from serve_helpers import DECODING, Server, audio_bytes, demo_files
 
@@ -75,8 +79,6 @@ def test_transcriptions_answer_as_osum_predict_in_every_format(server, exported,
     verbose = client.audio.transcriptions.create(model=exported.name, file=file.open("rb"),
                                                  response_format="verbose_json", timestamp_granularities=["segment"],
                                                  language="en", prompt="digits, spoken", temperature=0)
-    import soundfile
-
     assert verbose.text == text and verbose.language == "english"
     TranscriptionVerbose.model_validate(verbose.model_dump())  # OpenAI's own types, strictly
     assert verbose.duration == pytest.approx(soundfile.info(file).duration, abs=1e-3)
@@ -208,7 +210,62 @@ def test_long_audio_is_decoded_in_windows_and_the_answers_joined(server, exporte
     answer = client.audio.transcriptions.create(model=exported.name, file=("long.wav", long),
                                                 response_format="verbose_json")
     assert answer.duration == pytest.approx(65.0)
-    assert len(answer.text.split()) >= 3  # at least one word of each window's (each gives 4 tokens or more)
+    wave, rate = soundfile.read(io.BytesIO(long), dtype="float32")
+    windows = []
+    for start in (0, 30, 60):
+        piece = io.BytesIO()
+        soundfile.write(piece, wave[start * rate : (start + 30) * rate], rate, format="WAV", subtype="FLOAT")
+        windows.append(client.audio.transcriptions.create(model=exported.name, file=("w.wav", piece.getvalue())).text)
+    assert all(windows) and answer.text == " ".join(windows)
+
+
+def test_requests_that_differ_in_max_tokens_share_a_batch_and_each_gets_its_own(server, exported, tiny_corpus):
+    client = server.client()
+    files = demo_files(tiny_corpus, ASR, 6)
+    limits = [1, 2, 3, 5, 7, 8]
+
+    def ask(file, limit):
+        answer = chat_audio(client, f"{exported.name}:asr", [input_audio(file.read_bytes())], max_tokens=limit,
+                            temperature=0, top_p=0.5)  # greedy: top_p does not matter, nor split the batch
+        return answer.choices[0].message.content, answer.usage.completion_tokens, answer.choices[0].finish_reason
+
+    alone = [ask(f, n) for f, n in zip(files, limits, strict=True)]
+    before = server.metric("osum_batch_size_count")
+    start = threading.Barrier(len(files))
+
+    def together(pair):
+        start.wait()
+        return ask(*pair)
+
+    with concurrent.futures.ThreadPoolExecutor(len(files)) as pool:
+        batched = list(pool.map(together, zip(files, limits, strict=True)))
+    assert batched == alone
+    # A row is cut at its own limit (min_new_tokens=4 does not outlast a smaller max_tokens), and says so.
+    assert [tokens for _, tokens, _ in alone][:4] == limits[:4]
+    assert all(tokens <= n for (_, tokens, _), n in zip(alone, limits, strict=True))
+    assert [reason for _, _, reason in alone] == ["length" if tokens == n else "stop"
+                                                  for (_, tokens, _), n in zip(alone, limits, strict=True)]
+    assert server.metric("osum_batch_size_count") - before < len(files) / 2
+
+
+def test_the_api_key_guards_every_v1_route_and_other_origins_cannot_post(exported, tiny_corpus, tmp_path):
+    server = Server(exported, "--api-key", "sesame", *DECODING, log=tmp_path / "serve.log")
+    try:
+        wav = demo_files(tiny_corpus, ASR, 1)[0].read_bytes()
+        for call in (lambda c: c.models.list(),
+                     lambda c: chat_audio(c, f"{exported.name}:asr", [input_audio(wav)]),
+                     lambda c: c.audio.transcriptions.create(model=exported.name, file=("a.wav", wav))):
+            with pytest.raises(openai.AuthenticationError):
+                call(server.client(api_key="wrong"))
+            call(server.client(api_key="sesame"))
+        # A page of another origin posting to the server (a form needs no permission) is refused.
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        connection.request("POST", "/v1/chat/completions", "{}", {"Origin": "http://elsewhere.example",
+                                                                   "Authorization": "Bearer sesame"})
+        refused = connection.getresponse()
+        assert refused.status == 403 and json.loads(refused.read())["error"]["code"] == "cross_origin"
+    finally:
+        assert server.stop() == 0
 
 
 def test_metrics_and_health(server):
@@ -237,6 +294,14 @@ def test_limits_and_the_api_key(exported, tiny_corpus, tmp_path):
             with pytest.raises(openai.APIStatusError) as error:
                 client.audio.transcriptions.create(model=exported.name, file=("long.flac", data))
             assert (error.value.status_code, error.value.code) == (413, code) and words in error.value.message
+        # A chunked upload (no Content-Length) is cut off once it passes the limit.
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        chunks = itertools.chain([head], (b"x" * 65536 for _ in range(40)))  # 2.5 MB of a file part
+        connection.request("POST", "/v1/audio/transcriptions", chunks, {
+            "Authorization": "Bearer sesame", "Content-Type": "multipart/form-data; boundary=b"}, encode_chunked=True)
+        cut = connection.getresponse()
+        assert cut.status == 413 and json.loads(cut.read())["error"]["code"] == "request_too_large"
         status, _ = server.get("/health")  # open without the key, as load balancers probe it
         assert status == 200
     finally:

@@ -167,3 +167,20 @@ def test_a_stream_whose_batch_fails_ends_with_an_error_event_and_the_server_goes
         list(client.chat.completions.create(model="demo:asr", messages=messages, stream=True))
     assert "injected failure" in error.value.message
     assert client.chat.completions.create(model="demo:asr", messages=messages).choices[0].message.content
+
+
+def test_a_request_whose_client_gave_up_is_never_decoded(serving, tiny_corpus):
+    server = serving(max_batch=1, batch_wait_ms=0.0)
+    server.decoding.delay = 1.0  # each batch takes a second
+    files = demo_files(tiny_corpus, ASR, 5)
+    patient = server.client()
+    impatient = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="x", max_retries=0, timeout=0.5)
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        first = pool.submit(transcribe, patient, files[0])  # decodes for a second
+        time.sleep(0.2)
+        gave_up = list(pool.map(lambda f: _outcome(lambda: transcribe(impatient, f)), files[1:4]))
+        assert all(isinstance(o, openai.APITimeoutError) for o in gave_up), gave_up
+        assert first.result()
+    assert transcribe(patient, files[4])
+    # The first request and the last were decoded; the three whose clients left while they waited were not.
+    assert len(server.decoding.batches) == 2, server.decoding.batches

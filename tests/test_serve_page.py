@@ -108,7 +108,6 @@ def test_the_page_answers_an_upload_and_a_recording_as_the_api_does(ser_export, 
         page.wait_for_function("document.querySelector('#status').dataset.state === 'ready'")
         assert "recording: " in page.inner_text("#audio-info")
         recorded = answer_on_page(page, f"{export.name}:ser")
-        page.screenshot(path=str(ARTIFACTS / "serve_page_recording.png"), full_page=True)
         # Word times (an SRWT answer's fields.timestamps) are drawn as bands over the waveform: the page's own
         # drawing, given a parse as the server sends it.
         band = page.evaluate("""() => {
@@ -120,6 +119,7 @@ def test_the_page_answers_an_upload_and_a_recording_as_the_api_does(ser_export, 
             return [alpha(0.75), alpha(1.25), alpha(1.75)];
         }""")
         assert band[0] > 0 and band[1] == 0 and band[2] > 0, band
+        page.screenshot(path=str(ARTIFACTS / "serve_page_recording.png"), full_page=True)
         chromium.close()
         # Opus changes the samples: the answer may differ from the file's, but it is the model's, parsed.
         assert recorded["status"].startswith("done"), recorded
