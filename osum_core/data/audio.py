@@ -114,13 +114,17 @@ class AudioTooLong(AudioError):
 
 
 UPLOAD_BLOCK_SECONDS = 10
+# Up to this rate an upload is resampled whole, as `load_audio` does (the same samples as `osum predict`);
+# above it, block by block (the edges of 10 s blocks differ by a filter's width; memory stays bounded).
+WHOLE_RESAMPLE_RATE = 48000
 
 
 def load_limited_audio(file: BinaryIO, max_seconds: float, name: str, sample_rate: int = 16000) -> torch.Tensor:
     """`load_audio` for audio from outside (a server's upload): the length the header states is checked before
     anything is decoded, and decoding goes a block at a time, each block mixed to mono at once (a file of many
     channels at a high rate is never held whole) and stopping as soon as the audio passes `max_seconds` (a
-    stream whose header states no length): `AudioTooLong`. The other checks and errors are `load_audio`'s."""
+    stream whose header states no length): `AudioTooLong`. Audio above `WHOLE_RESAMPLE_RATE` is resampled
+    block by block too. The other checks and errors are `load_audio`'s."""
     check_complete(file, name)
     blocks, frames = [], 0
     try:
@@ -132,11 +136,14 @@ def load_limited_audio(file: BinaryIO, max_seconds: float, name: str, sample_rat
                 frames += len(block)
                 if frames / rate > max_seconds:
                     raise AudioTooLong(f"{name}: more than {max_seconds:g} s of audio", frames / rate)
-                blocks.append(block.mean(axis=1))
+                mono = torch.from_numpy(block.mean(axis=1))
+                if rate > WHOLE_RESAMPLE_RATE:  # kept at `sample_rate`: a long upload at 192 kHz is never held
+                    mono = torchaudio.functional.resample(mono, rate, sample_rate)
+                blocks.append(mono)
     except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
         raise AudioError(f"{name}: cannot read audio ({error})") from None
-    wave = checked_wave(torch.from_numpy(numpy.concatenate(blocks) if blocks else numpy.zeros(0, "float32")), name)
-    if rate != sample_rate:
+    wave = checked_wave(torch.cat(blocks) if blocks else torch.zeros(0), name)
+    if rate != sample_rate and rate <= WHOLE_RESAMPLE_RATE:
         wave = torchaudio.functional.resample(wave, rate, sample_rate)
     return wave
 

@@ -228,7 +228,8 @@ class SpeechAPI:
     async def chat(self, request: Request) -> Response:
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")  # a lone surrogate (\ud800) is not text
+        except (json.JSONDecodeError, UnicodeError, RecursionError) as error:
             raise APIError(400, f"the request body is not JSON that osum reads ({type(error).__name__})",
                            code="invalid_json") from None
         with self.batcher.arrival() as arrival:  # from here on a batch may wait for this request

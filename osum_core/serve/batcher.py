@@ -14,8 +14,9 @@ send one request after another meet in one batch instead of splitting into two t
 
 A job hears of its rows' text as it grows (`Job.texts`, for streaming) and gets its rows' outputs, or the
 error that failed its batch: an exception inside decoding fails that batch's jobs only, and the loop goes
-on. A job whose client left is still decoded with its batch (a batch cannot lose a row midway); its answer is
-dropped. More than ``serve.max_queue`` jobs waiting or decoding: `QueueFull` (the server answers 503).
+on. A job whose client left is taken out of the queue (`drop`) if it is still waiting; one being decoded
+finishes with its batch (a batch cannot lose a row midway) and its answer is not sent. More than
+``serve.max_queue`` jobs waiting or decoding: `QueueFull` (the server answers 503).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ class QueueFull(Exception):
 
 
 def batch_key(settings: GenerationSettings) -> GenerationSettings:
-    """What jobs of one batch must share: their generation settings but the token limit."""
-    return replace(settings, max_new_tokens=0)
+    """What jobs of one batch must share: their generation settings, but the token limit where decoding is
+    greedy or sampled (a row cut to N tokens is the answer it gets with a limit of N; with beam search the
+    best beams at N tokens are another answer)."""
+    return replace(settings, max_new_tokens=0) if settings.num_beams == 1 else settings
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,8 @@ class RequestBatcher:
                 await self.loop_task
             except asyncio.CancelledError:
                 pass
+            except Exception:  # noqa: BLE001 - the loop had died (`loop_ended` told of it): stop all the same
+                pass
         for job in self.waiting:
             job.finish(RuntimeError("the server is stopping"))
         self.waiting.clear()
@@ -182,8 +187,8 @@ class RequestBatcher:
 
     @contextmanager
     def arrival(self) -> Iterator[Arrival]:
-        """Around a request, from its first byte: until it is submitted (or refused), a batch that is not
-        full waits for it."""
+        """Around a request whose body has been read, until it is submitted (or refused): meanwhile a batch
+        that is not full waits for it (its audio is being decoded)."""
         arrival = Arrival(self)
         try:
             yield arrival

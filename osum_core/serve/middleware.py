@@ -61,8 +61,10 @@ class Guard:
     def refusal(self, scope: Any) -> APIError | None:
         headers = dict(scope["headers"])
         origin = headers.get(b"origin")
+        # Behind a proxy, the host the browser saw is the proxy's: X-Forwarded-Host, or Host passed through.
+        hosts = {headers.get(b"host", b""), *headers.get(b"x-forwarded-host", b"").split(b",")}
         if scope["method"] == "POST" and origin is not None and origin != b"null" \
-                and urlsplit(origin.decode("latin-1")).netloc != headers.get(b"host", b"").decode("latin-1"):
+                and urlsplit(origin.decode("latin-1")).netloc.encode("latin-1") not in {h.strip() for h in hosts}:
             return APIError(403, "a request from a page of another origin is refused", code="cross_origin")
         given = headers.get(b"authorization", b"")
         if self.expected is not None and scope["path"].startswith("/v1/") \
