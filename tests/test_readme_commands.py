@@ -22,6 +22,7 @@ RUN_BY = {
     "import-osum": "tests/test_checkpoint_import.py",
     "predict": "tests/test_inference_cli.py",
     "test": "tests/test_inference_cli.py",
+    "serve": "tests/test_serve.py",
 }
 
 
@@ -38,7 +39,7 @@ def readme_commands() -> list[str]:
             line = line.strip()
             line = re.sub(r"\s+#\s.*$", "", line)  # a comment after the command
             line = re.sub(r"\s*>\s*\S+$", "", line)  # a redirection of its output
-            found = re.search(r"(?:^|\s)(?:osum|-m osum_core\.cli\.main) ((?:fit|test|predict|export|import-osum|tasks|data)\b.*)", line)
+            found = re.search(r"(?:^|\s)(?:osum|-m osum_core\.cli\.main) ((?:fit|test|predict|export|import-osum|tasks|data|serve)\b.*)", line)
             if found and not line.startswith("#"):
                 commands.append(found.group(1))
     return commands
@@ -49,7 +50,7 @@ COMMANDS = readme_commands()
 
 def test_readme_shows_the_commands_this_test_checks():
     kinds = {shlex.split(c)[0] for c in COMMANDS}
-    assert {"fit", "test", "predict", "export", "import-osum", "tasks", "data"} <= kinds
+    assert {"fit", "test", "predict", "export", "import-osum", "tasks", "data", "serve"} <= kinds
     assert any("torchrun" in line for line in README.read_text().splitlines())  # the cluster forms are there
     assert sum("--strategy deepspeed_zero2" in c for c in COMMANDS) >= 2
 
