@@ -132,9 +132,11 @@ def test_every_optional_key_declares_the_kinds_it_takes():
             elif value is None:
                 yield key
 
-    # A null default says nothing of the value the key takes: VALUE_TYPES must (configs/fit.yaml's nulls).
-    assert set(null_keys(default_config("fit"))) <= set(VALUE_TYPES)
-    assert set(VALUE_TYPES) - set(null_keys(default_config("fit"))) <= {"data.train", "data.val", "data.test"}
+    # A null default says nothing of the value the key takes: VALUE_TYPES must (configs/fit.yaml's and
+    # configs/serve.yaml's nulls), and it names no key that is not one of them.
+    nulls = set(null_keys(default_config("fit"))) | set(null_keys(default_config("serve")))
+    assert nulls <= set(VALUE_TYPES)
+    assert set(VALUE_TYPES) - nulls <= {"data.train", "data.val", "data.test"}
 
 
 # -- paths ------------------------------------------------------------------------------------------------
