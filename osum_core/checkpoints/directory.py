@@ -4,7 +4,7 @@
     DIR/osum.yaml            the resolved config the model was trained with (model, data, eval, tasks)
     DIR/export.json          tasks trained, where the weights came from, how the LLM is stored, checksums
     DIR/tokenizer/           the tokenizer (save_pretrained)
-    DIR/speech.safetensors   encoder, adapter, speech BOS/EOS, CTC head, time embedding (canonical keys)
+    DIR/speech.safetensors   encoder, adapter, speech BOS/EOS, CTC head, time embedding, summary (canonical keys)
     DIR/lora/                the LoRA adapter, peft's own save_pretrained format (absent when merged or unused)
     DIR/llm/                 the LLM (save_pretrained, safetensors) when its weights are not simply those of
                              ``model.llm.path``: trained, randomly initialised, imported or with LoRA merged

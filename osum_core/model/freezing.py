@@ -27,7 +27,8 @@ def encoder_parameters(model: SpeechLLM) -> Iterator[nn.Parameter]:
 
 PARTS: dict[str, Callable[[SpeechLLM], Iterable[nn.Parameter]]] = {
     "encoder": encoder_parameters,
-    "adapter": lambda m: m.adapter.parameters(),
+    # The summary steps are part of the bridge from encoder to LLM, and train with the adapter.
+    "adapter": lambda m: [*m.adapter.parameters(), *(m.summary.parameters() if m.summary is not None else [])],
     "speech_markers": lambda m: [m.speech_markers],
     "ctc_head": lambda m: m.ctc_head.parameters() if m.ctc_head is not None else [],
     "lora": lora_parameters,

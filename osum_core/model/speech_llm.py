@@ -14,6 +14,7 @@ from osum_core.model.ctc_compression import merge_ctc_runs, time_features
 from osum_core.model.encoder import SpeechEncoder
 from osum_core.model.layout import build_layout, layout_length
 from osum_core.model.packing import packing_supported
+from osum_core.model.utterance_summary import UtteranceSummary
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,9 @@ class SpeechLLM(nn.Module):
     ctc_embeddings: add to each speech step the LLM embedding expected under the CTC posterior.
     time_embeddings: with compression, add to each merged step a learned projection of sinusoids of the
         frame it starts at; merging removes the "how long" that a step count would otherwise carry, and
-        word timestamps (SRWT) need it back."""
+        word timestamps (SRWT) need it back.
+    summary_steps: this many attention-pooled views of the whole utterance go before the speech steps
+        (utterance_summary.py): what compression dilutes (speaker, emotion, a vocal event) in one place."""
 
     TIME_FEATURES = 64
 
@@ -57,6 +60,7 @@ class SpeechLLM(nn.Module):
         ctc_max_run: int = 0,
         time_embeddings: bool = False,
         packed: bool = False,
+        summary_steps: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -75,6 +79,7 @@ class SpeechLLM(nn.Module):
             # embeddings the speech steps carry and kept the LLM from reading them.
             nn.init.zeros_(self.time_embedding.weight)
             nn.init.zeros_(self.time_embedding.bias)
+        self.summary = UtteranceSummary(encoder.output_size, width, summary_steps) if summary_steps else None
         self.packed = packed and packing_supported(encoder.whisper.config, self.causal_lm.config)
         self.ctc_compression = ctc_compression
         self.ctc_embeddings = ctc_embeddings
@@ -107,7 +112,11 @@ class SpeechLLM(nn.Module):
         """Speech embeddings the LLM reads for `frames` feature frames: the encoder's and the adapter's
         strides (with CTC compression, at most this many)."""
         lengths = self.adapter.output_lengths(self.encoder.output_lengths(torch.tensor([frames])))
-        return int(lengths[0])
+        return int(lengths[0]) + self.summary_steps
+
+    @property
+    def summary_steps(self) -> int:
+        return self.summary.steps if self.summary is not None else 0
 
     def sequence_length(
         self, frames: int, prompt_tokens: int, target_tokens: int, frames_per_step: int | None = None
@@ -115,7 +124,7 @@ class SpeechLLM(nn.Module):
         """The LLM sequence length of one example (the batch budget ``data.max_tokens`` counts these).
         `frames_per_step` replaces the strides' speech length by an estimate (CTC compression makes it
         depend on the content)."""
-        speech = frames // frames_per_step if frames_per_step else self.speech_steps(frames)
+        speech = frames // frames_per_step + self.summary_steps if frames_per_step else self.speech_steps(frames)
         turn = self.turn_before.numel() + self.turn_after.numel()
         return layout_length(prompt_tokens, speech, target_tokens, turn)
 
@@ -152,6 +161,10 @@ class SpeechLLM(nn.Module):
                 raise ValueError("CTC embeddings need an adapter that keeps the length (adapter.conv_strides: [1])")
             table = self.causal_lm.get_input_embeddings().weight
             speech = speech + (posterior.to(table.dtype) @ table).to(speech.dtype)
+        if self.summary is not None:
+            # Before the speech steps, so every step of every example keeps its place after them.
+            speech = torch.cat([self.summary(states, state_lengths).to(speech.dtype), speech], dim=1)
+            speech_lengths = speech_lengths + self.summary.steps
         dtype = self.causal_lm.get_input_embeddings().weight.dtype
         return {
             "encoder_states": states,
