@@ -138,6 +138,10 @@ def ctc_settings(cfg: dict[str, Any]) -> Iterator[str]:
             yield f"model.{key} needs the CTC head: set model.ctc_head=true"
     if model["time_embeddings"] and not model["ctc_compression"]:
         yield "model.time_embeddings are for CTC compression: set model.ctc_compression=true (or turn them off)"
+    if model["ctc_max_run"] < 0:
+        yield f"model.ctc_max_run must be 0 (merge whole runs) or more, got {model['ctc_max_run']}"
+    if model["summary_steps"] < 0:
+        yield f"model.summary_steps must be 0 (none) or more, got {model['summary_steps']}"
     if loss["ctc_weight"] < 0:
         yield f"loss.ctc_weight must be 0 or more, got {loss['ctc_weight']}"
     elif loss["ctc_weight"] > 0 and not head:

@@ -1,0 +1,97 @@
+"""`model.summary_steps`: attention-pooled views of the whole utterance before the speech steps. Each example's
+summary sees its own frames only, the batch budget counts the steps, packed and padded steps agree, generation
+batched equals generation alone, the steps train with the adapter and travel in the checkpoint."""
+
+import torch
+from conftest import TINY, data_args
+from safetensors.torch import load_file
+from test_packing import FRAMES, PROMPTS, TARGETS, assert_same_step, batch_of, tiny_model
+
+from osum_core.checkpoints.loading import load_checkpoint
+from osum_core.checkpoints.state_keys import canonical_state_dict
+from osum_core.cli.main import main
+from osum_core.config import fit_config
+from osum_core.model.freezing import set_trainable
+from osum_core.model.layout import build_layout
+from osum_core.model.speech_llm import GenerationSettings
+from osum_core.model.utterance_summary import UtteranceSummary
+
+
+def test_summary_starts_as_the_mean_of_each_examples_own_frames():
+    torch.manual_seed(0)
+    summary = UtteranceSummary(16, 8, steps=3)
+    states = torch.randn(3, 40, 16)
+    lengths = torch.tensor([40, 7, 23])
+    states[1, 7:] = 1e4  # padding that a summary must not see
+    out = summary(states, lengths)
+    assert out.shape == (3, 3, 8)
+    for i, n in enumerate(lengths.tolist()):
+        mean = summary.projection(summary.norm(states[i, :n].mean(dim=0)))
+        for step in range(3):
+            torch.testing.assert_close(out[i, step], mean)
+
+
+def test_a_trained_query_weighs_the_frames_it_matches():
+    summary = UtteranceSummary(4, 4, steps=1)
+    with torch.no_grad():
+        summary.queries.copy_(torch.tensor([[0.0, 0.0, 0.0, 200.0]]))
+    states = torch.zeros(1, 10, 4)
+    states[0, :, 0] = 1.0
+    states[0, 6, 3] = 1.0  # one frame (a cough in a stretch of words) matches the query
+    pooled = summary.norm(states[0, 6])
+    torch.testing.assert_close(summary(states, torch.tensor([10]))[0, 0], summary.projection(pooled), atol=1e-4,
+                               rtol=1e-4)
+
+
+def test_batch_budget_counts_the_summary_steps():
+    model = tiny_model("model.summary_steps=2").eval()
+    for frames in (1, 9, 160, 333):
+        speech = model.encode_speech(torch.randn(1, frames, 80), torch.tensor([frames]))
+        layout = build_layout(model.embed_tokens(torch.tensor([[5, 6, 7]])), torch.tensor([3]), speech["speech"],
+                              speech["speech_lengths"], model.speech_markers)
+        assert int(speech["speech_lengths"][0]) <= model.speech_steps(frames)  # compression: at most
+        assert model.sequence_length(frames, 3, 0) >= layout.embeds.shape[1]
+    assert model.speech_steps(160) == tiny_model().speech_steps(160) + 2
+    assert model.sequence_length(160, 3, 2, frames_per_step=8) == tiny_model().sequence_length(160, 3, 2, 8) + 2
+
+
+def test_packed_step_has_the_padded_loss_and_gradients_with_summary_steps():
+    model = tiny_model("model.summary_steps=2").train()
+    assert_same_step(model, batch_of(FRAMES, PROMPTS, TARGETS))
+
+
+def test_greedy_generation_with_summary_steps_is_the_same_batched_and_alone():
+    model = tiny_model("model.summary_steps=2", seed=4).eval()
+    with torch.no_grad():  # queries away from zero, so the pooling is not a plain mean
+        model.summary.queries.normal_(std=0.5)
+    batch = batch_of(FRAMES, PROMPTS, [1] * len(FRAMES), seed=9)
+    settings = GenerationSettings(**{**fit_config()["eval"]["generation"], "max_new_tokens": 8, "min_new_tokens": 8})
+    batched = model.generate(settings=settings, **batch)
+    for i, (frames, prompt) in enumerate(zip(FRAMES, PROMPTS)):
+        alone = model.generate(batch["features"][i : i + 1, :frames], batch["feature_lengths"][i : i + 1],
+                               batch["prompt_ids"][i : i + 1, :prompt], batch["prompt_lengths"][i : i + 1], settings)
+        assert alone[0] == batched[i]
+
+
+def test_summary_trains_with_the_adapter_and_is_frozen_with_it():
+    model = tiny_model("model.summary_steps=2").train()
+    counts = set_trainable(model, ["adapter"])
+    assert counts["adapter"] == (sum(p.numel() for p in model.adapter.parameters())
+                                 + sum(p.numel() for p in model.summary.parameters()))
+    model(**batch_of(FRAMES[:3], PROMPTS[:3], TARGETS[:3]))["token_loss"].sum().backward()
+    assert model.summary.queries.grad is not None and model.summary.projection.weight.grad.abs().sum() > 0
+    set_trainable(model, ["llm", "encoder"])
+    assert not any(p.requires_grad for p in model.summary.parameters())
+
+
+def test_summary_weights_travel_through_a_run_and_its_export(tiny_corpus, tmp_path):
+    run, out = tmp_path / "run", tmp_path / "export"
+    assert main(["fit", "--tasks", "asr,ved", "--out", str(run), *data_args(tiny_corpus), *TINY,
+                 "trainer.max_steps=3", "trainer.val_check_interval=3", "model.summary_steps=2"]) == 0
+    assert main(["export", "--ckpt", str(run), "--out", str(out)]) == 0
+    assert load_file(str(out / "speech.safetensors"))["summary.queries"].shape[0] == 2
+    trained, exported = load_checkpoint(run).model, load_checkpoint(out).model
+    assert exported.summary.steps == 2
+    assert trained.summary.queries.abs().sum() > 0  # it trained: the queries left their zero start
+    a, b = canonical_state_dict(trained), canonical_state_dict(exported)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
