@@ -1,6 +1,7 @@
 """The length of an example's LLM sequence is computed where the layout is built (the model's strides, the
 chat turn's tokens), and the duration batches keep every batch within ``data.max_tokens``."""
 
+import pytest
 import torch
 
 from osum_core.config import fit_config
@@ -17,7 +18,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def chat_model(strides="[1,2]", adapter="[1,2,2]"):
+def chat_model(strides="[1,2]", adapter="[1,2,2]", summary_steps=0):
     tasks = {t.name: t for t in load_tasks().select(["asr", "ved"])}
     prompts = [p for t in tasks.values() for p in t.prompt_bank("en")]
     tokenizer = train_demo_tokenizer(["user assistant zero one two three four five six seven eight nine oh", *prompts],
@@ -28,14 +29,15 @@ def chat_model(strides="[1,2]", adapter="[1,2,2]"):
         "model.time_embeddings=false", f"model.encoder.conv_strides={strides}", f"model.adapter.conv_strides={adapter}",
         "model.encoder.config.max_source_positions=1500", "model.encoder.config.encoder_layers=1",
         "model.llm.config.num_hidden_layers=1", "data.frames_per_token=null", "data.max_tokens=500",
-        "data.max_frames=100000", "data.num_workers=0",
+        "data.max_frames=100000", "data.num_workers=0", f"model.summary_steps={summary_steps}",
     ])
     torch.manual_seed(0)
     return cfg, tasks, tokenizer, build_for_tokenizer(cfg["model"], tokenizer).eval()
 
 
-def test_sequence_length_is_the_laid_out_length():
-    cfg, _, _, model = chat_model()
+@pytest.mark.parametrize("summary_steps", [0, 2])
+def test_sequence_length_is_the_laid_out_length(summary_steps):
+    cfg, _, _, model = chat_model(summary_steps=summary_steps)
     turn = model.turn_before.numel() + model.turn_after.numel()
     assert turn > 0
     for frames in (1, 7, 160, 333):

@@ -11,7 +11,7 @@ from osum_core.checkpoints.loading import load_checkpoint
 from osum_core.checkpoints.state_keys import canonical_state_dict
 from osum_core.cli.main import main
 from osum_core.config import fit_config
-from osum_core.model.freezing import set_trainable
+from osum_core.model.freezing import PARTS, set_trainable
 from osum_core.model.layout import build_layout
 from osum_core.model.speech_llm import GenerationSettings
 from osum_core.model.utterance_summary import UtteranceSummary
@@ -29,6 +29,33 @@ def test_summary_starts_as_the_mean_of_each_examples_own_frames():
         mean = summary.projection(summary.norm(states[i, :n].mean(dim=0)))
         for step in range(3):
             torch.testing.assert_close(out[i, step], mean)
+
+
+def test_an_example_without_frames_pools_nothing_and_keeps_the_batch_finite():
+    summary = UtteranceSummary(8, 4, steps=2)
+    states = torch.randn(2, 5, 8, requires_grad=True)
+    out = summary(states, torch.tensor([5, 0]))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1, 0], summary.projection(summary.norm(torch.zeros(8))))
+    out.sum().backward()
+    assert torch.isfinite(states.grad).all() and torch.isfinite(summary.queries.grad).all()
+
+
+def test_summary_steps_come_first_and_pool_the_unmerged_encoder_states():
+    model = tiny_model("model.summary_steps=2", seed=3).eval()
+    with torch.no_grad():
+        model.summary.queries.normal_(std=0.5)
+    batch = batch_of(FRAMES, PROMPTS, TARGETS, seed=2)
+    with torch.no_grad():
+        speech = model.encode_speech(batch["features"], batch["feature_lengths"])
+        pooled = model.summary(speech["encoder_states"], speech["encoder_lengths"])
+        summary, model.summary = model.summary, None
+        plain = model.encode_speech(batch["features"], batch["feature_lengths"])
+        model.summary = summary
+    assert speech["speech_lengths"].tolist() == (plain["speech_lengths"] + 2).tolist()
+    for i, n in enumerate(plain["speech_lengths"].tolist()):
+        torch.testing.assert_close(speech["speech"][i, :2], pooled[i])
+        torch.testing.assert_close(speech["speech"][i, 2 : 2 + n], plain["speech"][i, :n])
 
 
 def test_a_trained_query_weighs_the_frames_it_matches():
@@ -73,11 +100,19 @@ def test_greedy_generation_with_summary_steps_is_the_same_batched_and_alone():
         assert alone[0] == batched[i]
 
 
+def test_every_parameter_of_a_model_with_every_option_belongs_to_a_part():
+    # A module that no part names would stay frozen at its initial value (the time embedding once did).
+    model = tiny_model("model.summary_steps=2")
+    set_trainable(model, list(PARTS))
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen == ["encoder.whisper.embed_positions.weight"]  # Whisper's fixed sinusoids
+
+
 def test_summary_trains_with_the_adapter_and_is_frozen_with_it():
     model = tiny_model("model.summary_steps=2").train()
     counts = set_trainable(model, ["adapter"])
-    assert counts["adapter"] == (sum(p.numel() for p in model.adapter.parameters())
-                                 + sum(p.numel() for p in model.summary.parameters()))
+    assert counts["adapter"] == sum(p.numel() for part in (model.adapter, model.time_embedding, model.summary)
+                                    for p in part.parameters())
     model(**batch_of(FRAMES[:3], PROMPTS[:3], TARGETS[:3]))["token_loss"].sum().backward()
     assert model.summary.queries.grad is not None and model.summary.projection.weight.grad.abs().sum() > 0
     set_trainable(model, ["llm", "encoder"])

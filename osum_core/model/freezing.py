@@ -25,10 +25,18 @@ def encoder_parameters(model: SpeechLLM) -> Iterator[nn.Parameter]:
     return (p for p in model.encoder.parameters() if id(p) not in fixed)
 
 
+def bridge_parameters(model: SpeechLLM) -> Iterator[nn.Parameter]:
+    """The adapter and what else turns encoder states into the speech steps the LLM reads: the time
+    embedding and the utterance summary (options of the model, each None when off)."""
+    yield from model.adapter.parameters()
+    for part in (model.time_embedding, model.summary):
+        if part is not None:
+            yield from part.parameters()
+
+
 PARTS: dict[str, Callable[[SpeechLLM], Iterable[nn.Parameter]]] = {
     "encoder": encoder_parameters,
-    # The summary steps are part of the bridge from encoder to LLM, and train with the adapter.
-    "adapter": lambda m: [*m.adapter.parameters(), *(m.summary.parameters() if m.summary is not None else [])],
+    "adapter": bridge_parameters,
     "speech_markers": lambda m: [m.speech_markers],
     "ctc_head": lambda m: m.ctc_head.parameters() if m.ctc_head is not None else [],
     "lora": lora_parameters,

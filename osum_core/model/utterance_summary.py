@@ -36,6 +36,8 @@ class UtteranceSummary(nn.Module):
     def forward(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Encoder states [B, T, D] with `lengths` [B] real frames -> summary steps [B, steps, llm_size]."""
         padding = torch.arange(states.shape[1], device=states.device)[None, :] >= lengths[:, None]
-        scores = torch.einsum("btd,kd->bkt", states, self.queries.to(states.dtype)) * self.scale
+        scores = torch.einsum("btd,kd->bkt", states, self.queries.to(states.dtype)).float() * self.scale
         weights = scores.masked_fill(padding[:, None, :], float("-inf")).softmax(dim=-1)
+        # An example without frames (under 10 ms of audio) pools nothing instead of NaN (softmax of -inf only).
+        weights = weights.nan_to_num(0.0).to(states.dtype)
         return self.projection(self.norm(weights @ states))
