@@ -42,6 +42,7 @@ def model_cfg(whisper_path=None, qwen_path=None, lora=False, strides=(2, 2)):
         "ctc_embeddings": False,
         "ctc_max_run": 0,
         "time_embeddings": False,
+        "summary_steps": 0,
         "gradient_checkpointing": False,
         "packed": False,
     }
