@@ -18,6 +18,9 @@ threads=t):
 | 4 | 2 | 0.652 | 0.267 | 0.662 | 0 |
 | 1 | 1 | 0.216 | 0.733 | 0.248 | 0 |
 
+Those rows predate the fix that lets the time embedding train (it stayed at zero before). After it, seed 1 with
+2 threads reached ASR WER 0.187, VED accuracy 0.467, VED transcript WER 0.226, 0 invalid.
+
 At 600 steps the LLM has just begun to read speech (in the full demo, validation WER falls from about 0.6
 to 0.15 between steps 500 and 750), and when it begins moves with the seed: hence the spread, and bounds
 that leave room for it. A run that does not learn to read speech stays near WER 1 (after its CTC-only

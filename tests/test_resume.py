@@ -152,3 +152,18 @@ def test_the_original_command_plus_resume_is_not_refused(own_data_run, tiny_corp
     assert tasks == ["asr", "ved"] and cfg["data"]["train"] == str(tiny_corpus / "train.jsonl")
     with pytest.raises(ValueError, match=r"--tasks asr,ved -> .*langid"):
         resume_config(str(own_data_run), "all")
+
+
+def test_a_checkpoint_whose_optimiser_trained_other_tensors_is_refused_with_the_reason(own_data_run, capsys):
+    # A run saved before the time embedding trained (2026-12-05) holds an optimiser for two tensors fewer.
+    path = own_data_run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=False)
+    group = checkpoint["optimizer_states"][0]["param_groups"][0]
+    dropped = group["params"][-2:]
+    group["params"] = group["params"][:-2]
+    for index in dropped:
+        checkpoint["optimizer_states"][0]["state"].pop(index, None)
+    torch.save(checkpoint, path)
+    assert main(["fit", "--resume", str(own_data_run), "trainer.max_steps=10"]) == 2
+    err = capsys.readouterr().err
+    assert "its optimiser state is for" in err and "trained tensors" in err and "--init" in err

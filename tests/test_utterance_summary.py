@@ -100,7 +100,7 @@ def test_greedy_generation_with_summary_steps_is_the_same_batched_and_alone():
         assert alone[0] == batched[i]
 
 
-def test_every_parameter_of_a_model_with_every_option_belongs_to_a_part():
+def test_every_parameter_of_a_model_with_the_demos_options_and_summary_steps_belongs_to_a_part():
     # A module that no part names would stay frozen at its initial value (the time embedding once did).
     model = tiny_model("model.summary_steps=2")
     set_trainable(model, list(PARTS))

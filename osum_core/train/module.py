@@ -87,6 +87,23 @@ def seed_rank(seed: int, rank: int) -> None:
     numpy.random.seed(mixed)
 
 
+def check_optimiser_size(checkpoint: dict[str, Any], trained: int, where: str) -> None:
+    """Refuse a checkpoint whose optimiser state is for another number of trained tensors, naming why (torch
+    would say only that a parameter group's size does not match). Lightning restores the optimiser after
+    this hook; DeepSpeed's checkpoints keep theirs elsewhere and are not checked here."""
+    states = checkpoint.get("optimizer_states") or []
+    if not states or "param_groups" not in states[0]:
+        return
+    saved = sum(len(group["params"]) for group in states[0]["param_groups"])
+    if saved != trained:
+        raise ValueError(
+            f"{where}: its optimiser state is for {saved} trained tensors, and this model trains {trained}: the "
+            "parts that train changed since it was saved (since 2026-12-05 the `adapter` part also trains the time "
+            "embedding, model.time_embeddings, which runs before left at zero). Resume it with the osum that saved "
+            "it, or start a new run from its weights with --init"
+        )
+
+
 class SpeechLLMModule(L.LightningModule):
     def __init__(
         self,
@@ -161,6 +178,7 @@ class SpeechLLMModule(L.LightningModule):
         if "state_dict" in checkpoint:  # absent from DeepSpeed's (its engine holds the weights)
             check_state_keys(self.model.state_dict().keys(), [k.removeprefix("model.") for k in checkpoint["state_dict"]],
                              recorded, where)
+        check_optimiser_size(checkpoint, sum(1 for p in self.model.parameters() if p.requires_grad), where)
         # Applied at the first training batch, not now: restoring the loop and the loader still draws
         # from the generators (the loader's base seed), which an uninterrupted run did before the save.
         self._rng_to_restore = checkpoint.get("rng_states", [])
