@@ -100,7 +100,7 @@ def check_optimiser_size(checkpoint: dict[str, Any], trained: int, where: str) -
             f"{where}: its optimiser state is for {saved} trained tensors, and this model trains {trained}: the "
             "parts that train changed since it was saved (since 2026-12-05 the `adapter` part also trains the time "
             "embedding, model.time_embeddings, which runs before left at zero). Resume it with the osum that saved "
-            "it, or start a new run from its weights with --init"
+            "it, or export it (osum export --ckpt RUN_DIR --out DIR) and start a new run from its weights with --init DIR"
         )
 
 
