@@ -57,7 +57,8 @@ def build_target(example: Mapping[str, Any]) -> Target:
         raise ValueError("the reply is empty")
     if ANSWER in reply:
         raise ValueError(f"the reply holds another {ANSWER}")
-    return Target(normalize_target(transcript), ANSWER + reply)
+    # The reply is not in the audio: a CTC head (loss.ctc_target: target) learns the question alone.
+    return Target(normalize_target(transcript), ANSWER + reply, heard_suffix=False)
 
 
 def parse_output(text: str) -> Prediction:

@@ -129,6 +129,23 @@ def test_dataset_items_carry_weights_and_the_chosen_ctc_target(tiny_corpus):
         SpeechDataset(tasks, prompts, 1, ctc_target="labels", **common)
 
 
+def test_the_ctc_head_learns_sttcs_question_but_never_its_reply(tiny_corpus):
+    """The reply to a spoken question is not in its audio: with ctc_target=target the CTC head learns the label
+    tags that describe the sound (VED's, above) but STTC's question alone; the LLM still learns the reply."""
+    from osum_core.data.dataset import PlanItem, SpeechDataset, TaskPrompts
+
+    tasks = {t.name: t for t in load_tasks().select(["sttc"])}
+    wav = read_manifest(tiny_corpus / "train.jsonl")[0]["wav"]
+    line = {"key": "q1", "wav": wav, "task": tasks["sttc"].tag, "txt": "three plus four<开始回答>seven"}
+    (example,), _ = prepare_examples([line], list(tasks.values()), WordTokenizer())
+    assert example.suffix_ids  # "<开始回答>seven"
+    prompts = TaskPrompts.of_tasks(tasks, WordTokenizer(), "en")
+    item = SpeechDataset(tasks, prompts, 1, ctc_target="target", n_mels=80, train=True, seed=1,
+                         spec_augment=None)[PlanItem(example, 0, "0")]
+    assert item["ctc_ids"].tolist() == list(example.transcript_ids)
+    assert item["target_ids"].tolist() == [*example.transcript_ids, *example.suffix_ids, 1]
+
+
 def test_buckets_group_by_duration_each_with_its_own_batch_size():
     from osum_core.data.batching import bucketed_batches, check_buckets
 

@@ -447,6 +447,10 @@ class SpeechDataset(Dataset):
             row.update(self.target_tensors(example))
         return row
 
+    def ctc_heard_suffix(self, example: PreparedExample) -> bool:
+        """Whether the CTC head learns the suffix too: ``loss.ctc_target: target``, and a suffix the audio holds."""
+        return self.ctc_includes_suffix and example.target is not None and example.target.heard_suffix
+
     def target_tensors(self, example: PreparedExample) -> dict[str, torch.Tensor]:
         task = self.weights[example.task]
         suffix_weight = task.loss * task.label
@@ -456,7 +460,8 @@ class SpeechDataset(Dataset):
             "target_ids": torch.tensor(example.target_ids(self.eos_id), dtype=torch.long),
             "target_weights": torch.tensor(weights, dtype=torch.float32),
             "ctc_ids": torch.tensor(
-                example.transcript_ids + (example.suffix_ids if self.ctc_includes_suffix else ()), dtype=torch.long
+                example.transcript_ids + (example.suffix_ids if self.ctc_heard_suffix(example) else ()),
+                dtype=torch.long,
             ),
             # A label-only line without a transcript (OSUM-EChat's "<happy>") does not say what was spoken: an empty
             # CTC target would teach the head that its speech is all blank.

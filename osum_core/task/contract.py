@@ -30,12 +30,16 @@ class Target:
     body: what the model writes before the suffix when that is not the bare transcript (SRWT's
         timestamped words); empty means the transcript.
     transcribed: False when the model writes the suffix alone (X without ASR: ``<laugh>``); the transcript
-        is then only the CTC head's target (if the task's ctc_loss_weight is not 0) and is not scored."""
+        is then only the CTC head's target (if the task's ctc_loss_weight is not 0) and is not scored.
+    heard_suffix: whether the suffix says something about the sound itself (an event, an emotion, a speaker's
+        gender); with ``loss.ctc_target: target`` the CTC head then learns it after the transcript. False
+        for a suffix the audio does not contain (STTC's reply): the CTC head learns the transcript alone."""
 
     transcript: str
     suffix: str = ""
     body: str = ""
     transcribed: bool = True
+    heard_suffix: bool = True
 
     @property
     def text(self) -> str:
