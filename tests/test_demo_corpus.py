@@ -44,3 +44,38 @@ def test_corpus_is_osum_jsonl_and_deterministic(tmp_path, tiny_corpus, registry)
             assert example["txt"].endswith(f"<{example['event']}>")
         else:
             assert "<" not in example["txt"]
+
+
+def test_a_corpus_is_reused_only_when_made_by_the_same_format_and_recipe_versions(tmp_path, registry):
+    """A corpus from another version of a recipe (or of the corpus layout, or from before it was recorded) is
+    synthesised again rather than trained on: its labels or audio may differ from what the code makes now."""
+    import dataclasses
+
+    from osum_core.demo.corpus import corpus_is_complete
+    from osum_core.demo.prepare import synthesize_demo
+
+    tasks = [registry.tasks["ved"]]
+    demo = {**{k: v for k, v in dataclasses.asdict(TINY_SPEC).items() if k not in ("tags", "seed")},
+            "train_per_task": 2, "eval_per_task": 1, "workers": 1, "options": {}}
+    logged: list[str] = []
+    synthesize_demo(tmp_path, tasks, registry.recipes, demo, 3, logged.append)
+    assert any("synthesising" in line for line in logged)
+    made = json.loads((tmp_path / "ved" / "corpus.json").read_text())
+    assert made["recipes"] == {"<TRANSCRIBE> <CAPTION>": 1} and made["format"] == 2
+
+    def synthesised_again(recipes) -> bool:
+        logged.clear()
+        synthesize_demo(tmp_path, tasks, recipes, demo, 3, logged.append)
+        return any("synthesising" in line for line in logged)
+
+    assert not synthesised_again(registry.recipes)  # the same: reused
+    bumped = {**registry.recipes, "<TRANSCRIBE> <CAPTION>": dataclasses.replace(
+        registry.recipes["<TRANSCRIBE> <CAPTION>"], version=2)}
+    assert synthesised_again(bumped)
+    assert not synthesised_again(bumped)
+    corpus_json = tmp_path / "ved" / "corpus.json"
+    before_stamps = {k: v for k, v in json.loads(corpus_json.read_text()).items() if k in ("spec", "counts")}
+    corpus_json.write_text(json.dumps(before_stamps))  # as written before the format was recorded
+    assert corpus_is_complete(tmp_path / "ved")  # finished, but ...
+    assert synthesised_again(bumped)  # ... from before the stamp
+    assert json.loads(corpus_json.read_text())["format"] == 2

@@ -39,6 +39,10 @@ from osum_core.data.manifest import write_manifest
 from osum_core.demo.recipe import CorpusSpec, DemoRecipe, Utterance
 from osum_core.demo.speech_synth import Voice, synthesize
 
+# The layout this module writes (manifest fields, audio, ``corpus.json``); raise it when that changes, so
+# that a corpus made before is synthesised again. 1: the corpora written before the number was recorded.
+CORPUS_FORMAT = 2
+
 SAMPLE_RATE = 16000
 DIGITS = ("zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLITS = ("train", "dev", "test")
@@ -150,8 +154,15 @@ def synthesize_corpus(
         split_lines = [line for utt, line in zip(utterances, lines) if utt.split == split]
         write_manifest(out_dir / f"{split}.jsonl", split_lines)
         counts[split] = len(split_lines)
-    (out_dir / "corpus.json").write_text(json.dumps({"spec": dataclasses.asdict(spec), "counts": counts}, indent=1))
+    made = {"format": CORPUS_FORMAT, "recipes": recipe_versions(spec, recipes), "spec": dataclasses.asdict(spec),
+            "counts": counts}
+    (out_dir / "corpus.json").write_text(json.dumps(made, indent=1))
     return counts
+
+
+def recipe_versions(spec: CorpusSpec, recipes: Mapping[str, DemoRecipe]) -> dict[str, int]:
+    """The version of the recipe of each of `spec`'s tags, as ``corpus.json`` records it."""
+    return {tag: recipes[tag].version for tag in spec.tags}
 
 
 def progress_bar(items, description: str | None, total: int):
@@ -163,16 +174,21 @@ def progress_bar(items, description: str | None, total: int):
     return tqdm(items, desc=f"synthesising {description}", total=total, unit="utt", dynamic_ncols=True)
 
 
-def corpus_is_complete(out_dir: str | Path, spec: CorpusSpec | None = None) -> bool:
-    """Whether `out_dir` holds a finished corpus (made from `spec`, when given)."""
+def corpus_is_complete(out_dir: str | Path, spec: CorpusSpec | None = None,
+                       recipes: Mapping[str, DemoRecipe] | None = None) -> bool:
+    """Whether `out_dir` holds a finished corpus (when `spec` and `recipes` are given: made from `spec`, in
+    this module's `CORPUS_FORMAT`, by the same versions of the recipes)."""
     out_dir = Path(out_dir)
     if not all((out_dir / f"{split}.jsonl").is_file() for split in SPLITS):
         return False
-    if spec is None:
+    if spec is None or recipes is None:
         return True
     try:
-        made = json.loads((out_dir / "corpus.json").read_text())["spec"]
-    except (OSError, ValueError, KeyError):
+        made = json.loads((out_dir / "corpus.json").read_text())
+    except (OSError, ValueError):
         return False
-    return made == json.loads(json.dumps(dataclasses.asdict(spec)))
+    if not isinstance(made, dict):
+        return False
+    return (made.get("format", 1) == CORPUS_FORMAT and made.get("recipes") == recipe_versions(spec, recipes)
+            and made.get("spec") == json.loads(json.dumps(dataclasses.asdict(spec))))
 

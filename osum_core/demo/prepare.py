@@ -69,7 +69,7 @@ def synthesize_demo(
             )
         spec = task_corpus_spec(demo, seed, tag, recipes[tag])
         out = dirs[task.name] = root / task.name
-        if not corpus_is_complete(out, spec):
+        if not corpus_is_complete(out, spec, recipes):
             log(f"synthesising the demo corpus for {task.name} into {out} ...")
             counts = synthesize_corpus(out, spec, recipes, workers=demo["workers"], progress=task.name)
             log(f"demo corpus {task.name}: {counts}")

@@ -147,12 +147,15 @@ class DemoRecipe:
     render: turns the synthesised speech (16 kHz float32) into the final audio.
     label_text: the suffix written after the transcript in ``txt`` (``<laugh>``), OSUM's ASR+X form.
     options: the recipe's own settings and their defaults (VED's ``event_positions``); users set them as
-        ``data.demo.options.<name>=value``."""
+        ``data.demo.options.<name>=value``.
+    version: raise it when `draw`, `render` or `label_text` change what they write: a corpus made by another
+        version (recorded in its ``corpus.json``) is synthesised again instead of being reused."""
 
     draw: Callable[[Utterance, random.Random, CorpusSpec], Utterance] = keep
     render: Callable[[Utterance, np.ndarray, np.random.Generator], Rendered] = plain
     label_text: Callable[[Utterance], str] = no_suffix
     options: Mapping[str, Any] = field(default_factory=dict)
+    version: int = 1
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """This recipe's options: its defaults, replaced by the values in `given` that it declares."""
