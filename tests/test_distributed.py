@@ -109,6 +109,27 @@ def test_ddp_metrics_are_reduced_over_all_ranks(tiny_corpus, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_dev_and_test_sets_with_fewer_items_than_ranks_are_evaluated(strategy, tiny_corpus, tmp_path):
+    """One dev and one test utterance on 2 ranks: rank 1 has nothing to evaluate, yet must join the gather of
+    the answers (and, sharded, every evaluation batch's gathering of the weights); rank 0 decodes its item. Before
+    2026-12-05 such a run waited for ever at its first validation."""
+    line = json.loads((tiny_corpus / "dev.jsonl").read_text().splitlines()[0])
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({**line, "wav": str(tiny_corpus / line["wav"])}) + "\n")
+    run = tmp_path / strategy
+    done = fit(run, tiny_corpus, "trainer.max_steps=2", "trainer.val_check_interval=1", "trainer.limit_val_batches=1.0",
+               f"data.val={one}", f"data.test={one}", "data.num_workers=1", "--strategy", strategy,
+               "trainer.devices=2")
+    curve = [json.loads(x) for x in (run / "learning_curve.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in curve] == [1, 2]  # a validation at each step
+    assert [json.loads(x)["key"] for x in (run / "test_predictions.jsonl").read_text().splitlines()] == [line["key"]]
+    metrics = json.loads((run / "metrics.json").read_text())
+    task = "ved" if "<CAPTION>" in line["task"] else "asr"
+    assert metrics[task]["count"] == 1 and done.stdout.count("test metrics (") == 1
+
+
+@pytest.mark.slow
 def test_a_killed_ddp_run_with_dropout_resumes_exactly(tiny_corpus, tmp_path):
     # Dropout draws from each rank's own generators: the checkpoint must hold rank 1's, not only rank 0's.
     extra = ["trainer.max_steps=10", "checkpoint.every_n_steps=4", "data.num_workers=2", *DROPOUT, *two_processes()]

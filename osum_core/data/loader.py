@@ -17,7 +17,9 @@ planned for the new layout. (Replaying the old layout reads the whole epoch's me
 would wait forever at an epoch's end for a collective the others never join. The ranks agree on the largest
 rank's count (`agreed_count`), and a rank with fewer batches splits its last batches of two or more items
 in two until it has as many: every item is still trained once per epoch, and no batch grows. (Only a rank
-with fewer items than that count drops its last batches instead.)
+with fewer items than that count drops its last batches instead.) Evaluation ranks also yield the largest
+rank's count, ending with empty batches (`padded`), so that a rank with no item still evaluates, and
+gathers the answers with the others at the end.
 
 **Step normaliser.** In training, each item also carries the target-token and example counts of the
 optimiser step its batch belongs to (`accumulate` consecutive batches from the epoch's start, as Lightning
@@ -107,17 +109,29 @@ def agreed_count(counts: Sequence[tuple[int, int]]) -> int:
     return min(max(b for b, _ in counts), min(i for _, i in counts))
 
 
-def agreed_length(batches: int, items: int) -> int:
+def padded(batches: Iterator[list[PlanItem]], length: int) -> Iterator[list[PlanItem]]:
+    """An evaluation rank's batches, then empty ones up to `length` (the most any rank has). Lightning skips
+    the evaluation of a rank with no batch at all (a dev set with fewer items than ranks), whose epoch-end
+    gather of the answers the other ranks would then wait on for ever; and a sharded model's evaluation batch
+    is a collective (`SpeechLLMModule.whole_model`)."""
+    count = 0
+    for batch in batches:
+        count += 1
+        yield batch
+    yield from ([] for _ in range(length - count))
+
+
+def agreed_length(batches: int, items: int | None = None) -> int:
     """`agreed_count` over the ranks of the running job (all ranks call this together; one process keeps
-    its own count)."""
+    its own count); without `items`, the largest rank's batch count."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return batches
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    counts = torch.tensor([batches, -items], dtype=torch.long, device=device)
+    counts = torch.tensor([batches, -(items if items is not None else batches)], dtype=torch.long, device=device)
     dist.all_reduce(counts, op=dist.ReduceOp.MAX)
-    return min(int(counts[0]), -int(counts[1]))
+    return int(counts[0]) if items is None else min(int(counts[0]), -int(counts[1]))
 
 
 def splits(sizes: Sequence[int], length: int) -> dict[int, int]:
@@ -249,9 +263,9 @@ class PlanBatchSampler(Sampler[list[PlanItem]]):
         if self.epoch not in self._lengths:
             history, _ = self.resumed_here()
             if not self.plan.training:
-                # Evaluation has no collective per batch: each rank evaluates all of its items, however many.
+                # Each rank evaluates all of its items, in as many batches as the rank with the most (`padded`).
                 count = sum(1 for _ in self.plan.batches(self.epoch, self.rank, self.world_size))
-                self._lengths[self.epoch] = (count, {})
+                self._lengths[self.epoch] = (count if self.world_size == 1 else agreed_length(count), {})
             else:
                 # The running layout agrees by a collective; a replayed one is computed here alike on every rank.
                 agree = agreed_length if not history else None
@@ -260,7 +274,7 @@ class PlanBatchSampler(Sampler[list[PlanItem]]):
 
     def batches_here(self) -> Iterator[list[PlanItem]]:
         if not self.plan.training:
-            return self.plan.batches(self.epoch, self.rank, self.world_size)
+            return padded(self.plan.batches(self.epoch, self.rank, self.world_size), self.layout_here()[0])
         history, _ = self.resumed_here()
         return self.epoch_batches().rank_batches(self.rank, self.layout, history, even=self.layout_here())
 

@@ -16,10 +16,11 @@ steps in a row stop the run (`TrainingDiverged`). A checkpoint is never written 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import lightning as L
@@ -236,9 +237,34 @@ class SpeechLLMModule(L.LightningModule):
         for name, module in self.model.named_modules():
             if name.endswith("layers") and isinstance(module, torch.nn.ModuleList):
                 for layer in module:
-                    fully_shard(layer, mesh=data_parallel)
-        fully_shard(self.model, mesh=data_parallel)
+                    fully_shard(layer, mesh=data_parallel, reshard_after_forward=True)
+        # The root keeps its parameters after forward (backward needs them at once): fully_shard's default for
+        # a root, stated because `whole_model` restores it.
+        fully_shard(self.model, mesh=data_parallel, reshard_after_forward=False)
         self._sharded = True
+
+    @contextlib.contextmanager
+    def whole_model(self) -> Iterator[None]:
+        """Under fsdp2, every sharded module's parameters gathered for the block and kept through its forwards
+        (a no-op otherwise). An evaluation batch then costs the same collectives on every rank, however many
+        tokens each rank's batch generates and even when a rank's batch is empty: generating with the layers
+        still sharded would gather each layer at every token, and ranks that stop at different tokens would
+        wait on each other's gathers for ever. Costs the unsharded model's memory during evaluation."""
+        if not getattr(self, "_sharded", False):
+            yield
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        sharded = [m for m in self.model.modules() if isinstance(m, FSDPModule)]  # the same order on every rank
+        for module in sharded:
+            module.set_reshard_after_forward(False, recurse=False)
+            module.unshard()
+        try:
+            yield
+        finally:
+            for module in sharded:
+                module.reshard()
+                module.set_reshard_after_forward(module is not self.model, recurse=False)
 
     def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict:
         # Only tensors move; task names, keys and targets stay Python objects.
@@ -402,25 +428,18 @@ class SpeechLLMModule(L.LightningModule):
         self.lr_schedulers().lr_lambdas = [self.lr_schedule(self.epoch_steps * epochs)]
 
     # -- evaluation -------------------------------------------------------------------------------------
-    def decode(self, batch: dict[str, Any]) -> list[str]:
-        if not getattr(self, "_sharded", False):
-            return generated_texts(self.model, self.tokenizer, batch, self.generation)
-        # generate() reaches the model's own parameters outside its forward: gather them first.
-        self.model.unshard()  # type: ignore[operator]
-        try:
-            return generated_texts(self.model, self.tokenizer, batch, self.generation)
-        finally:
-            self.model.reshard()  # type: ignore[operator]
-
     def evaluate_batch(self, stage: str, batch: dict[str, Any]) -> None:
-        if not batch["keys"]:
-            return
+        with self.whole_model():  # on every rank, for an empty batch too (`whole_model`)
+            if batch["keys"]:
+                self.evaluate_items(stage, batch)
+
+    def evaluate_items(self, stage: str, batch: dict[str, Any]) -> None:
         loss, _ = self.batch_loss(batch)
         sums = self._loss_sums.setdefault(stage, [0.0, 0])
         sums[0] += float(loss) * len(batch["keys"])
         sums[1] += len(batch["keys"])
         began = time.perf_counter()
-        texts = self.decode(batch)
+        texts = generated_texts(self.model, self.tokenizer, batch, self.generation)
         # The report's real-time factor, as `osum test` measures it: decoding time per second of audio.
         stats = self._decode_stats.setdefault(stage, [0.0, 0.0, 0])
         stats[0] += time.perf_counter() - began
