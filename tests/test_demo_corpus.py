@@ -51,7 +51,7 @@ def test_a_corpus_is_reused_only_when_made_by_the_same_format_and_recipe_version
     synthesised again rather than trained on: its labels or audio may differ from what the code makes now."""
     import dataclasses
 
-    from osum_core.demo.corpus import corpus_is_complete
+    from osum_core.demo.corpus import CORPUS_FORMAT, corpus_is_complete
     from osum_core.demo.prepare import synthesize_demo
 
     tasks = [registry.tasks["ved"]]
@@ -61,7 +61,7 @@ def test_a_corpus_is_reused_only_when_made_by_the_same_format_and_recipe_version
     synthesize_demo(tmp_path, tasks, registry.recipes, demo, 3, logged.append)
     assert any("synthesising" in line for line in logged)
     made = json.loads((tmp_path / "ved" / "corpus.json").read_text())
-    assert made["recipes"] == {"<TRANSCRIBE> <CAPTION>": 1} and made["format"] == 2
+    assert made["recipes"] == {"<TRANSCRIBE> <CAPTION>": 1} and made["format"] == CORPUS_FORMAT
 
     def synthesised_again(recipes) -> bool:
         logged.clear()
@@ -78,4 +78,6 @@ def test_a_corpus_is_reused_only_when_made_by_the_same_format_and_recipe_version
     corpus_json.write_text(json.dumps(before_stamps))  # as written before the format was recorded
     assert corpus_is_complete(tmp_path / "ved")  # finished, but ...
     assert synthesised_again(bumped)  # ... from before the stamp
-    assert json.loads(corpus_json.read_text())["format"] == 2
+    assert json.loads(corpus_json.read_text())["format"] == CORPUS_FORMAT
+    other = dataclasses.replace(TINY_SPEC, tags=("<TRANSCRIBE> <CAPTION>",), train_per_task=3, eval_per_task=1)
+    assert not corpus_is_complete(tmp_path / "ved", other)  # another spec, without the recipes too

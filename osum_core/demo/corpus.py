@@ -176,19 +176,19 @@ def progress_bar(items, description: str | None, total: int):
 
 def corpus_is_complete(out_dir: str | Path, spec: CorpusSpec | None = None,
                        recipes: Mapping[str, DemoRecipe] | None = None) -> bool:
-    """Whether `out_dir` holds a finished corpus (when `spec` and `recipes` are given: made from `spec`, in
-    this module's `CORPUS_FORMAT`, by the same versions of the recipes)."""
+    """Whether `out_dir` holds a finished corpus: made from `spec`, when given, and when `recipes` are given
+    too, in this module's `CORPUS_FORMAT` by the same versions of the recipes."""
     out_dir = Path(out_dir)
     if not all((out_dir / f"{split}.jsonl").is_file() for split in SPLITS):
         return False
-    if spec is None or recipes is None:
+    if spec is None:
         return True
     try:
         made = json.loads((out_dir / "corpus.json").read_text())
     except (OSError, ValueError):
         return False
-    if not isinstance(made, dict):
+    if not isinstance(made, dict) or made.get("spec") != json.loads(json.dumps(dataclasses.asdict(spec))):
         return False
-    return (made.get("format", 1) == CORPUS_FORMAT and made.get("recipes") == recipe_versions(spec, recipes)
-            and made.get("spec") == json.loads(json.dumps(dataclasses.asdict(spec))))
+    return recipes is None or (made.get("format", 1) == CORPUS_FORMAT
+                               and made.get("recipes") == recipe_versions(spec, recipes))
 

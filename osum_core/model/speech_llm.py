@@ -283,6 +283,10 @@ class SpeechLLM(nn.Module):
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
             streamer=streamer,
+            # transformers turns this on for a model under FSDP: an all-reduce per token so that ranks stop
+            # together. osum gathers the whole model before evaluating (`SpeechLLMModule.whole_model`), and a
+            # rank whose batch is empty does not generate at all.
+            synced_gpus=False,
         )
         results = []
         for row in output.tolist():

@@ -246,10 +246,11 @@ class SpeechLLMModule(L.LightningModule):
     @contextlib.contextmanager
     def whole_model(self) -> Iterator[None]:
         """Under fsdp2, every sharded module's parameters gathered for the block and kept through its forwards
-        (a no-op otherwise). An evaluation batch then costs the same collectives on every rank, however many
-        tokens each rank's batch generates and even when a rank's batch is empty: generating with the layers
-        still sharded would gather each layer at every token, and ranks that stop at different tokens would
-        wait on each other's gathers for ever. Costs the unsharded model's memory during evaluation."""
+        (a no-op otherwise), so that an evaluation batch costs the same collectives on every rank: these
+        gathers, whatever the batch holds, and even for a rank's empty batch. With the layers still sharded,
+        a forward gathers each layer, and transformers' generate adds an all-reduce per token (its
+        ``synced_gpus``, on for an FSDP model, which `SpeechLLM.generate` turns off): a rank with nothing
+        to evaluate would not join them. Costs the unsharded model's memory during evaluation."""
         if not getattr(self, "_sharded", False):
             yield
             return
@@ -265,6 +266,7 @@ class SpeechLLMModule(L.LightningModule):
             for module in sharded:
                 module.reshard()
                 module.set_reshard_after_forward(module is not self.model, recurse=False)
+            forget_forward_order(self.model)
 
     def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict:
         # Only tensors move; task names, keys and targets stay Python objects.
@@ -490,3 +492,20 @@ class SpeechLLMModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.finish_evaluation("test")
+
+
+def forget_forward_order(model: torch.nn.Module) -> None:
+    """Clear the order in which FSDP saw its modules run forward. Evaluation's forwards add to it until the next
+    training backward, which prefetches (gathers) the module before each one in that order: a rank that
+    evaluated items would then gather once more than a rank whose evaluation batches were all empty."""
+    if hasattr(model, "reset_iter_state"):  # newer torch
+        model.reset_iter_state()
+        return
+    state = model._get_fsdp_state()  # type: ignore[operator]  # older torch: the same lists, by hand
+    if hasattr(state._comm_ctx, "post_forward_order"):
+        state._comm_ctx.post_forward_order.clear()
+    for module in model.modules():
+        if hasattr(module, "_get_fsdp_state"):
+            for group in module._get_fsdp_state()._fsdp_param_groups:
+                if hasattr(group, "_post_forward_indices"):
+                    group._post_forward_indices.clear()

@@ -137,6 +137,10 @@ def build_trainer(section: Mapping[str, Any], run_dir: Path, checkpoint_every: i
     `log_keys` (``data.log_keys``) writes the keys of every step (`KeyLog`)."""
     arguments = trainer_arguments(section)
     arguments["strategy"] = build_strategy(section, deepspeed or {})
+    if section.get("strategy") == "fsdp2":
+        # Evaluation under no_grad, as Lightning does for its FSDPStrategy (pytorch/pytorch#95957): weights
+        # gathered inside inference_mode (Lightning's choice on NCCL) cannot be used by training afterwards.
+        arguments["inference_mode"] = False
     # last.ckpt is replaced atomically (fsynced temporary + rename): a kill or a full disk while saving
     # leaves the previous one whole. DeepSpeed saves its own folder and does not use it.
     plugins = arguments.get("plugins") or []
