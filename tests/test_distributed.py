@@ -112,8 +112,10 @@ def test_ddp_metrics_are_reduced_over_all_ranks(tiny_corpus, tmp_path):
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_dev_and_test_sets_with_fewer_items_than_ranks_are_evaluated(strategy, tiny_corpus, tmp_path):
     """One dev and one test utterance on 2 ranks: rank 1 has nothing to evaluate, yet must join the gather of
-    the answers (and, sharded, every evaluation batch's gathering of the weights); rank 0 decodes its item. Before
-    2026-12-05 such a run waited for ever at its first validation."""
+    the answers (and, sharded, every evaluation batch's gathering of the weights); rank 0 decodes its item, and
+    training goes on after the validation. Before 2026-12-05 such a run stopped at its first validation
+    (Lightning refuses a rank whose loader has no batch); under fsdp2, a training step after a validation that
+    left one rank's FSDP forward order empty waited for ever (`forget_forward_order`)."""
     line = json.loads((tiny_corpus / "dev.jsonl").read_text().splitlines()[0])
     one = tmp_path / "one.jsonl"
     one.write_text(json.dumps({**line, "wav": str(tiny_corpus / line["wav"])}) + "\n")

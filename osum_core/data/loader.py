@@ -110,10 +110,10 @@ def agreed_count(counts: Sequence[tuple[int, int]]) -> int:
 
 
 def padded(batches: Iterator[list[PlanItem]], length: int) -> Iterator[list[PlanItem]]:
-    """An evaluation rank's batches, then empty ones up to `length` (the most any rank has). Lightning skips
-    the evaluation of a rank with no batch at all (a dev set with fewer items than ranks), whose epoch-end
-    gather of the answers the other ranks would then wait on for ever; and a sharded model's evaluation batch
-    is a collective (`SpeechLLMModule.whole_model`)."""
+    """An evaluation rank's batches, then empty ones up to `length` (the most any rank has). Lightning refuses
+    a rank with no batch at all (a dev set with fewer items than ranks: "within local rank has zero length"),
+    every rank must join the epoch-end gather of the answers, and a sharded model's evaluation batch is a
+    collective (`SpeechLLMModule.whole_model`)."""
     count = 0
     for batch in batches:
         count += 1
