@@ -111,10 +111,12 @@ class Decoded:
     seconds: float  # its audio's duration
 
 
-def generated_texts(model: SpeechLLM, tokenizer: Any, batch: Mapping[str, Any], settings: GenerationSettings) -> list[str]:
+def generated_texts(model: SpeechLLM, tokenizer: Any, batch: Mapping[str, Any], settings: GenerationSettings,
+                    synced_gpus: bool | None = None) -> list[str]:
     """The text generated for each example of a collated batch (its tensors on the model's device), special
-    tokens left out: what validation, ``osum test`` and ``osum predict`` score or print."""
-    return decoded_texts(tokenizer, model.generate(settings=settings, **batch))
+    tokens left out: what validation, ``osum test`` and ``osum predict`` score or print. `synced_gpus`: as
+    `SpeechLLM.generate` takes it."""
+    return decoded_texts(tokenizer, model.generate(settings=settings, synced_gpus=synced_gpus, **batch))
 
 
 def decoded_texts(tokenizer: Any, ids: Sequence[Sequence[int]]) -> list[str]:

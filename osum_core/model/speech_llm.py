@@ -250,6 +250,7 @@ class SpeechLLM(nn.Module):
         prompt_lengths: torch.Tensor,
         settings: GenerationSettings,
         streamer: Any = None,
+        synced_gpus: bool | None = None,
         **_: Any,
     ) -> list[list[int]]:
         """Token ids generated for each example of a batch (end-of-text removed).
@@ -263,7 +264,9 @@ class SpeechLLM(nn.Module):
 
         The batch is padded on the left with position ids that skip the padding, so each example's
         greedy output equals the output it gets alone. `streamer`: a transformers streamer handed each step's
-        tokens (`osum_core.inference.streaming.BatchTextStreamer` follows every row of the batch)."""
+        tokens (`osum_core.inference.streaming.BatchTextStreamer` follows every row of the batch).
+        `synced_gpus`: transformers' all-reduce per token so that ranks stop together (None: its default, on
+        for a model under FSDP); fsdp2 evaluation turns it off, having gathered the whole model first."""
         speech = self.encode_speech(features, feature_lengths, packed=self.packed)
         layout = build_layout(
             self.embed_tokens(prompt_ids), prompt_lengths, speech["speech"], speech["speech_lengths"],
@@ -283,10 +286,7 @@ class SpeechLLM(nn.Module):
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
             streamer=streamer,
-            # transformers turns this on for a model under FSDP: an all-reduce per token so that ranks stop
-            # together. osum gathers the whole model before evaluating (`SpeechLLMModule.whole_model`), and a
-            # rank whose batch is empty does not generate at all.
-            synced_gpus=False,
+            synced_gpus=synced_gpus,  # None: transformers decides (on for a model under FSDP or ZeRO-3)
         )
         results = []
         for row in output.tolist():

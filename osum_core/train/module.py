@@ -249,8 +249,8 @@ class SpeechLLMModule(L.LightningModule):
         (a no-op otherwise), so that an evaluation batch costs the same collectives on every rank: these
         gathers, whatever the batch holds, and even for a rank's empty batch. With the layers still sharded,
         a forward gathers each layer, and transformers' generate adds an all-reduce per token (its
-        ``synced_gpus``, on for an FSDP model, which `SpeechLLM.generate` turns off): a rank with nothing
-        to evaluate would not join them. Costs the unsharded model's memory during evaluation."""
+        ``synced_gpus``, on for an FSDP model, which `evaluate_items` turns off): a rank with nothing to
+        evaluate would not join them. Costs the unsharded model's memory during evaluation."""
         if not getattr(self, "_sharded", False):
             yield
             return
@@ -441,7 +441,10 @@ class SpeechLLMModule(L.LightningModule):
         sums[0] += float(loss) * len(batch["keys"])
         sums[1] += len(batch["keys"])
         began = time.perf_counter()
-        texts = generated_texts(self.model, self.tokenizer, batch, self.generation)
+        # Sharded, the whole model is gathered (`whole_model`): generating needs no collective, and a rank whose
+        # batch is empty would not join transformers' per-token all-reduce.
+        sharded = getattr(self, "_sharded", False)
+        texts = generated_texts(self.model, self.tokenizer, batch, self.generation, synced_gpus=False if sharded else None)
         # The report's real-time factor, as `osum test` measures it: decoding time per second of audio.
         stats = self._decode_stats.setdefault(stage, [0.0, 0.0, 0])
         stats[0] += time.perf_counter() - began
@@ -497,15 +500,24 @@ class SpeechLLMModule(L.LightningModule):
 def forget_forward_order(model: torch.nn.Module) -> None:
     """Clear the order in which FSDP saw its modules run forward. Evaluation's forwards add to it until the next
     training backward, which prefetches (gathers) the module before each one in that order: a rank that
-    evaluated items would then gather once more than a rank whose evaluation batches were all empty."""
-    if hasattr(model, "reset_iter_state"):  # newer torch
-        model.reset_iter_state()
-        return
-    state = model._get_fsdp_state()  # type: ignore[operator]  # older torch: the same lists, by hand
-    if hasattr(state._comm_ctx, "post_forward_order"):
-        state._comm_ctx.post_forward_order.clear()
+    evaluated items would then gather once more than a rank whose evaluation batches were all empty, and wait
+    for ever. Only these lists: torch's `reset_iter_state` would also drop gradient reductions in flight (a
+    validation may fall between the micro-batches of a step). Private to torch's FSDP2, hence each looked up
+    with care (the lists exist once the root has run a forward; older torch has one parameter group per
+    module, ``_fsdp_param_group``); tests/test_distributed.py hangs without it."""
+    from torch.distributed.fsdp import FSDPModule
+
+    order = getattr(getattr(model._get_fsdp_state(), "_comm_ctx", None), "post_forward_order", None)  # type: ignore[operator]
+    if order is not None:
+        order.clear()
     for module in model.modules():
-        if hasattr(module, "_get_fsdp_state"):
-            for group in module._get_fsdp_state()._fsdp_param_groups:
-                if hasattr(group, "_post_forward_indices"):
-                    group._post_forward_indices.clear()
+        if not isinstance(module, FSDPModule):
+            continue
+        state = module._get_fsdp_state()
+        groups = getattr(state, "_fsdp_param_groups", None)
+        if groups is None:
+            groups = [group for group in [getattr(state, "_fsdp_param_group", None)] if group is not None]
+        for group in groups:
+            indices = getattr(group, "_post_forward_indices", None)
+            if indices is not None:
+                indices.clear()

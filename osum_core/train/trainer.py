@@ -14,6 +14,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from osum_core.checkpoints.atomic import AtomicCheckpointIO
 from osum_core.checkpoints.run_dir import CHECKPOINT_DIR, LEARNING_CURVE, TRAIN_KEYS
@@ -137,7 +138,7 @@ def build_trainer(section: Mapping[str, Any], run_dir: Path, checkpoint_every: i
     `log_keys` (``data.log_keys``) writes the keys of every step (`KeyLog`)."""
     arguments = trainer_arguments(section)
     arguments["strategy"] = build_strategy(section, deepspeed or {})
-    if section.get("strategy") == "fsdp2":
+    if isinstance(arguments["strategy"], ModelParallelStrategy):  # fsdp2
         # Evaluation under no_grad, as Lightning does for its FSDPStrategy (pytorch/pytorch#95957): weights
         # gathered inside inference_mode (Lightning's choice on NCCL) cannot be used by training afterwards.
         arguments["inference_mode"] = False
