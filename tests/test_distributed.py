@@ -108,9 +108,14 @@ def test_ddp_metrics_are_reduced_over_all_ranks(tiny_corpus, tmp_path):
     assert trained == json.loads((tmp_path / "one" / "metrics.json").read_text()) and trained["skipped"] == {}
 
 
+MID_STEP = ["trainer.num_sanity_val_steps=1", "trainer.accumulate_grad_batches=2", "trainer.val_check_interval=3",
+            "trainer.max_steps=3"]  # a sanity check before any forward, then validations between micro-batches
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_dev_and_test_sets_with_fewer_items_than_ranks_are_evaluated(strategy, tiny_corpus, tmp_path):
+@pytest.mark.parametrize("strategy,extra", [("ddp", []), ("fsdp2", []), ("fsdp2", MID_STEP)],
+                         ids=["ddp", "fsdp2", "fsdp2-sanity-check-and-mid-step"])
+def test_dev_and_test_sets_with_fewer_items_than_ranks_are_evaluated(strategy, extra, tiny_corpus, tmp_path):
     """One dev and one test utterance on 2 ranks: rank 1 has nothing to evaluate, yet must join the gather of
     the answers (and, sharded, every evaluation batch's gathering of the weights); rank 0 decodes its item, and
     training goes on after the validation. Before 2026-12-05 such a run stopped at its first validation
@@ -122,12 +127,13 @@ def test_dev_and_test_sets_with_fewer_items_than_ranks_are_evaluated(strategy, t
     run = tmp_path / strategy
     done = fit(run, tiny_corpus, "trainer.max_steps=2", "trainer.val_check_interval=1", "trainer.limit_val_batches=1.0",
                f"data.val={one}", f"data.test={one}", "data.num_workers=1", "--strategy", strategy,
-               "trainer.devices=2")
+               "trainer.devices=2", *extra)
+    task = "ved" if "<CAPTION>" in line["task"] else "asr"
     curve = [json.loads(x) for x in (run / "learning_curve.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in curve] == [1, 2]  # a validation at each step
+    assert [row["step"] for row in curve] == ([1, 3] if extra else [1, 2])  # every validation, with its item
+    assert all(row["metrics"][task]["count"] == 1 for row in curve)
     assert [json.loads(x)["key"] for x in (run / "test_predictions.jsonl").read_text().splitlines()] == [line["key"]]
     metrics = json.loads((run / "metrics.json").read_text())
-    task = "ved" if "<CAPTION>" in line["task"] else "asr"
     assert metrics[task]["count"] == 1 and done.stdout.count("test metrics (") == 1
 
 
