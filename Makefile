@@ -23,7 +23,7 @@ setup: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/osum fit --tasks asr,ved --out runs/demo --overwrite
 
-# The eight OSUM tasks (about 8 minutes of synthesis once, then 25 minutes of training and the test).
+# The eight OSUM tasks (about 1.5 minutes of synthesis once, then 25 minutes of training and the test).
 demo-all: $(INSTALLED)
 	$(BIN)/osum fit --tasks asr,srwt,ved,ser,ssr,sgc,sap,sttc --config configs/demo_all.yaml --overwrite
 
