@@ -260,17 +260,19 @@ class PlanBatchSampler(Sampler[list[PlanItem]]):
 
     def layout_here(self) -> tuple[int, dict[int, int]]:
         """(batches this rank yields this epoch under its layout, which planned batches it splits)."""
-        if self.epoch not in self._lengths:
+        # Evaluation reads the same batches every time: counted (and agreed) once, not at each validation.
+        key = self.epoch if self.plan.training else 0
+        if key not in self._lengths:
             history, _ = self.resumed_here()
             if not self.plan.training:
                 # Each rank evaluates all of its items, in as many batches as the rank with the most (`padded`).
                 count = sum(1 for _ in self.plan.batches(self.epoch, self.rank, self.world_size))
-                self._lengths[self.epoch] = (count if self.world_size == 1 else agreed_length(count), {})
+                self._lengths[key] = (count if self.world_size == 1 else agreed_length(count), {})
             else:
                 # The running layout agrees by a collective; a replayed one is computed here alike on every rank.
                 agree = agreed_length if not history else None
-                self._lengths[self.epoch] = self.epoch_batches().even_layout(self.rank, self.layout, history, agree)
-        return self._lengths[self.epoch]
+                self._lengths[key] = self.epoch_batches().even_layout(self.rank, self.layout, history, agree)
+        return self._lengths[key]
 
     def batches_here(self) -> Iterator[list[PlanItem]]:
         if not self.plan.training:
