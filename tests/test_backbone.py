@@ -43,6 +43,7 @@ def model_cfg(whisper_path=None, qwen_path=None, lora=False, strides=(2, 2)):
         "ctc_max_run": 0,
         "time_embeddings": False,
         "summary_steps": 0,
+        "utterance_embedding": False,
         "gradient_checkpointing": False,
         "packed": False,
     }

@@ -49,3 +49,17 @@ def test_the_corrupted_corpus_bench_finds_exactly_the_items_it_broke(tiny_corpus
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["exact"] and sum(saved["expected_skipped"].values()) == round(0.3 * 48) + round(0.3 * 12)
     assert set(saved["corrupted"]) == set(saved["clean_minus_those"]) == {"asr", "ved"}
+
+
+def test_the_speaker_probe_finds_gender_in_the_input_and_scores_each_stage(run_dir, tiny_corpus, tmp_path):
+    out = tmp_path / "probe.json"
+    result = run("bench/speaker_probe.py", "--ckpt", str(run_dir), "--train", str(tiny_corpus / "train.jsonl"),
+                 "--test", str(tiny_corpus / "test.jsonl"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    saved = json.loads(out.read_text())
+    assert saved["classes"] == ["female", "male"] and saved["utterances"] == {"train": 48, "test": 12}
+    assert list(saved["stages"]) == ["input", "encoder", "speech_steps"]
+    # Held-out voices differ from the training ones in pitch and formants: the averaged log-mel input alone
+    # tells their gender (a probe that could not would be broken, not the model).
+    assert saved["stages"]["input"]["test"] > saved["majority_test"]
+    assert saved["stages"]["input"]["width"] == 80  # the log-mel bins

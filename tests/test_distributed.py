@@ -6,6 +6,7 @@ own random generators."""
 import io
 import json
 import random
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -13,12 +14,14 @@ from pathlib import Path
 
 import numpy
 import pytest
+import soundfile
 import torch
 from conftest import TINY, data_args, run_process
 from test_exact_resume import key_log, kill_after_step, started_until_step, stderr_at_end, weights
+from test_packing import FRAMES, PROMPTS, TARGETS, batch_of, tiny_model
 
 from osum_core.cli.main import main
-from osum_core.train.module import SpeechLLMModule, rng_state
+from osum_core.train.module import SpeechLLMModule, placeholder_batch, rng_state
 
 DROPOUT = ["model.adapter.dropout=0.1", "model.encoder.config.dropout=0.1", "model.llm.config.attention_dropout=0.1"]
 NO_DROPOUT = ["model.adapter.dropout=0", "model.encoder.config.dropout=0", "model.llm.config.attention_dropout=0"]
@@ -135,6 +138,57 @@ def test_dev_and_test_sets_with_fewer_items_than_ranks_are_evaluated(strategy, e
     assert [json.loads(x)["key"] for x in (run / "test_predictions.jsonl").read_text().splitlines()] == [line["key"]]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics[task]["count"] == 1 and done.stdout.count("test metrics (") == 1
+
+
+@pytest.mark.parametrize("options", [[], ["model.summary_steps=2", "model.utterance_embedding=true"]])
+def test_the_placeholder_of_an_empty_batch_reaches_what_a_real_batch_reaches_with_zero_gradients(options):
+    # Under fsdp2 a rank whose batch was all skipped runs this example instead, times zero: it must gather and
+    # reduce the same parameters as the other ranks' real batches (the same modules, with the CTC head), with a
+    # finite loss (a NaN would make every rank skip the step) and gradients of exactly zero.
+    model = tiny_model(*options).train()
+    out = model(**batch_of(FRAMES[:3], PROMPTS[:3], TARGETS[:3]))
+    (out["token_loss"].sum() + out["ctc_loss"].sum()).backward()
+    real = {n for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    out = model(**placeholder_batch(model, torch.device("cpu")))
+    loss = out["token_loss"].sum() + out["ctc_loss"].sum()
+    assert torch.isfinite(loss)
+    (loss * 0.0).backward()
+    reached = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(reached) == real and all(int(g.count_nonzero()) == 0 for g in reached.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy,kept,extra", [
+    ("ddp", 2, []), ("fsdp2", 2, []), ("fsdp2", 4, ["trainer.accumulate_grad_batches=2", "loss.ce_start_step=3"]),
+], ids=["ddp", "fsdp2", "fsdp2-accumulated-and-ctc-only-start"])
+def test_a_rank_whose_every_item_was_skipped_steps_with_the_other(strategy, kept, extra, tiny_corpus, tmp_path):
+    """All but one in `kept` of the training audio is silent (found only when loaded), in batches of one or
+    two items: at some step one rank's batches are all empty while the other's are not. The empty rank must
+    still join every collective of the step; under fsdp2 those are the gathers and reductions of each sharded
+    module's forward and backward, which a loss of `p.sum() * 0` over the (sharded) parameters never runs:
+    before 2026-12-06 that rank fell out of step with the other (`SpeechLLMModule.empty_batch_loss`)."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    soundfile.write(corpus / "silent.wav", numpy.zeros(16000, dtype=numpy.float32), 16000)
+    lines = [json.loads(x) for x in (corpus / "train.jsonl").read_text().splitlines()]
+    silent = {x["key"] for i, x in enumerate(lines) if i % kept}
+    (corpus / "train.jsonl").write_text("".join(json.dumps({**x, "wav": "silent.wav"} if x["key"] in silent else x)
+                                                + "\n" for x in lines))
+    run = tmp_path / strategy
+    done = fit(run, corpus, "trainer.max_steps=6", "data.max_frames=300", "data.max_skipped_fraction=0.9",
+               "data.num_workers=1", "--strategy", strategy, "trainer.devices=2", *extra)
+    ranks: dict[int, dict[int, list[str]]] = {}
+    for line in (run / "train_keys.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        ranks.setdefault(row["step"], {})[row["rank"]] = row["keys"]
+    assert sorted(ranks) == list(range(1, 7))
+    assert not silent & {k for step in ranks.values() for keys in step.values() for k in keys}
+    assert any(bool(step[0]) != bool(step[1]) for step in ranks.values()), "no step with exactly one empty rank"
+    assert "step skipped" not in done.stderr  # a NaN from the placeholder would skip steps on every rank
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 6 and checkpoint["skipped_steps"] == 0
+    assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values() if w.is_floating_point())
 
 
 @pytest.mark.slow

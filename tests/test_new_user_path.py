@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import TINY
 
-from osum_core.cli.fit_checks import fit_config_problems
+from osum_core.cli.fit_checks import fit_config_problems, fit_config_warnings
 from osum_core.cli.main import main
 from osum_core.config import fit_config, load_config
 
@@ -44,7 +44,8 @@ def test_a_run_on_own_data_says_what_it_trains_on_what_will_not_happen_and_what_
     lines = captured.err.splitlines() + captured.out.splitlines()
     warnings = [line for line in lines if line.startswith("osum: warning:")]
     assert any("loss.ce_start_step=5 is not below trainer.max_steps=3: the LLM's loss never joins" in w for w in warnings)
-    assert any("trainer.val_check_interval=8 is above trainer.max_steps=3: this run never validates" in w for w in warnings)
+    assert any("trainer.val_check_interval=8 (training batches) is above the 3 batches of trainer.max_steps=3 x "
+               "trainer.accumulate_grad_batches=1: this run never validates" in w for w in warnings)
     assert not any("warnings.warn" in line or "UserWarning" in line for line in lines)  # no source lines
     assert not any("Tip:" in line or "GPU available" in line for line in lines)  # Lightning's notices
     summary = next(line for line in lines if line.startswith("training data (data.train):"))
@@ -69,3 +70,14 @@ def test_the_run_config_keeps_its_paths_as_written(tmp_path):
     run = Path(tmp_path / "config.yaml")
     run.write_text("data:\n  train: relative/train.jsonl\n")
     assert load_config("fit", [run])["data"]["train"] == "relative/train.jsonl"
+
+
+def test_the_no_validation_warning_counts_the_batches_of_accumulated_steps():
+    # Lightning's val_check_interval counts training batches: 3 steps of 4 batches do reach batch 8.
+    def warned(*overrides: str) -> bool:
+        cfg = fit_config(overrides=["trainer.max_steps=3", "trainer.val_check_interval=8", *overrides])
+        return any("this run never validates" in w for w in fit_config_warnings(cfg))
+
+    assert warned("trainer.accumulate_grad_batches=1")
+    assert not warned("trainer.accumulate_grad_batches=4")
+    assert not warned("trainer.accumulate_grad_batches=1", "trainer.limit_val_batches=0")

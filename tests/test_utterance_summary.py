@@ -1,6 +1,9 @@
 """`model.summary_steps`: attention-pooled views of the whole utterance before the speech steps. Each example's
 summary sees its own frames only, the batch budget counts the steps, packed and padded steps agree, generation
-batched equals generation alone, the steps train with the adapter and travel in the checkpoint."""
+batched equals generation alone, the steps train with the adapter and travel in the checkpoint.
+
+`model.utterance_embedding`: one such view added to every speech step. It starts as a no-op, adds each example's
+own view to each of its steps, and trains, packs, generates and travels like the summary steps."""
 
 import torch
 from conftest import TINY, data_args
@@ -100,9 +103,65 @@ def test_greedy_generation_with_summary_steps_is_the_same_batched_and_alone():
         assert alone[0] == batched[i]
 
 
+def with_trained_utterance_embedding(model):
+    """`model` with its utterance embedding moved off its zero start, as training moves it."""
+    with torch.no_grad():
+        model.utterance_embedding.queries.normal_(std=0.5)
+        model.utterance_embedding.projection.weight.normal_(std=0.5)
+        model.utterance_embedding.projection.bias.normal_(std=0.5)
+    return model
+
+
+def test_utterance_embedding_starts_as_no_change_then_adds_each_examples_own_view_to_each_step():
+    batch = batch_of(FRAMES, PROMPTS, TARGETS, seed=2)
+    plain = tiny_model(seed=3).eval()
+    model = tiny_model("model.utterance_embedding=true", seed=3).eval()
+    model.load_state_dict(plain.state_dict(), strict=False)  # the same weights, the embedding's own at zero
+    with torch.no_grad():
+        before = plain.encode_speech(batch["features"], batch["feature_lengths"])
+        at_start = model.encode_speech(batch["features"], batch["feature_lengths"])
+        torch.testing.assert_close(at_start["speech"], before["speech"], rtol=0, atol=0)
+        with_trained_utterance_embedding(model)
+        after = model.encode_speech(batch["features"], batch["feature_lengths"])
+        pooled = model.utterance_embedding(after["encoder_states"], after["encoder_lengths"])
+    assert after["speech_lengths"].tolist() == before["speech_lengths"].tolist()
+    assert pooled.shape == (len(FRAMES), 1, before["speech"].shape[-1])
+    assert not torch.allclose(pooled[0], pooled[1])  # each example its own view
+    for i, n in enumerate(before["speech_lengths"].tolist()):
+        torch.testing.assert_close(after["speech"][i, :n], before["speech"][i, :n] + pooled[i])
+
+
+def test_packed_step_has_the_padded_loss_and_gradients_with_the_utterance_embedding():
+    model = with_trained_utterance_embedding(tiny_model("model.utterance_embedding=true").train())
+    assert_same_step(model, batch_of(FRAMES, PROMPTS, TARGETS))
+
+
+def test_greedy_generation_with_the_utterance_embedding_is_the_same_batched_and_alone():
+    model = with_trained_utterance_embedding(tiny_model("model.utterance_embedding=true", seed=4).eval())
+    batch = batch_of(FRAMES, PROMPTS, [1] * len(FRAMES), seed=9)
+    settings = GenerationSettings(**{**fit_config()["eval"]["generation"], "max_new_tokens": 8, "min_new_tokens": 8})
+    batched = model.generate(settings=settings, **batch)
+    for i, (frames, prompt) in enumerate(zip(FRAMES, PROMPTS)):
+        alone = model.generate(batch["features"][i : i + 1, :frames], batch["feature_lengths"][i : i + 1],
+                               batch["prompt_ids"][i : i + 1, :prompt], batch["prompt_lengths"][i : i + 1], settings)
+        assert alone[0] == batched[i]
+
+
+def test_utterance_embedding_trains_with_the_adapter_from_its_zero_start():
+    model = tiny_model("model.utterance_embedding=true").train()
+    counts = set_trainable(model, ["adapter"])
+    parts = (model.adapter, model.time_embedding, model.utterance_embedding)
+    assert counts["adapter"] == sum(p.numel() for part in parts for p in part.parameters())
+    model(**batch_of(FRAMES[:3], PROMPTS[:3], TARGETS[:3]))["token_loss"].sum().backward()
+    # At zero only the projection has a gradient; the queries get theirs once it has moved.
+    assert model.utterance_embedding.projection.weight.grad.abs().sum() > 0
+    set_trainable(model, ["llm", "encoder"])
+    assert not any(p.requires_grad for p in model.utterance_embedding.parameters())
+
+
 def test_every_parameter_of_a_model_with_the_demos_options_and_summary_steps_belongs_to_a_part():
     # A module that no part names would stay frozen at its initial value (the time embedding once did).
-    model = tiny_model("model.summary_steps=2")
+    model = tiny_model("model.summary_steps=2", "model.utterance_embedding=true")
     set_trainable(model, list(PARTS))
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen == ["encoder.whisper.embed_positions.weight"]  # Whisper's fixed sinusoids
@@ -122,11 +181,14 @@ def test_summary_trains_with_the_adapter_and_is_frozen_with_it():
 def test_summary_weights_travel_through_a_run_and_its_export(tiny_corpus, tmp_path):
     run, out = tmp_path / "run", tmp_path / "export"
     assert main(["fit", "--tasks", "asr,ved", "--out", str(run), *data_args(tiny_corpus), *TINY,
-                 "trainer.max_steps=3", "trainer.val_check_interval=3", "model.summary_steps=2"]) == 0
+                 "trainer.max_steps=3", "trainer.val_check_interval=3", "model.summary_steps=2",
+                 "model.utterance_embedding=true"]) == 0
     assert main(["export", "--ckpt", str(run), "--out", str(out)]) == 0
-    assert load_file(str(out / "speech.safetensors"))["summary.queries"].shape[0] == 2
+    speech = load_file(str(out / "speech.safetensors"))
+    assert speech["summary.queries"].shape[0] == 2 and speech["utterance_embedding.queries"].shape[0] == 1
     trained, exported = load_checkpoint(run).model, load_checkpoint(out).model
-    assert exported.summary.steps == 2
+    assert exported.summary.steps == 2 and exported.utterance_embedding is not None
     assert trained.summary.queries.abs().sum() > 0  # it trained: the queries left their zero start
+    assert trained.utterance_embedding.projection.weight.abs().sum() > 0  # ... and so did this projection
     a, b = canonical_state_dict(trained), canonical_state_dict(exported)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -288,10 +288,15 @@ def fit_config_warnings(cfg: dict[str, Any]) -> list[str]:
         found.append(f"loss.ce_start_step={start} is not below trainer.max_steps={steps}: the LLM's loss never joins "
                      "the CTC loss in this run (loss.ce_start_step=0 trains it from the first step)")
     interval = cfg["trainer"].get("val_check_interval")
-    if (isinstance(steps, int) and steps > 0 and isinstance(interval, int) and interval > steps
+    # Lightning counts val_check_interval in training batches, max_steps in optimiser steps of
+    # accumulate_grad_batches batches each.
+    accumulate = cfg["trainer"].get("accumulate_grad_batches", 1)
+    batches = steps * accumulate if isinstance(steps, int) and isinstance(accumulate, int) else -1
+    if (batches > 0 and isinstance(interval, int) and interval > batches
             and cfg["trainer"].get("limit_val_batches") != 0):
-        found.append(f"trainer.val_check_interval={interval} is above trainer.max_steps={steps}: this run never "
-                     f"validates and writes no learning curve (e.g. trainer.val_check_interval={steps})")
+        found.append(f"trainer.val_check_interval={interval} (training batches) is above the {batches} batches of "
+                     f"trainer.max_steps={steps} x trainer.accumulate_grad_batches={accumulate}: this run never "
+                     f"validates and writes no learning curve (e.g. trainer.val_check_interval={batches})")
     return found
 
 

@@ -27,9 +27,9 @@ def encoder_parameters(model: SpeechLLM) -> Iterator[nn.Parameter]:
 
 def bridge_parameters(model: SpeechLLM) -> Iterator[nn.Parameter]:
     """The adapter and what else turns encoder states into the speech steps the LLM reads: the time
-    embedding and the utterance summary (options of the model, each None when off)."""
+    embedding, the utterance summary and the utterance embedding (options of the model, each None when off)."""
     yield from model.adapter.parameters()
-    for part in (model.time_embedding, model.summary):
+    for part in (model.time_embedding, model.summary, model.utterance_embedding):
         if part is not None:
             yield from part.parameters()
 

@@ -43,7 +43,10 @@ class SpeechLLM(nn.Module):
         frame it starts at; merging removes the "how long" that a step count would otherwise carry, and
         word timestamps (SRWT) need it back.
     summary_steps: this many attention-pooled views of the whole utterance go before the speech steps
-        (utterance_summary.py): what compression dilutes (speaker, emotion, a vocal event) in one place."""
+        (utterance_summary.py): what compression dilutes (speaker, emotion, a vocal event) in one place.
+    utterance_embedding: add one attention-pooled view of the whole utterance to every speech step, its
+        projection starting at zero; where the summary steps put the speaker in one place the LLM must learn
+        to look at, this puts it in each step the LLM already reads for the words."""
 
     TIME_FEATURES = 64
 
@@ -61,6 +64,7 @@ class SpeechLLM(nn.Module):
         time_embeddings: bool = False,
         packed: bool = False,
         summary_steps: int = 0,
+        utterance_embedding: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -80,6 +84,9 @@ class SpeechLLM(nn.Module):
             nn.init.zeros_(self.time_embedding.weight)
             nn.init.zeros_(self.time_embedding.bias)
         self.summary = UtteranceSummary(encoder.output_size, width, summary_steps) if summary_steps else None
+        self.utterance_embedding = (
+            UtteranceSummary(encoder.output_size, width, 1, start_at_zero=True) if utterance_embedding else None
+        )
         self.packed = packed and packing_supported(encoder.whisper.config, self.causal_lm.config)
         self.ctc_compression = ctc_compression
         self.ctc_embeddings = ctc_embeddings
@@ -161,6 +168,9 @@ class SpeechLLM(nn.Module):
                 raise ValueError("CTC embeddings need an adapter that keeps the length (adapter.conv_strides: [1])")
             table = self.causal_lm.get_input_embeddings().weight
             speech = speech + (posterior.to(table.dtype) @ table).to(speech.dtype)
+        if self.utterance_embedding is not None:
+            # [B, 1, width], the same for every step of an example (padding steps too: they are masked).
+            speech = speech + self.utterance_embedding(states, state_lengths).to(speech.dtype)
         if self.summary is not None:
             # Before the speech steps, so every step of every example keeps its place after them.
             speech = torch.cat([self.summary(states, state_lengths).to(speech.dtype), speech], dim=1)

@@ -20,7 +20,7 @@ from torch import nn
 
 
 class UtteranceSummary(nn.Module):
-    def __init__(self, input_size: int, llm_size: int, steps: int) -> None:
+    def __init__(self, input_size: int, llm_size: int, steps: int, start_at_zero: bool = False) -> None:
         super().__init__()
         if steps < 1:
             raise ValueError(f"an utterance summary needs at least one step, got {steps}")
@@ -28,6 +28,11 @@ class UtteranceSummary(nn.Module):
         self.norm = nn.LayerNorm(input_size)
         self.projection = nn.Linear(input_size, llm_size)
         self.scale = 1.0 / math.sqrt(input_size)
+        if start_at_zero:
+            # Added to steps that already carry the words (`SpeechLLM.utterance_embedding`): it must not
+            # move them before it has learnt something, as the time embedding starts at zero for the same reason.
+            nn.init.zeros_(self.projection.weight)
+            nn.init.zeros_(self.projection.bias)
 
     @property
     def steps(self) -> int:

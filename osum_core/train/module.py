@@ -241,6 +241,10 @@ class SpeechLLMModule(L.LightningModule):
         # The root keeps its parameters after forward (backward needs them at once): fully_shard's default for
         # a root, stated because `whole_model` restores it.
         fully_shard(self.model, mesh=data_parallel, reshard_after_forward=False)
+        if hasattr(self.model, "set_reduce_scatter_unused_params"):  # torch >= 2.8
+            # A parameter no gradient reached on one rank (that rank's batch took another branch) is still
+            # reduced as zeros, so every rank's reductions keep the same sizes.
+            self.model.set_reduce_scatter_unused_params(True)
         self._sharded = True
 
     @contextlib.contextmanager
@@ -323,7 +327,12 @@ class SpeechLLMModule(L.LightningModule):
     def empty_batch_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """The loss of a batch whose every item was skipped (`collate_examples`): zero, yet reaching every
         trained parameter (DDP wants a gradient for each) after joining the step's collective as the
-        other ranks do."""
+        other ranks do. Under fsdp2 the other ranks' forward and backward gather and reduce each sharded
+        module, so this rank runs the same forward on a placeholder example and gives its loss times zero."""
+        if getattr(self, "_sharded", False) and self.world_size > 1:
+            steps = {k: batch[k] for k in ("step_tokens", "step_items") if k in batch}
+            loss, _ = self.batch_loss({**placeholder_batch(self.model, self.device), **steps})
+            return loss * 0.0
         if self.world_size > 1 and batch.get("step_tokens"):
             self.step_totals(batch)
         zero = torch.zeros((), device=self.device)
@@ -495,6 +504,23 @@ class SpeechLLMModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.finish_evaluation("test")
+
+
+def placeholder_batch(model: SpeechLLM, device: torch.device, frames: int = 64) -> dict[str, torch.Tensor]:
+    """One made-up example that takes the path of a real one through `model` (encoder, CTC head, adapter,
+    LLM): `frames` frames of silence, a one-token prompt, a one-token target and a one-token CTC target that
+    is not the CTC blank (so its loss is finite)."""
+    mels = model.encoder.whisper.config.num_mel_bins
+    vocab = model.ctc_head.out_features if model.ctc_head is not None else model.causal_lm.config.vocab_size
+    token = model.eos_token_id if model.eos_token_id != model.pad_token_id else (model.pad_token_id + 1) % vocab
+    ids = torch.full((1, 1), token, dtype=torch.long, device=device)
+    one = torch.ones(1, dtype=torch.long, device=device)
+    return {
+        "features": torch.zeros(1, frames, mels, device=device), "feature_lengths": torch.tensor([frames], device=device),
+        "prompt_ids": ids, "prompt_lengths": one, "target_ids": ids, "target_lengths": one,
+        "target_weights": torch.ones(1, 1, device=device), "ctc_ids": ids, "ctc_lengths": one,
+        "ctc_weights": torch.ones(1, device=device),
+    }
 
 
 def forget_forward_order(model: torch.nn.Module) -> None:
