@@ -9,6 +9,9 @@ query per step scores the frames (starting at zero, so each step starts as the u
 pooled state goes through its own LayerNorm and projection, as the adapter's output does, so it arrives at
 the scale of the other speech steps. An option for models trained from scratch (``model.summary_steps``);
 OSUM has no such steps, and its checkpoint imports without them.
+
+The same pooling, one view with its projection starting at zero, is ``model.utterance_embedding``: added to
+every speech step rather than put before them (`SpeechLLM.encode_speech`).
 """
 
 from __future__ import annotations
