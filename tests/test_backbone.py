@@ -42,6 +42,7 @@ def model_cfg(whisper_path=None, qwen_path=None, lora=False, strides=(2, 2)):
         "ctc_embeddings": False,
         "ctc_max_run": 0,
         "time_embeddings": False,
+        "time_embedding_ends": False,
         "summary_steps": 0,
         "utterance_embedding": False,
         "gradient_checkpointing": False,
@@ -195,15 +196,33 @@ def test_ctc_compression_merges_runs_of_equal_labels():
     torch.testing.assert_close(cut[1], torch.tensor([[1.0, 2.0], [4.0, 5.0], [7.0, 8.0], [10.0, 11.0]]))
 
 
+def test_each_run_ends_where_the_next_starts_and_the_last_at_the_utterances_end():
+    from osum_core.model.ctc_compression import merge_ctc_runs, run_ends
+
+    states = torch.randn(3, 6, 2)
+    labels = torch.tensor([[0, 0, 3, 3, 0, 5], [1, 1, 1, 2, 2, 2], [4, 4, 4, 4, 4, 4]])
+    lengths = torch.tensor([6, 4, 0])
+    _, runs, starts = merge_ctc_runs(states, lengths, labels)
+    ends = run_ends(starts, runs, lengths)
+    assert runs.tolist() == [4, 2, 0]
+    assert ends[0].tolist() == [2, 4, 5, 6] and ends[1, :2].tolist() == [3, 4]  # 4: its last real frame is 3
+    _, cut_runs, cut_starts = merge_ctc_runs(states, torch.tensor([6, 6, 6]), labels, max_run=4)
+    assert run_ends(cut_starts, cut_runs, torch.tensor([6, 6, 6]))[2, :2].tolist() == [4, 6]
+
+
 def test_compressed_model_still_batches_exactly(saved_models):
     cfg = model_cfg(qwen_path=str(saved_models / "qwen2"))
     cfg["ctc_compression"] = True
     cfg["ctc_embeddings"] = True
     cfg["ctc_max_run"] = 3
     cfg["time_embeddings"] = True
+    cfg["time_embedding_ends"] = True
     cfg["adapter"]["conv_strides"] = [1]
     torch.manual_seed(0)
     model = build_speech_llm(cfg, 64, eos_token_id=1, pad_token_id=0).eval()
+    with torch.no_grad():  # as training moves them off their zero start
+        for part in (model.time_embedding, model.time_end_embedding):
+            part.weight.normal_(std=0.5)
     batch = batch_of([80, 31, 57], [6, 2, 4], [1, 1, 1], seed=5)
     settings = generation(max_new_tokens=6)
     together = model.generate(settings=settings, **batch)

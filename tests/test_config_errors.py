@@ -223,6 +223,8 @@ CONTRADICTIONS = [
     (["osum-7b"], ["loss.ctc_weight=0.3"], "loss.ctc_weight=0.3 needs the CTC head (model.ctc_head=true)"),
     (["demo"], ["model.ctc_head=false"], "model.ctc_compression needs the CTC head"),
     (["demo"], ["model.ctc_compression=false"], "model.time_embeddings are for CTC compression"),
+    (["demo"], ["model.time_embeddings=false", "model.time_embedding_ends=true"],
+     "model.time_embedding_ends go with the time embeddings"),
     (["demo"], ["model.ctc_max_run=-4"], "model.ctc_max_run must be 0 (merge whole runs) or more, got -4"),
     (["demo"], ["model.summary_steps=-1"], "model.summary_steps must be 0 (none) or more, got -1"),
     (["demo"], ["loss.ctc_target=labels"], "loss.ctc_target must be transcript or target, got 'labels'"),

@@ -136,6 +136,13 @@ def test_packed_step_has_the_padded_loss_and_gradients_with_the_utterance_embedd
     assert_same_step(model, batch_of(FRAMES, PROMPTS, TARGETS))
 
 
+def test_packed_step_has_the_padded_loss_and_gradients_with_time_embedding_ends():
+    model = tiny_model("model.time_embedding_ends=true").train()
+    with torch.no_grad():
+        model.time_end_embedding.weight.normal_(std=0.5)
+    assert_same_step(model, batch_of(FRAMES, PROMPTS, TARGETS))
+
+
 def test_greedy_generation_with_the_utterance_embedding_is_the_same_batched_and_alone():
     model = with_trained_utterance_embedding(tiny_model("model.utterance_embedding=true", seed=4).eval())
     batch = batch_of(FRAMES, PROMPTS, [1] * len(FRAMES), seed=9)
@@ -161,7 +168,7 @@ def test_utterance_embedding_trains_with_the_adapter_from_its_zero_start():
 
 def test_every_parameter_of_a_model_with_the_demos_options_and_summary_steps_belongs_to_a_part():
     # A module that no part names would stay frozen at its initial value (the time embedding once did).
-    model = tiny_model("model.summary_steps=2", "model.utterance_embedding=true")
+    model = tiny_model("model.summary_steps=2", "model.utterance_embedding=true", "model.time_embedding_ends=true")
     set_trainable(model, list(PARTS))
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen == ["encoder.whisper.embed_positions.weight"]  # Whisper's fixed sinusoids
@@ -182,13 +189,14 @@ def test_summary_weights_travel_through_a_run_and_its_export(tiny_corpus, tmp_pa
     run, out = tmp_path / "run", tmp_path / "export"
     assert main(["fit", "--tasks", "asr,ved", "--out", str(run), *data_args(tiny_corpus), *TINY,
                  "trainer.max_steps=3", "trainer.val_check_interval=3", "model.summary_steps=2",
-                 "model.utterance_embedding=true"]) == 0
+                 "model.utterance_embedding=true", "model.time_embedding_ends=true"]) == 0
     assert main(["export", "--ckpt", str(run), "--out", str(out)]) == 0
     speech = load_file(str(out / "speech.safetensors"))
     assert speech["summary.queries"].shape[0] == 2 and speech["utterance_embedding.queries"].shape[0] == 1
     trained, exported = load_checkpoint(run).model, load_checkpoint(out).model
     assert exported.summary.steps == 2 and exported.utterance_embedding is not None
     assert trained.summary.queries.abs().sum() > 0  # it trained: the queries left their zero start
-    assert trained.utterance_embedding.projection.weight.abs().sum() > 0  # ... and so did this projection
+    assert trained.utterance_embedding.projection.weight.abs().sum() > 0  # ... and so did these projections
+    assert speech["time_end_embedding.weight"].abs().sum() > 0
     a, b = canonical_state_dict(trained), canonical_state_dict(exported)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -138,6 +138,8 @@ def ctc_settings(cfg: dict[str, Any]) -> Iterator[str]:
             yield f"model.{key} needs the CTC head: set model.ctc_head=true"
     if model["time_embeddings"] and not model["ctc_compression"]:
         yield "model.time_embeddings are for CTC compression: set model.ctc_compression=true (or turn them off)"
+    if model["time_embedding_ends"] and not model["time_embeddings"]:
+        yield "model.time_embedding_ends go with the time embeddings: set model.time_embeddings=true (or turn them off)"
     if model["ctc_max_run"] < 0:
         yield f"model.ctc_max_run must be 0 (merge whole runs) or more, got {model['ctc_max_run']}"
     if model["summary_steps"] < 0:

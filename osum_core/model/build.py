@@ -77,7 +77,8 @@ def build_speech_llm(cfg: dict[str, Any], vocab_size: int, eos_token_id: int, pa
     return SpeechLLM(
         encoder, adapter, llm, eos_token_id, pad_token_id, ctc_vocab_size=ctc_vocab,
         ctc_compression=cfg["ctc_compression"], ctc_embeddings=cfg["ctc_embeddings"],
-        ctc_max_run=cfg["ctc_max_run"], time_embeddings=cfg["time_embeddings"], packed=cfg["packed"],
+        ctc_max_run=cfg["ctc_max_run"], time_embeddings=cfg["time_embeddings"],
+        time_embedding_ends=cfg["time_embedding_ends"], packed=cfg["packed"],
         summary_steps=cfg["summary_steps"], utterance_embedding=cfg["utterance_embedding"],
     )
 

@@ -38,6 +38,17 @@ def merge_ctc_runs(
     return sums[:, :runs] / counts[:, :runs, None].clamp(min=1), run_lengths, run_starts
 
 
+def run_ends(run_starts: torch.Tensor, runs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The frame after each run [B, R] of `merge_ctc_runs`: the next run's start, and for an example's last run
+    (its `runs`-th) its frame count `lengths` [B]. Runs are contiguous, so that is where each one ends; the
+    last run's end is the only one no other step's start tells."""
+    ends = torch.cat([run_starts[:, 1:], run_starts.new_zeros(run_starts.shape[0], 1)], dim=1)
+    if ends.shape[1] == 0:
+        return ends
+    last = (runs - 1).clamp(min=0)[:, None]
+    return ends.scatter(1, last, lengths[:, None].to(ends.dtype))
+
+
 def time_features(frames: torch.Tensor, size: int) -> torch.Tensor:
     """Sinusoids of frame positions [B, R] -> [B, R, size], periods from 2 frames to ~2,000 frames."""
     half = size // 2

@@ -27,9 +27,10 @@ def encoder_parameters(model: SpeechLLM) -> Iterator[nn.Parameter]:
 
 def bridge_parameters(model: SpeechLLM) -> Iterator[nn.Parameter]:
     """The adapter and what else turns encoder states into the speech steps the LLM reads: the time
-    embedding, the utterance summary and the utterance embedding (options of the model, each None when off)."""
+    embeddings (start and end), the utterance summary and the utterance embedding (options of the model, each
+    None when off)."""
     yield from model.adapter.parameters()
-    for part in (model.time_embedding, model.summary, model.utterance_embedding):
+    for part in (model.time_embedding, model.time_end_embedding, model.summary, model.utterance_embedding):
         if part is not None:
             yield from part.parameters()
 

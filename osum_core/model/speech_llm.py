@@ -10,7 +10,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from osum_core.model.adapter import SpeechAdapter
-from osum_core.model.ctc_compression import merge_ctc_runs, time_features
+from osum_core.model.ctc_compression import merge_ctc_runs, run_ends, time_features
 from osum_core.model.encoder import SpeechEncoder
 from osum_core.model.layout import build_layout, layout_length
 from osum_core.model.packing import packing_supported
@@ -42,6 +42,9 @@ class SpeechLLM(nn.Module):
     time_embeddings: with compression, add to each merged step a learned projection of sinusoids of the
         frame it starts at; merging removes the "how long" that a step count would otherwise carry, and
         word timestamps (SRWT) need it back.
+    time_embedding_ends: with time embeddings, add a second such projection of the frame each merged step
+        ends at; a step's end is otherwise told only by the next step's start, and the last word of an
+        utterance has none (its end was the largest timestamp error on the demo).
     summary_steps: this many attention-pooled views of the whole utterance go before the speech steps
         (utterance_summary.py): what compression dilutes (speaker, emotion, a vocal event) in one place.
     utterance_embedding: add one attention-pooled view of the whole utterance to every speech step, its
@@ -62,6 +65,7 @@ class SpeechLLM(nn.Module):
         ctc_embeddings: bool = False,
         ctc_max_run: int = 0,
         time_embeddings: bool = False,
+        time_embedding_ends: bool = False,
         packed: bool = False,
         summary_steps: int = 0,
         utterance_embedding: bool = False,
@@ -77,12 +81,17 @@ class SpeechLLM(nn.Module):
             raise ValueError("CTC compression and CTC embeddings need the CTC head (model.ctc_head: true)")
         if time_embeddings and not ctc_compression:
             raise ValueError("time embeddings are for CTC compression (model.ctc_compression: true)")
+        if time_embedding_ends and not time_embeddings:
+            raise ValueError("time embedding ends go with the time embeddings (model.time_embeddings: true)")
         self.time_embedding = nn.Linear(self.TIME_FEATURES, width) if time_embeddings else None
-        if self.time_embedding is not None:
-            # Zero at first: a random projection of the sinusoids outweighed the (std 0.02) token
-            # embeddings the speech steps carry and kept the LLM from reading them.
-            nn.init.zeros_(self.time_embedding.weight)
-            nn.init.zeros_(self.time_embedding.bias)
+        # Its own projection (not a wider time_embedding), so checkpoints without it keep their shapes.
+        self.time_end_embedding = nn.Linear(self.TIME_FEATURES, width) if time_embedding_ends else None
+        for part in (self.time_embedding, self.time_end_embedding):
+            if part is not None:
+                # Zero at first: a random projection of the sinusoids outweighed the (std 0.02) token
+                # embeddings the speech steps carry and kept the LLM from reading them.
+                nn.init.zeros_(part.weight)
+                nn.init.zeros_(part.bias)
         self.summary = UtteranceSummary(encoder.output_size, width, summary_steps) if summary_steps else None
         self.utterance_embedding = (
             UtteranceSummary(encoder.output_size, width, 1, start_at_zero=True) if utterance_embedding else None
@@ -160,6 +169,9 @@ class SpeechLLM(nn.Module):
                 raise ValueError("time embeddings need an adapter that keeps the length (adapter.conv_strides: [1])")
             time = time_features(run_starts, self.TIME_FEATURES).to(speech.dtype)
             speech = speech + self.time_embedding(time)
+            if self.time_end_embedding is not None:
+                ends = run_ends(run_starts, adapter_lengths, state_lengths)
+                speech = speech + self.time_end_embedding(time_features(ends, self.TIME_FEATURES).to(speech.dtype))
         if self.ctc_embeddings:
             # Each speech step also gets the expected LLM token embedding under the CTC posterior, so the
             # LLM reads speech partly in its own embedding space (an option for models trained from scratch).
