@@ -63,3 +63,20 @@ def test_the_speaker_probe_finds_gender_in_the_input_and_scores_each_stage(run_d
     # tells their gender (a probe that could not would be broken, not the model).
     assert saved["stages"]["input"]["test"] > saved["majority_test"]
     assert saved["stages"]["input"]["width"] == 80  # the log-mel bins
+
+
+def test_timestamp_errors_are_told_by_the_boundarys_place(tmp_path):
+    predictions = tmp_path / "test_predictions.jsonl"
+    rows = [
+        {"task": "srwt", "text": "<0.0>one<0.3><0.3> two<0.9>", "reference": "<0.0>one<0.3><0.3>two<0.6>"},
+        {"task": "srwt", "text": "<0.1>one<0.4><0.4>six<0.6>", "reference": "<0.0>one<0.4><0.4>two<0.6>"},  # wrong word
+        {"task": "asr", "text": "one", "reference": "one"},
+    ]
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run("bench/timestamp_errors.py", str(predictions))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "1 of 2 srwt answers with the reference's words" in lines[0]
+    by_place = {line.split()[0] + " " + line.split()[1]: line for line in lines[1:-1]}
+    assert "mean error  300.0 ms" in by_place["end last"] and "mean error    0.0 ms" in by_place["start first"]
+    assert lines[-1].endswith("+0: 3, +0.3: 1")

@@ -90,10 +90,7 @@ def test_packed_step_has_the_padded_loss_and_gradients_with_summary_steps():
     assert_same_step(model, batch_of(FRAMES, PROMPTS, TARGETS))
 
 
-def test_greedy_generation_with_summary_steps_is_the_same_batched_and_alone():
-    model = tiny_model("model.summary_steps=2", seed=4).eval()
-    with torch.no_grad():  # queries away from zero, so the pooling is not a plain mean
-        model.summary.queries.normal_(std=0.5)
+def assert_generates_the_same_batched_and_alone(model):
     batch = batch_of(FRAMES, PROMPTS, [1] * len(FRAMES), seed=9)
     settings = GenerationSettings(**{**fit_config()["eval"]["generation"], "max_new_tokens": 8, "min_new_tokens": 8})
     batched = model.generate(settings=settings, **batch)
@@ -101,6 +98,13 @@ def test_greedy_generation_with_summary_steps_is_the_same_batched_and_alone():
         alone = model.generate(batch["features"][i : i + 1, :frames], batch["feature_lengths"][i : i + 1],
                                batch["prompt_ids"][i : i + 1, :prompt], batch["prompt_lengths"][i : i + 1], settings)
         assert alone[0] == batched[i]
+
+
+def test_greedy_generation_with_summary_steps_is_the_same_batched_and_alone():
+    model = tiny_model("model.summary_steps=2", seed=4).eval()
+    with torch.no_grad():  # queries away from zero, so the pooling is not a plain mean
+        model.summary.queries.normal_(std=0.5)
+    assert_generates_the_same_batched_and_alone(model)
 
 
 def with_trained_utterance_embedding(model):
@@ -145,13 +149,7 @@ def test_packed_step_has_the_padded_loss_and_gradients_with_time_embedding_ends(
 
 def test_greedy_generation_with_the_utterance_embedding_is_the_same_batched_and_alone():
     model = with_trained_utterance_embedding(tiny_model("model.utterance_embedding=true", seed=4).eval())
-    batch = batch_of(FRAMES, PROMPTS, [1] * len(FRAMES), seed=9)
-    settings = GenerationSettings(**{**fit_config()["eval"]["generation"], "max_new_tokens": 8, "min_new_tokens": 8})
-    batched = model.generate(settings=settings, **batch)
-    for i, (frames, prompt) in enumerate(zip(FRAMES, PROMPTS)):
-        alone = model.generate(batch["features"][i : i + 1, :frames], batch["feature_lengths"][i : i + 1],
-                               batch["prompt_ids"][i : i + 1, :prompt], batch["prompt_lengths"][i : i + 1], settings)
-        assert alone[0] == batched[i]
+    assert_generates_the_same_batched_and_alone(model)
 
 
 def test_utterance_embedding_trains_with_the_adapter_from_its_zero_start():
