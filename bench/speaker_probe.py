@@ -9,7 +9,7 @@ speech steps the LLM reads (after CTC compression, the adapter and the added emb
 regression per stage is fitted on the first manifest (the training voices) and scored on the second
 (held-out voices). A stage that scores near the one before it kept the field; a drop says where it went.
 Measured on issue 21's demo-all runs (BENCHMARKS.md): the input and the encoder states gave gender on
-held-out voices at 1.00 and 0.96, the LLM's speech steps at 0.74, while the LLM answered it at chance.
+held-out voices at 1.00 and 0.96, the LLM's speech steps at 0.76, while the LLM answered it at chance.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def probe_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test: torch.
     train, test = (train - mean) / std, (test - mean) / std
     weight = torch.zeros(train.shape[1], classes, requires_grad=True)
     bias = torch.zeros(classes, requires_grad=True)
-    optimiser = torch.optim.LBFGS([weight, bias], max_iter=300)
+    optimiser = torch.optim.LBFGS([weight, bias], max_iter=500, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()

@@ -4,8 +4,10 @@
 
 Reads a run's ``test_predictions.jsonl`` (or ``osum test``'s ``predictions.jsonl``), keeps the SRWT answers
 whose words are exactly the reference's, and prints the mean absolute error (ms) of the start and of the end
-of the first, middle and last words, and how often each error size occurs. The task's own metric
-(``timestamp_error_ms``) is the mean over all of them; this says which boundary makes it. On issue 21's
+of the first, middle and last words, and how often each error size occurs. It reads SRWT's default word
+format only (``<start>word<end>``, not ``tasks.srwt.word_format={word}<{start},{end}>``). The task's own
+metric (``timestamp_error_ms``) also scores the matched words of partly right answers and refuses answers
+whose times go backwards; this is a breakdown of the exactly right answers, not that metric. On issue 21's
 demo-all runs the last word's end was the worst (124 to 204 ms against 24 to 43 ms for the first word's):
 the merged step of a last word starts where it starts, but nothing after it says where it ends.
 """
@@ -48,6 +50,9 @@ def main() -> None:
     rows = [json.loads(line) for line in args.predictions.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [row for row in rows if row["task"] == args.task]
     places, signed, used = boundary_errors(rows)
+    if rows and not used:
+        raise SystemExit(f"{args.predictions}: no {args.task} answer has the reference's words in the default "
+                         "<start>word<end> format; this script reads that format only")
     print(f"{args.predictions}: {used} of {len(rows)} {args.task} answers with the reference's words")
     for place in ("start first", "end first", "start middle", "end middle", "start last", "end last"):
         if places[place]:

@@ -14,6 +14,7 @@ from osum_core.checkpoints.loading import load_checkpoint
 from osum_core.checkpoints.state_keys import canonical_state_dict
 from osum_core.cli.main import main
 from osum_core.config import fit_config
+from osum_core.model.ctc_compression import merge_ctc_runs, run_ends, time_features
 from osum_core.model.freezing import PARTS, set_trainable
 from osum_core.model.layout import build_layout
 from osum_core.model.speech_llm import GenerationSettings
@@ -145,6 +146,27 @@ def test_packed_step_has_the_padded_loss_and_gradients_with_time_embedding_ends(
     with torch.no_grad():
         model.time_end_embedding.weight.normal_(std=0.5)
     assert_same_step(model, batch_of(FRAMES, PROMPTS, TARGETS))
+
+
+def test_time_embedding_ends_add_a_projection_of_the_frame_each_merged_step_ends_at():
+    batch = batch_of(FRAMES, PROMPTS, TARGETS, seed=2)
+    model = tiny_model("model.time_embedding_ends=true", seed=3).eval()
+    features, lengths = batch["features"], batch["feature_lengths"]
+    with torch.no_grad():
+        without = model.encode_speech(features, lengths)  # the end projection still at its zero start
+        model.time_end_embedding.weight.normal_(std=0.5)
+        model.time_end_embedding.bias.normal_(std=0.5)
+        with_ends = model.encode_speech(features, lengths)
+        states, state_lengths = with_ends["encoder_states"], with_ends["encoder_lengths"]
+        labels = model.ctc_head(states).argmax(dim=-1)
+        _, runs, starts = merge_ctc_runs(states, state_lengths, labels, model.ctc_max_run)
+        added = with_ends["speech"] - without["speech"]
+        by_end = model.time_end_embedding(time_features(run_ends(starts, runs, state_lengths), model.TIME_FEATURES))
+        by_start = model.time_end_embedding(time_features(starts, model.TIME_FEATURES))
+    assert with_ends["speech_lengths"].tolist() == runs.tolist()
+    for i, n in enumerate(runs.tolist()):
+        torch.testing.assert_close(added[i, :n], by_end[i, :n])
+        assert not torch.allclose(added[i, :n], by_start[i, :n])  # the ends, not the starts again
 
 
 def test_greedy_generation_with_the_utterance_embedding_is_the_same_batched_and_alone():
