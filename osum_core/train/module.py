@@ -508,7 +508,7 @@ class SpeechLLMModule(L.LightningModule):
 
 def placeholder_batch(model: SpeechLLM, device: torch.device, frames: int = 64) -> dict[str, torch.Tensor]:
     """One made-up example that takes the path of a real one through `model` (encoder, CTC head, adapter,
-    LLM): `frames` frames of silence, a one-token prompt, a one-token target and a one-token CTC target that
+    LLM): `frames` frames of zero features, a one-token prompt, a one-token target and a one-token CTC target that
     is not the CTC blank (so its loss is finite)."""
     mels = model.encoder.whisper.config.num_mel_bins
     vocab = model.ctc_head.out_features if model.ctc_head is not None else model.causal_lm.config.vocab_size
