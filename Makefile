@@ -39,11 +39,14 @@ browser:
 	    apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 	  echo "make: Chromium could not be installed: the demo page's browser test will be skipped"
 
+# Test processes side by side (pytest-xdist): one per core of the 2-core CI machine; each computes on one thread.
+TEST_WORKERS ?= 2
+
 # Lint, the plugin API's types, then the whole suite, slow end-to-end tests included (CI runs exactly this).
 test: $(INSTALLED) browser
 	$(BIN)/ruff check osum_core osum_tasks plugins tests bench configs
 	$(BIN)/mypy $(PLUGIN_API)
-	$(BIN)/python -m pytest -q --durations=15 $(TESTS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15 $(TESTS)
 
 # Everything but the tests marked slow.
 test-fast: $(INSTALLED)

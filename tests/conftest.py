@@ -20,6 +20,12 @@ from osum_core.config import load_config
 from osum_core.demo.corpus import synthesize_corpus
 from osum_core.plugins import CorpusSpec, load_tasks
 
+# Under pytest-xdist (`make test` runs one worker per core) each worker and every process it starts computes on
+# one thread: two workers of two threads each on two cores would spend their time waiting for each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 RUN_TIMEOUT = 600  # seconds: a whole `osum fit` of the tests takes well under a minute alone
 # Every Python process of a run dumps its threads' stacks on SIGABRT, and prints at once (no output lost to a kill).
 RUN_ENV = {"PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"}

@@ -125,7 +125,16 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     except BaseException:
         stop_started_ranks(trainer)
         raise
-    evaluation = module.evaluations["test"]
+    log("learning curve (validation on data.val):\n" + curve_table(curve.rows))
+    if skips.counts:
+        log(f"bad items skipped: {skips.summary()} (each listed in {run_dir / SKIPPED})")
+    if module.skipped_steps:
+        log(f"optimiser steps skipped for a NaN or infinite loss or gradient: {module.skipped_steps}")
+    evaluation = module.evaluations.get("test")
+    if evaluation is None:  # trainer.limit_test_batches=0: the user asked for no test
+        log(f"not tested (trainer.limit_test_batches is 0): no {run_dir}/metrics.json; "
+            f"osum test --ckpt {run_dir} --tasks {','.join(tasks)} tests it later")
+        return {"skipped": skips.summary()}
     settings = {
         "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
         "tasks": list(tasks),
@@ -137,11 +146,6 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     }
     if trainer.is_global_zero:
         write_report(run_dir, evaluation, settings, predictions=TEST_PREDICTIONS, skipped=skips.summary())
-    log("learning curve (validation on data.val):\n" + curve_table(curve.rows))
-    if skips.counts:
-        log(f"bad items skipped: {skips.summary()} (each listed in {run_dir / SKIPPED})")
-    if module.skipped_steps:
-        log(f"optimiser steps skipped for a NaN or infinite loss or gradient: {module.skipped_steps}")
     metrics = {**evaluation.metrics, "skipped": skips.summary()}
     log(f"test metrics ({run_dir}/metrics.json):\n{json.dumps(metrics, indent=2)}")
     log(f"next: osum export --ckpt {run_dir} --out DIR  (an osum checkpoint directory, for --init and sharing); "
