@@ -142,6 +142,7 @@ def test_incomplete_encoder_file_names_the_file_and_key(whisper_encoder, tmp_pat
 OSUM_SHAPED = [
     "model.adapter.conv_strides=[1,2,2]", "model.adapter.layers=2", "model.ctc_head=false",
     "model.ctc_compression=false", "model.ctc_embeddings=false", "model.time_embeddings=false",
+    "model.utterance_embedding=false",  # OSUM has none of the demo preset's options
     "model.llm.lora.enabled=true", "model.encoder.conv_strides=[1,2]",
     "model.encoder.config.encoder_layers=2", "model.llm.config.num_hidden_layers=2",
 ]

@@ -20,8 +20,9 @@ GRAD_TOLERANCE = 1e-4  # largest difference relative to the gradient's largest m
 
 
 def tiny_model(*overrides: str, seed: int = 0):
-    """The demo's model options at a tiny size (CTC compression, CTC embeddings, time embeddings), or the
-    OSUM adapter with Transformer layers and LoRA, from configs/ plus `overrides`; dropout off."""
+    """The demo's model options at a tiny size (CTC compression, CTC embeddings, time embeddings, the utterance
+    embedding), or the OSUM adapter with Transformer layers and LoRA, from configs/ plus `overrides`; dropout
+    off."""
     encoder = dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64, dropout=0.0)
     llm = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
                tie_word_embeddings=False)

@@ -197,8 +197,8 @@ def test_every_parameter_of_a_model_with_the_demos_options_and_summary_steps_bel
 def test_summary_trains_with_the_adapter_and_is_frozen_with_it():
     model = tiny_model("model.summary_steps=2").train()
     counts = set_trainable(model, ["adapter"])
-    assert counts["adapter"] == sum(p.numel() for part in (model.adapter, model.time_embedding, model.summary)
-                                    for p in part.parameters())
+    parts = (model.adapter, model.time_embedding, model.summary, model.utterance_embedding)  # the demo preset's
+    assert counts["adapter"] == sum(p.numel() for part in parts for p in part.parameters())
     model(**batch_of(FRAMES[:3], PROMPTS[:3], TARGETS[:3]))["token_loss"].sum().backward()
     assert model.summary.queries.grad is not None and model.summary.projection.weight.grad.abs().sum() > 0
     set_trainable(model, ["llm", "encoder"])
