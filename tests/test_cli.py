@@ -119,7 +119,7 @@ def test_fit_told_not_to_test_trains_saves_and_says_so(tmp_path, tiny_corpus, ca
     data = [f"data.{k}={tiny_corpus / f'{s}.jsonl'}" for k, s in (("train", "train"), ("val", "dev"), ("test", "test"))]
     assert main(["fit", "--tasks", "asr", "--out", str(run), *data, *TINY_FIT, "trainer.limit_test_batches=0"]) == 0
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "metrics.json").exists()
-    assert "not tested (trainer.limit_test_batches is 0)" in capsys.readouterr().out
+    assert "not tested: no test batch ran (trainer.limit_test_batches=0)" in capsys.readouterr().out
 
 
 def test_synth_takes_corpus_settings_as_overrides(tmp_path, capsys):

@@ -133,6 +133,7 @@ def test_a_run_in_the_folder_made_with_other_settings_is_refused_not_counted(stu
     ("tasks.ved.label_los_weight=1", "tasks.ved.label_los_weight"),  # a key the task does not take
     ("trainer.precision=banana", "trainer.precision"),  # the whole-config checks of osum fit
     ("seed=3", "seed"),  # the study sets it
+    ("trainer.limit_test_batches=0", "trainer.limit_test_batches"),  # a run without test metrics compares nothing
 ])
 def test_a_bad_override_in_one_arm_is_refused_before_any_run_starts(tmp_path, capsys, arm, named):
     out = tmp_path / "study"

@@ -53,7 +53,7 @@ from osum_core.train.trainer import build_trainer, stop_started_ranks
 def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and test; returns the test metrics (also in the run's metrics.json, with the bad items
-    skipped by reason under ``"skipped"``)."""
+    skipped by reason under ``"skipped"``), or only ``"skipped"`` when no test batch ran."""
     quiet_console()
     check_fit_config(cfg)  # every path and contradiction, before anything is built or written
     tasks = configured_tasks(registry.tasks, task_names, cfg["tasks"])
@@ -131,9 +131,10 @@ def fit(cfg: dict[str, Any], task_names: Sequence[str], registry: TaskRegistry,
     if module.skipped_steps:
         log(f"optimiser steps skipped for a NaN or infinite loss or gradient: {module.skipped_steps}")
     evaluation = module.evaluations.get("test")
-    if evaluation is None:  # trainer.limit_test_batches=0: the user asked for no test
-        log(f"not tested (trainer.limit_test_batches is 0): no {run_dir}/metrics.json; "
-            f"osum test --ckpt {run_dir} --tasks {','.join(tasks)} tests it later")
+    if evaluation is None:  # Lightning ran no test loop (trainer.limit_test_batches=0): nothing to report
+        log(f"not tested: no test batch ran (trainer.limit_test_batches={cfg['trainer'].get('limit_test_batches')}),"
+            f" so no {run_dir}/metrics.json; osum test --ckpt {run_dir} --tasks {','.join(tasks)} --out DIR "
+            f"tests it later")
         return {"skipped": skips.summary()}
     settings = {
         "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),

@@ -188,6 +188,8 @@ class Study:
         except (ValueError, FileNotFoundError) as error:
             raise ValueError(f"{where}: {error}") from None
         problems = fit_config_problems(cfg)
+        if cfg["trainer"].get("limit_test_batches") in (0, 0.0):  # a study compares the runs' test metrics
+            problems.append("trainer.limit_test_batches is 0: a study compares test metrics, and no run would have any")
         if problems:
             raise ValueError(f"{where}: " + "; ".join(problems))
         return cfg
