@@ -59,6 +59,7 @@ class InProcessServer:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         while not self.server.started:
+            assert self.thread.is_alive(), f"the server did not start on port {self.port} (taken since it was free?)"
             time.sleep(0.05)
 
     def client(self) -> openai.OpenAI:
@@ -177,7 +178,10 @@ def test_a_request_whose_client_gave_up_is_never_decoded(serving, tiny_corpus):
     impatient = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="x", max_retries=0, timeout=0.5)
     with concurrent.futures.ThreadPoolExecutor(5) as pool:
         first = pool.submit(transcribe, patient, files[0])  # decodes for a second
-        time.sleep(0.2)
+        deadline = time.monotonic() + 60
+        while not server.decoding.batches:  # the others are sent once it is being decoded, however busy the machine
+            assert time.monotonic() < deadline and not first.done(), "the first request was never decoded"
+            time.sleep(0.01)
         gave_up = list(pool.map(lambda f: _outcome(lambda: transcribe(impatient, f)), files[1:4]))
         assert all(isinstance(o, openai.APITimeoutError) for o in gave_up), gave_up
         assert first.result()
