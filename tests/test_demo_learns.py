@@ -21,7 +21,8 @@ given as manifests; "corpus" is the seed the corpus was made with, "seed" the ru
 | 2 | 1 | 1 | 0.436 | 0.467 | 0.514 | 0 |
 | 1 | 1 | 2 | 0.151 | 0.633 | 0.248 | 0 |
 
-The first row is this test's run (run twice: the same figures to the last digit). Before the utterance embedding
+The first row has this test's settings and corpus, given as manifests (run twice: the same figures to the last
+digit). Before the utterance embedding
 and the fix that lets the time embedding train (2026-12-05, each seed its own corpus, 2 threads) seeds 1-4 gave
 ASR WER 0.187, 0.361, 0.588 and 0.652, VED transcript WER up to 0.662, 0 invalid.
 
