@@ -25,6 +25,12 @@ Benchmarks (one line each: name, figures, ``ratio=`` osum's throughput over Qwen
                             rate / training rate; the target is >= 5)
 Timings are medians of --repeats runs after --warmup runs, all in this one process. Raw figures, sizes,
 machine and versions go to bench/results/<benchmark>-<size>.json.
+
+Each training line also gives each system's arithmetic: the FLOPs of one step as torch's FlopCounterMode
+counts what its kernels compute (attention included, padding included), GFLOP/s, and ``flop_ratio=``
+(Qwen2-Audio's FLOPs over osum's). Where both systems run their arithmetic equally fast (a CPU, compute
+bound), the FLOP ratio is the speed ratio that doing less work alone gives; beyond it a system must run
+its kernels faster.
 """
 
 from __future__ import annotations
@@ -165,17 +171,38 @@ def timed(fn, warmup: int, repeats: int, device: str) -> list[float]:
     return times
 
 
-def autocast(device: str):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+def autocast(device: str, bf16: bool):
+    """bf16 autocast for both systems, always on a GPU (as osum's presets train there) and on a CPU with --bf16."""
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=bf16 or device == "cuda")
 
 
-def train_step_fn(system: str, model, batch, device: str):
+def count_flops(fn) -> int:
+    """FLOPs of one call of `fn` as torch's FlopCounterMode counts them, with a formula for the CPU's fused
+    attention kernels, which it has none for (it would count their work as zero)."""
+    from torch.utils import flop_counter
+
+    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if cpu_attention not in flop_counter.flop_registry:
+        @flop_counter.register_flop_formula(cpu_attention)
+        def forward_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+        @flop_counter.register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
+        def backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+    with flop_counter.FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def train_step_fn(system: str, model, batch, device: str, bf16: bool = False):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     model.train()
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device):
+        with autocast(device, bf16):
             if system != "qwen2_audio":
                 out = model(**batch)
                 loss = out["token_loss"].sum() / out["token_count"].sum()
@@ -187,11 +214,11 @@ def train_step_fn(system: str, model, batch, device: str):
     return step
 
 
-def peak_memory_child(system: str, size: str, kind: str, device: str, queue) -> None:
+def peak_memory_child(system: str, size: str, kind: str, device: str, bf16: bool, queue) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = qwen2_audio_model(size, device) if system == "qwen2_audio" else osum_model(size, device, system)
     ours, theirs = make_batches(make_waves(kind), size, LENGTHS[kind]["target"], device)
-    step = train_step_fn(system, model, theirs if system == "qwen2_audio" else ours, device)
+    step = train_step_fn(system, model, theirs if system == "qwen2_audio" else ours, device, bf16)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     step()
@@ -204,11 +231,11 @@ def peak_memory_child(system: str, size: str, kind: str, device: str, queue) -> 
         queue.put(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024)
 
 
-def peak_memory(system: str, size: str, kind: str, device: str) -> float:
+def peak_memory(system: str, size: str, kind: str, device: str, bf16: bool) -> float:
     """Peak memory (MiB) of two training steps in a fresh process, so the other system's allocations don't count."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=peak_memory_child, args=(system, size, kind, device, queue))
+    process = context.Process(target=peak_memory_child, args=(system, size, kind, device, bf16, queue))
     process.start()
     value = queue.get()
     process.join()
@@ -234,21 +261,25 @@ def bench_train(kind: str, size: str, args) -> dict:
     batches = {"osum": ours, "osum_25hz": ours, "osum_padded": ours, "qwen2_audio": theirs}
     audio = sum(len(w) for w in waves) / SAMPLE_RATE
     tokens = len(waves) * LENGTHS[kind]["target"]
-    result = {"utterances": len(waves), "audio_seconds": audio, "target_tokens": tokens}
+    result = {"utterances": len(waves), "audio_seconds": audio, "target_tokens": tokens,
+              "bf16_autocast": args.bf16 or args.device == "cuda"}
     models = {"osum": osum_model(size, args.device), "osum_25hz": osum_model(size, args.device, "osum_25hz"),
               "osum_padded": osum_model(size, args.device, "osum_padded"), "qwen2_audio": qwen2_audio_model(size, args.device)}
-    steps = {name: train_step_fn(name, model, batches[name], args.device) for name, model in models.items()}
+    steps = {name: train_step_fn(name, model, batches[name], args.device, args.bf16) for name, model in models.items()}
     for system, times in interleaved(steps, args.warmup, args.repeats, args.device).items():
         median = statistics.median(times)
+        flops = count_flops(steps[system])  # after the timing: a step of its own, not timed
         result[system] = {"seconds": times, "median": median, "audio_s_per_s": audio / median,
-                          "tokens_per_s": tokens / median, "params": sum(p.numel() for p in models[system].parameters())}
+                          "tokens_per_s": tokens / median, "params": sum(p.numel() for p in models[system].parameters()),
+                          "gflop": flops / 1e9, "gflop_per_s": flops / 1e9 / median}
     del models, steps
     if args.memory:
         for system in ("osum", "qwen2_audio"):
-            result[system]["peak_mib"] = peak_memory(system, size, kind, args.device)
+            result[system]["peak_mib"] = peak_memory(system, size, kind, args.device, args.bf16)
     result["ratio"] = result["osum"]["audio_s_per_s"] / result["qwen2_audio"]["audio_s_per_s"]
     result["ratio_25hz"] = result["osum_25hz"]["audio_s_per_s"] / result["qwen2_audio"]["audio_s_per_s"]
     result["ratio_padded"] = result["osum_padded"]["audio_s_per_s"] / result["qwen2_audio"]["audio_s_per_s"]
+    result["flop_ratio"] = result["qwen2_audio"]["gflop"] / result["osum"]["gflop"]
     return result
 
 
@@ -270,16 +301,16 @@ def bench_generate(size: str, args) -> dict:
     produced = {}
 
     def run_osum():
-        with torch.no_grad(), autocast(args.device):
+        with torch.no_grad(), autocast(args.device, args.bf16):
             produced["osum"] = osum.generate(settings=settings, **ours)
 
     def run_qwen():
-        with torch.no_grad(), autocast(args.device):
+        with torch.no_grad(), autocast(args.device, args.bf16):
             produced["qwen2_audio"] = qwen.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n,
                                                     min_new_tokens=n, do_sample=False, eos_token_id=1, pad_token_id=0,
                                                     **prompt_only)
 
-    result = {"utterances": len(waves), "new_tokens": n}
+    result = {"utterances": len(waves), "new_tokens": n, "bf16_autocast": args.bf16 or args.device == "cuda"}
     for system, times in interleaved({"osum": run_osum, "qwen2_audio": run_qwen}, args.warmup, args.repeats,
                                      args.device).items():
         result[system] = {"seconds": times, "median": statistics.median(times),
@@ -377,6 +408,7 @@ def main() -> int:
     parser.add_argument("--loader-utterances", type=int, default=96)
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory processes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on a CPU too (always on a GPU)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
     out, only = Path(args.out), args.only.split(",")
@@ -394,7 +426,9 @@ def main() -> int:
                            f"osum_25hz={r['osum_25hz']['audio_s_per_s']:.1f} "
                            f"qwen2_audio={r['qwen2_audio']['audio_s_per_s']:.1f} tokens/s osum={r['osum']['tokens_per_s']:.0f} "
                            f"qwen2_audio={r['qwen2_audio']['tokens_per_s']:.0f}{memory} ratio_25hz={r['ratio_25hz']:.2f} "
-                           f"ratio_padded={r['ratio_padded']:.2f}", out)
+                           f"ratio_padded={r['ratio_padded']:.2f} gflop osum={r['osum']['gflop']:.1f} "
+                           f"qwen2_audio={r['qwen2_audio']['gflop']:.1f} gflop/s osum={r['osum']['gflop_per_s']:.0f} "
+                           f"qwen2_audio={r['qwen2_audio']['gflop_per_s']:.0f} flop_ratio={r['flop_ratio']:.2f}", out)
         if "generate" in only:
             r = bench_generate(size, args)
             report("generate", size, r, f"utterances/s osum={r['osum']['utterances_per_s']:.2f} "

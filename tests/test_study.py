@@ -122,6 +122,16 @@ def test_a_run_in_the_folder_made_with_other_settings_is_refused_not_counted(stu
     assert "arm 'ved_weight1' seed 1" in capsys.readouterr().err
     assert main([*study_args(out), "trainer.max_steps=9", "--dry-run"]) == 2  # a setting of every run
     assert "was run with other settings" in capsys.readouterr().err
+    assert main([*study_args(out), "--dry-run"]) == 0  # the same study: its runs count
+    capsys.readouterr()
+    # A run made before a default changed: the same command, another config.
+    stored = out / "asr_x" / "seed1" / "config.yaml"
+    config = yaml.safe_load(stored.read_text())
+    config["model"]["utterance_embedding"] = not config["model"]["utterance_embedding"]
+    stored.write_text(yaml.safe_dump(config))
+    assert main([*study_args(out), "--dry-run"]) == 2
+    assert re.search(r"asr_x' seed 1: .* than the same command gives now \(model\.utterance_embedding (True|False) -> "
+                     r"(True|False): a default or a preset changed since\)", capsys.readouterr().err)
     (out / "asr_x" / "seed1" / "study_run.json").unlink()  # a run the study did not start
     assert main([*study_args(out), "--dry-run"]) == 2
     assert "holds a run that this study did not start" in capsys.readouterr().err

@@ -93,6 +93,14 @@ def changed_fixed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if fixed(key) and before.get(key) != after.get(key)]
 
 
+def stored_run_config(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """(the resolved config a run stored at `path`, with its data paths absolute and the settings osum added
+    since at the values it ran under; those settings as ``key=value``)."""
+    stored = flat(OmegaConf.to_container(OmegaConf.load(path)) or {})
+    earlier = [f"{key}={value}" for key, value in EARLIER_DEFAULTS.items() if key not in stored]
+    return absolute_data_paths(load_config("fit", [path], earlier)), earlier  # (an older osum stored paths as given)
+
+
 def resume_config(resume: str, tasks: str | None, presets: Sequence[str] = (), stages: Sequence[str] = (),
                   strategies: Sequence[str] = (), files: Sequence[str] = (), overrides: Sequence[str] = (),
                   out: str | None = None) -> tuple[dict[str, Any], list[str]]:
@@ -104,9 +112,7 @@ def resume_config(resume: str, tasks: str | None, presets: Sequence[str] = (), s
     if out is not None and Path(out).resolve() != run.resolve():
         raise ResumeRefused(f"--resume {resume} continues the run in {run}; --out {out} names another folder "
                             "(leave --out out, or start a new run there with --init from an export)")
-    stored = flat(OmegaConf.to_container(OmegaConf.load(base)) or {})
-    earlier = [f"{key}={value}" for key, value in EARLIER_DEFAULTS.items() if key not in stored]
-    old = absolute_data_paths(load_config("fit", [base], earlier))  # (a run of an older osum stored them as given)
+    old, earlier = stored_run_config(base)
     # Compared as the run stored them: data paths absolute, `--tasks all` as the names it stands for (the
     # whole original command plus --resume, as a requeued job repeats it, changes nothing).
     cfg = absolute_data_paths(load_config("fit", [base, *preset_files(presets, stages, strategies)],

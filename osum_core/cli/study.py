@@ -230,6 +230,31 @@ class Study:
         if settings_of(attempts[0]["command"]) != settings_of(self.command(run)):
             raise ValueError(f"{where} was run with other settings ({shlex.join(attempts[0]['command'][3:])}); "
                              "a study's arms keep their settings: use another --out, or move that folder away")
+        changed = self.changed_settings(run)
+        if changed:
+            raise ValueError(f"{where} was run with other settings than the same command gives now "
+                             f"({'; '.join(changed)}: a default or a preset changed since); use another --out, or "
+                             "move that folder away")
+
+    def changed_settings(self, run: PlannedRun) -> list[str]:
+        """'key old -> new' for each setting of the run's stored config that the same command no longer gives
+        (osum's defaults or a preset changed since it ran). Its folder, its corpus folder and the data paths
+        that the demo corpus fills in are the run's own (the study's folder may have moved: `settings_of`)."""
+        from osum_core.checkpoints.run_dir import latest_run_config
+        from osum_core.cli.resume import flat, stored_run_config
+        from osum_core.config import fit_config
+        from osum_core.config.load import absolute_data_paths
+
+        args = self.args
+        stored, earlier = stored_run_config(latest_run_config(run.run_dir))
+        planned = absolute_data_paths(fit_config(args.preset, args.stage, args.config, [*earlier, *run.overrides],
+                                                 args.strategy))
+        own = {"out", "resume", "overwrite"}
+        if uses_demo_corpus(planned):
+            own |= {"data.train", "data.val", "data.test", "data.demo.dir"}
+        before, now = flat(stored), flat(planned)
+        return [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
+                if key not in own and before.get(key) != now.get(key)]
 
     def command(self, run: PlannedRun) -> list[str]:
         command = [sys.executable, "-m", "osum_core.cli.main", "fit", "--tasks", ",".join(self.tasks)]
