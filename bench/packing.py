@@ -51,18 +51,18 @@ def attention(lengths: list[int], heads: int, causal: bool, repeats: int) -> str
     module = torch.nn.Module()
     module.is_causal = causal
 
-    def step(loop_waste: float):
+    def step(per_example: bool):
         def run():
-            packing.CPU_LOOP_WASTE = loop_waste
+            packing.CPU_LOOP_WASTE, packing.CPU_SLOT_MAX_ROWS = (-1.0, 0) if per_example else (2.0, 10**9)
             out, _ = packing.packed_attention(module, query, query, query, None, packing=sequences)
             out.sum().backward()
         return run
 
-    saved = packing.CPU_LOOP_WASTE
+    saved = packing.CPU_LOOP_WASTE, packing.CPU_SLOT_MAX_ROWS
     try:
-        slots, loop = median_ms(step(2.0), repeats), median_ms(step(-1.0), repeats)
+        slots, loop = median_ms(step(False), repeats), median_ms(step(True), repeats)
     finally:
-        packing.CPU_LOOP_WASTE = saved
+        packing.CPU_LOOP_WASTE, packing.CPU_SLOT_MAX_ROWS = saved
     return (f"attention {len(lengths)} x {min(lengths)}-{max(lengths)} rows, {heads} heads, causal={causal}: "
             f"slots {slots:.1f} ms, per example {loop:.1f} ms (slot waste {sequences.slot_waste:.2f})")
 
@@ -89,6 +89,8 @@ def main() -> int:
         training_steps("tiny", "short", args.repeats), training_steps("base", "short", max(args.repeats // 3, 3)),
         attention(short, 8, False, args.repeats), attention([49] * 20, 4, False, args.repeats),
         attention([44, 39, 52, 47, 41, 45, 48, 50, 38, 43] * 2, 4, True, args.repeats),
+        attention([100] * 16, 4, False, args.repeats), attention([300] * 8, 4, False, args.repeats),
+        attention([1422, 1379], 4, False, args.repeats),  # the tiny encoder's rows of the long batch
         optimiser("tiny", args.repeats), optimiser("base", args.repeats),
     ]
     print("\n".join(lines))

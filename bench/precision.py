@@ -1,6 +1,7 @@
 """osum's training step in float32 against bf16 autocast (what ``trainer.precision=bf16-mixed`` runs) on this
 machine's CPU, side by side in one process: the suite's models and batches (bench/suite.py), each step timed
-alternately, medians; and how far the bf16 step's loss is from the float32 one on the same weights.
+alternately, medians; and how far the bf16 forward's loss is from the float32 one on the same (initial)
+weights, which says nothing about a whole run trained in bf16.
 
     python bench/precision.py [--sizes tiny,base] [--repeats 5]
 
@@ -11,6 +12,7 @@ they are emulated and slower. The script prints the CPU's flags that matter, so 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -42,7 +44,7 @@ def compare(size: str, kind: str, repeats: int) -> str:
     steps = {name: suite.train_step_fn("osum", suite.osum_model(size, "cpu"), ours, "cpu", bf16)
              for name, bf16 in (("fp32", False), ("bf16", True))}
     times = suite.interleaved(steps, 1, repeats, "cpu")
-    fp32, bf16 = (sorted(times[name])[len(times[name]) // 2] for name in ("fp32", "bf16"))
+    fp32, bf16 = (statistics.median(times[name]) for name in ("fp32", "bf16"))
     return (f"{size} {kind}: step fp32 {fp32 * 1000:.0f} ms, bf16 autocast {bf16 * 1000:.0f} ms, {fp32 / bf16:.2f}x; "
             f"loss {losses[False]:.5f} / {losses[True]:.5f} (relative difference "
             f"{abs(losses[True] - losses[False]) / losses[False]:.1e})")

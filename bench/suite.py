@@ -26,11 +26,12 @@ Benchmarks (one line each: name, figures, ``ratio=`` osum's throughput over Qwen
 Timings are medians of --repeats runs after --warmup runs, all in this one process. Raw figures, sizes,
 machine and versions go to bench/results/<benchmark>-<size>.json.
 
-Each training line also gives each system's arithmetic: the FLOPs of one step as torch's FlopCounterMode
-counts what its kernels compute (attention included, padding included), GFLOP/s, and ``flop_ratio=``
-(Qwen2-Audio's FLOPs over osum's). Where both systems run their arithmetic equally fast (a CPU, compute
-bound), the FLOP ratio is the speed ratio that doing less work alone gives; beyond it a system must run
-its kernels faster.
+Each training line also gives each system's arithmetic: the FLOPs of one step that torch's FlopCounterMode
+counts (matrix products, convolutions and attention, padding included; norms, elementwise work, the loss
+and the optimiser count none), counted GFLOP per second of the whole step, and ``flop_ratio=`` (Qwen2-Audio's
+counted FLOPs over osum's). Where both systems spend the same time per counted FLOP (a compute-bound CPU),
+the FLOP ratio is the speed ratio that doing less work alone gives.
+With --bf16 on a CPU the results go to <benchmark>-<size>-bf16.json and the lines say size=<size>-bf16.
 """
 
 from __future__ import annotations
@@ -178,19 +179,26 @@ def autocast(device: str, bf16: bool):
 
 def count_flops(fn) -> int:
     """FLOPs of one call of `fn` as torch's FlopCounterMode counts them, with a formula for the CPU's fused
-    attention kernels, which it has none for (it would count their work as zero)."""
+    attention kernels, which it has none for (it would count their work as zero). Causal attention counts
+    half the score matrix, the work it needs: the lower bound for osum's causal LLM (torch's own formula for
+    the GPU kernels counts it whole; the CPU kernel computes whole blocks, at these lengths 75-100 % of the
+    time of the full matrix)."""
     from torch.utils import flop_counter
 
-    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    if cpu_attention not in flop_counter.flop_registry:
-        @flop_counter.register_flop_formula(cpu_attention)
-        def forward_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-            return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+    def forward_flops(query_shape, key_shape, value_shape, dropout_p=0.0, is_causal=False, *args,
+                      out_shape=None, **kwargs) -> int:
+        flops = flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+        return flops // 2 if is_causal else flops
 
-        @flop_counter.register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
-        def backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-            return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+    def backward_flops(grad_out_shape, query_shape, key_shape, value_shape, out, logsumexp, dropout_p=0.0,
+                       is_causal=False, *args, out_shape=None, **kwargs) -> int:
+        flops = flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+        return flops // 2 if is_causal else flops
 
+    for op, formula in ((torch.ops.aten._scaled_dot_product_flash_attention_for_cpu, forward_flops),
+                        (torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward, backward_flops)):
+        if op not in flop_counter.flop_registry:
+            flop_counter.register_flop_formula(op)(formula)
     with flop_counter.FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
@@ -413,6 +421,7 @@ def main() -> int:
     args = parser.parse_args()
     out, only = Path(args.out), args.only.split(",")
     for size in args.sizes.split(","):
+        label = f"{size}-bf16" if args.bf16 and args.device == "cpu" else size  # not to overwrite float32 results
         train_short = None
         for kind in ("short", "long"):
             name = f"train_{kind}"
@@ -422,7 +431,7 @@ def main() -> int:
                 memory = (f" peak_mib osum={r['osum']['peak_mib']:.0f} qwen2_audio={r['qwen2_audio']['peak_mib']:.0f}"
                           if args.memory else "")
                 if name in only:
-                    report(name, size, r, f"audio_s/s osum={r['osum']['audio_s_per_s']:.1f} "
+                    report(name, label, r, f"audio_s/s osum={r['osum']['audio_s_per_s']:.1f} "
                            f"osum_25hz={r['osum_25hz']['audio_s_per_s']:.1f} "
                            f"qwen2_audio={r['qwen2_audio']['audio_s_per_s']:.1f} tokens/s osum={r['osum']['tokens_per_s']:.0f} "
                            f"qwen2_audio={r['qwen2_audio']['tokens_per_s']:.0f}{memory} ratio_25hz={r['ratio_25hz']:.2f} "
@@ -431,11 +440,11 @@ def main() -> int:
                            f"qwen2_audio={r['qwen2_audio']['gflop_per_s']:.0f} flop_ratio={r['flop_ratio']:.2f}", out)
         if "generate" in only:
             r = bench_generate(size, args)
-            report("generate", size, r, f"utterances/s osum={r['osum']['utterances_per_s']:.2f} "
+            report("generate", label, r, f"utterances/s osum={r['osum']['utterances_per_s']:.2f} "
                    f"qwen2_audio={r['qwen2_audio']['utterances_per_s']:.2f} batch={r['utterances']} new_tokens={r['new_tokens']}", out)
         if "loader" in only and size == args.sizes.split(",")[0]:
             r = bench_loader(train_short, args)
-            report("loader", size, r, f"loader={r['loader_utterances_per_s']:.1f} utt/s training={r['training_utterances_per_s']:.1f} "
+            report("loader", label, r, f"loader={r['loader_utterances_per_s']:.1f} utt/s training={r['training_utterances_per_s']:.1f} "
                    f"utt/s workers={r['workers']}", out)
     if "features" in only:
         r = bench_features(args)

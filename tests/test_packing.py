@@ -81,21 +81,27 @@ PROMPTS = [5, 9, 1, 7, 3, 6]
 TARGETS = [12, 1, 7, 20, 4, 9]
 
 
-# Attention per example (a CPU, lengths that differ) and in slots (one call: a GPU, or equal lengths).
-ATTENTION_PATHS = pytest.mark.parametrize("loop_waste", [-1.0, 2.0], ids=["per example", "in slots"])
+# Attention per example (a CPU, but for many short examples of equal length) and in slots (one call: a GPU).
+ATTENTION_PATHS = pytest.mark.parametrize("per_example", [True, False], ids=["per example", "in slots"])
+
+
+def attend(monkeypatch, per_example: bool) -> None:
+    """Make the CPU take one of packed attention's two paths, whatever the lengths."""
+    monkeypatch.setattr(packing, "CPU_LOOP_WASTE", -1.0 if per_example else 2.0)
+    monkeypatch.setattr(packing, "CPU_SLOT_MAX_ROWS", 0 if per_example else 10**9)
 
 
 @ATTENTION_PATHS
-def test_packed_step_has_the_padded_loss_and_gradients_with_the_demo_options(monkeypatch, loop_waste):
-    monkeypatch.setattr(packing, "CPU_LOOP_WASTE", loop_waste)
+def test_packed_step_has_the_padded_loss_and_gradients_with_the_demo_options(monkeypatch, per_example):
+    attend(monkeypatch, per_example)
     model = tiny_model().train()
     assert model.packed  # configs/fit.yaml: on by default
     assert_same_step(model, batch_of(FRAMES, PROMPTS, TARGETS))
 
 
 @ATTENTION_PATHS
-def test_packed_step_has_the_padded_loss_and_gradients_with_osum_adapter_chat_turn_and_lora(monkeypatch, loop_waste):
-    monkeypatch.setattr(packing, "CPU_LOOP_WASTE", loop_waste)
+def test_packed_step_has_the_padded_loss_and_gradients_with_osum_adapter_chat_turn_and_lora(monkeypatch, per_example):
+    attend(monkeypatch, per_example)
     model = tiny_model(
         "model.ctc_compression=false", "model.ctc_embeddings=false", "model.time_embeddings=false",
         "model.encoder.conv_strides=[1,2]", "model.adapter.conv_strides=[1,2,2]", "model.adapter.layers=2",
@@ -108,8 +114,8 @@ def test_packed_step_has_the_padded_loss_and_gradients_with_osum_adapter_chat_tu
 
 
 @ATTENTION_PATHS
-def test_packed_encoder_gives_the_padded_states_and_zeros_at_padding(monkeypatch, loop_waste):
-    monkeypatch.setattr(packing, "CPU_LOOP_WASTE", loop_waste)
+def test_packed_encoder_gives_the_padded_states_and_zeros_at_padding(monkeypatch, per_example):
+    attend(monkeypatch, per_example)
     encoder = tiny_model().encoder.eval()
     batch = batch_of(FRAMES, PROMPTS, TARGETS)
     padded, lengths = encoder(batch["features"], batch["feature_lengths"])
@@ -128,6 +134,28 @@ def test_greedy_generation_is_the_same_with_the_packed_encoder():
     padded = model.generate(settings=settings, **batch)
     model.packed = True
     assert model.generate(settings=settings, **batch) == padded
+
+
+@pytest.mark.parametrize(("lengths", "calls"), [
+    ([49] * 20, 1),  # many short examples of equal length (the demo's encoder): one call, in slots
+    ([60, 12, 45], 3),  # short, but the slots would be mostly padding: a call per example
+    ([1422, 1379], 2),  # long examples (30 s at 50 Hz): a call per example, though the slots waste 3 %
+])
+def test_a_cpu_attends_in_slots_only_for_many_short_examples_of_about_equal_length(monkeypatch, lengths, calls):
+    sequences = PackedSequences.of(lengths, "cpu")
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *args, **kwargs: seen.append(q.shape) or sdpa(q, *args, **kwargs))
+    query = torch.randn(1, 2, sequences.total, 8)
+    module = torch.nn.Module()
+    module.is_causal = False
+    out, _ = packing.packed_attention(module, query, query, query, None, packing=sequences)
+    assert len(seen) == calls and out.shape == (1, sequences.total, 2, 8)
+    # Either path attends within each example only: the first example alone gives its own rows.
+    alone, _ = packing.packed_attention(module, query[:, :, : lengths[0]], query[:, :, : lengths[0]],
+                                        query[:, :, : lengths[0]], None, packing=PackedSequences.of(lengths[:1], "cpu"))
+    torch.testing.assert_close(out[:, : lengths[0]], alone, rtol=1e-5, atol=1e-5)
 
 
 def test_packed_rows_restart_positions_and_index_each_example():

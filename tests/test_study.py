@@ -131,7 +131,13 @@ def test_a_run_in_the_folder_made_with_other_settings_is_refused_not_counted(stu
     stored.write_text(yaml.safe_dump(config))
     assert main([*study_args(out), "--dry-run"]) == 2
     assert re.search(r"asr_x' seed 1: .* than the same command gives now \(model\.utterance_embedding (True|False) -> "
-                     r"(True|False): a default or a preset changed since\)", capsys.readouterr().err)
+                     r"(True|False): osum's defaults, a preset or a --config file changed since", capsys.readouterr().err)
+    # Made before packed steps were the default: the run stored no model.packed, and trained padded.
+    del config["model"]["packed"]
+    config["model"]["utterance_embedding"] = not config["model"]["utterance_embedding"]
+    stored.write_text(yaml.safe_dump(config))
+    assert main([*study_args(out), "--dry-run"]) == 2
+    assert "(model.packed False -> True:" in capsys.readouterr().err
     (out / "asr_x" / "seed1" / "study_run.json").unlink()  # a run the study did not start
     assert main([*study_args(out), "--dry-run"]) == 2
     assert "holds a run that this study did not start" in capsys.readouterr().err

@@ -233,12 +233,13 @@ class Study:
         changed = self.changed_settings(run)
         if changed:
             raise ValueError(f"{where} was run with other settings than the same command gives now "
-                             f"({'; '.join(changed)}: a default or a preset changed since); use another --out, or "
-                             "move that folder away")
+                             f"({'; '.join(changed)}: osum's defaults, a preset or a --config file changed since, or "
+                             "relative data paths name other files from here); use another --out, or move that "
+                             "folder away")
 
     def changed_settings(self, run: PlannedRun) -> list[str]:
         """'key old -> new' for each setting of the run's stored config that the same command no longer gives
-        (osum's defaults or a preset changed since it ran). Its folder, its corpus folder and the data paths
+        (osum's defaults, a preset or a --config file changed since it ran). Its folder, its corpus folder and the data paths
         that the demo corpus fills in are the run's own (the study's folder may have moved: `settings_of`)."""
         from osum_core.checkpoints.run_dir import latest_run_config
         from osum_core.cli.resume import flat, stored_run_config
@@ -246,9 +247,10 @@ class Study:
         from osum_core.config.load import absolute_data_paths
 
         args = self.args
-        stored, earlier = stored_run_config(latest_run_config(run.run_dir))
-        planned = absolute_data_paths(fit_config(args.preset, args.stage, args.config, [*earlier, *run.overrides],
-                                                 args.strategy))
+        # A setting added to osum since the run counts at the value the run had (EARLIER_DEFAULTS), so a run
+        # made before packing was the default is refused as a study that now packs.
+        stored, _ = stored_run_config(latest_run_config(run.run_dir))
+        planned = absolute_data_paths(fit_config(args.preset, args.stage, args.config, run.overrides, args.strategy))
         own = {"out", "resume", "overwrite"}
         if uses_demo_corpus(planned):
             own |= {"data.train", "data.val", "data.test", "data.demo.dir"}

@@ -4,7 +4,8 @@ A padded batch computes every layer's projections and feed-forward over ``batch 
 same layers run over the real rows only (``sum of lengths``). Only attention must still keep the examples
 apart: `packed_attention` gathers each example's rows into its own slot, attends within it (causal for the
 LLM, bidirectional with a key mask for the encoder) and writes the real rows back in packed order, in one
-call (what a GPU wants); on a CPU, when the lengths differ enough, it attends example by example instead.
+call (what a GPU wants); on a CPU, unless the examples are short and of about equal length, it attends
+example by example instead.
 Attention in slots is the one place where padding is still computed, and it is a small share of a step.
 
 `packed_attention` is registered with transformers as the attention implementation ``osum_packed``: it is
@@ -23,9 +24,14 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION = "osum_packed"
-# Above this share of padded attention scores in the slots, a CPU attends example by example (a call each:
-# 2x faster for the lengths of a Whisper-base batch, slower for many examples of equal length).
+# A CPU attends example by example (a call each, no padding computed) when the slots would hold more than this
+# share of padded attention scores (2x faster for the lengths of a Whisper-base batch) or when the longest
+# example has more rows than CPU_SLOT_MAX_ROWS: even with no padding at all, a call per example was as fast
+# or faster from about 100 rows on (2 x 1,400 encoder rows: 3 % faster; 8 x 300: 15 %). Slots pay on a CPU
+# only for many short examples of about equal length (20 x 49 rows, the demo's encoder: 5.7 against 6.3 ms;
+# bench/packing.py, 2026-12-06).
 CPU_LOOP_WASTE = 0.25
+CPU_SLOT_MAX_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ def packed_attention(
     gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}
     if gqa and not causal:
         raise ValueError("packed attention: grouped-query attention is for causal (LLM) layers")
-    if query.device.type == "cpu" and packing.slot_waste > CPU_LOOP_WASTE:
+    if query.device.type == "cpu" and (packing.slot_waste > CPU_LOOP_WASTE or max(packing.lengths) > CPU_SLOT_MAX_ROWS):
         # On a CPU a call per example costs little, and computes none of the slots' padding.
         parts = zip(*(t.split(packing.lengths, dim=2) for t in (query, key, value)), strict=True)
         out = torch.cat([torch.nn.functional.scaled_dot_product_attention(
