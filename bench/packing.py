@@ -1,6 +1,7 @@
 """The pieces of issue 20's speed-up, each timed side by side in one process (medians; BENCHMARKS.md, "Packed
-steps and the fused optimiser"): the packed against the padded training step of the suite's models, packed
-attention example by example against in slots, and torch's fused AdamW against its per-tensor loop.
+steps and the fused optimiser", and "Per-example attention on a CPU"): the packed against the padded training
+step of the suite's models, packed attention example by example against in slots (one attention, and the
+long batch's whole step), and torch's fused AdamW against its per-tensor loop.
 
     python bench/packing.py [--repeats 10]
 """
@@ -67,6 +68,28 @@ def attention(lengths: list[int], heads: int, causal: bool, repeats: int) -> str
             f"slots {slots:.1f} ms, per example {loop:.1f} ms (slot waste {sequences.slot_waste:.2f})")
 
 
+def long_attention_rule(size: str, repeats: int) -> str:
+    """The long batch's training step with the long examples attended in slots (the rule before
+    CPU_SLOT_MAX_ROWS) and per example (now), alternately in one process."""
+    ours, _ = suite.make_batches(suite.make_waves("long"), size, suite.LENGTHS["long"]["target"], "cpu")
+    rules = {"slots": 10**9, "per example": packing.CPU_SLOT_MAX_ROWS}
+    models = {name: suite.train_step_fn("osum", suite.osum_model(size, "cpu"), ours, "cpu") for name in rules}
+
+    def under(name: str):
+        def run():
+            packing.CPU_SLOT_MAX_ROWS = rules[name]
+            models[name]()
+        return run
+
+    saved = packing.CPU_SLOT_MAX_ROWS
+    try:
+        times = suite.interleaved({name: under(name) for name in rules}, 1, repeats, "cpu")
+    finally:
+        packing.CPU_SLOT_MAX_ROWS = saved
+    slots, each = (statistics.median(times[name]) * 1000 for name in rules)
+    return f"train step {size} long, long examples attended: in slots {slots:.0f} ms, per example {each:.0f} ms"
+
+
 def optimiser(size: str, repeats: int) -> str:
     params = list(suite.osum_model(size, "cpu").parameters())
     for p in params:
@@ -89,8 +112,14 @@ def main() -> int:
         training_steps("tiny", "short", args.repeats), training_steps("base", "short", max(args.repeats // 3, 3)),
         attention(short, 8, False, args.repeats), attention([49] * 20, 4, False, args.repeats),
         attention([44, 39, 52, 47, 41, 45, 48, 50, 38, 43] * 2, 4, True, args.repeats),
-        attention([100] * 16, 4, False, args.repeats), attention([300] * 8, 4, False, args.repeats),
+        # When a CPU attends per example although the slots hold no padding (CPU_SLOT_MAX_ROWS).
+        attention([60] * 20, 4, True, args.repeats), attention([65] * 20, 4, False, args.repeats),
+        attention([80] * 20, 4, False, args.repeats), attention([100] * 16, 4, False, args.repeats),
+        attention([300] * 8, 4, False, args.repeats),
         attention([1422, 1379], 4, False, args.repeats),  # the tiny encoder's rows of the long batch
+        attention([1422, 1379], 8, False, args.repeats),  # the base encoder's (8 heads)
+        attention([416, 405], 8, True, args.repeats),  # the base LLM's, causal (keys = queries: no grouped heads)
+        long_attention_rule("tiny", args.repeats), long_attention_rule("base", max(args.repeats // 3, 3)),
         optimiser("tiny", args.repeats), optimiser("base", args.repeats),
     ]
     print("\n".join(lines))

@@ -136,17 +136,22 @@ def test_greedy_generation_is_the_same_with_the_packed_encoder():
     assert model.generate(settings=settings, **batch) == padded
 
 
-@pytest.mark.parametrize(("lengths", "calls"), [
-    ([49] * 20, 1),  # many short examples of equal length (the demo's encoder): one call, in slots
-    ([60, 12, 45], 3),  # short, but the slots would be mostly padding: a call per example
-    ([1422, 1379], 2),  # long examples (30 s at 50 Hz): a call per example, though the slots waste 3 %
+@pytest.mark.parametrize(("lengths", "threads", "calls"), [
+    ([49] * 20, 1, 1),  # many short examples of equal length (the demo's encoder): one call, in slots
+    ([64] * 20, 1, 1),  # the longest rows that still go in slots
+    ([65] * 20, 1, 20),  # one more row: a call per example
+    ([60, 12, 45], 1, 3),  # short, but the slots would be mostly padding: a call per example
+    ([1422, 1379], 2, 2),  # long examples (30 s at 50 Hz): a call per example, though the slots waste 3 %
+    ([1422, 1379], 4, 1),  # ... unless the CPU has more threads than the layer has heads (2): in slots
 ])
-def test_a_cpu_attends_in_slots_only_for_many_short_examples_of_about_equal_length(monkeypatch, lengths, calls):
+def test_a_cpu_attends_in_slots_only_for_many_short_examples_of_about_equal_length(monkeypatch, lengths, threads,
+                                                                                  calls):
     sequences = PackedSequences.of(lengths, "cpu")
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
                         lambda q, *args, **kwargs: seen.append(q.shape) or sdpa(q, *args, **kwargs))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # what packed_attention reads, not torch's pool
     query = torch.randn(1, 2, sequences.total, 8)
     module = torch.nn.Module()
     module.is_causal = False

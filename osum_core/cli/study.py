@@ -242,16 +242,17 @@ class Study:
         (osum's defaults, a preset or a --config file changed since it ran). Its folder, its corpus folder and the data paths
         that the demo corpus fills in are the run's own (the study's folder may have moved: `settings_of`)."""
         from osum_core.checkpoints.run_dir import latest_run_config
-        from osum_core.cli.resume import flat, stored_run_config
+        from osum_core.cli.resume import EARLIER_DEFAULTS, fixed, flat, stored_run_config
         from osum_core.config import fit_config
         from osum_core.config.load import absolute_data_paths
 
         args = self.args
         # A setting added to osum since the run counts at the value the run had (EARLIER_DEFAULTS), so a run
-        # made before packing was the default is refused as a study that now packs.
+        # made before packing was the default is refused as a study that now packs (its batches differ); one
+        # that changes no more than rounding (the fused optimiser: not a key resume fixes) is let be.
         stored, _ = stored_run_config(latest_run_config(run.run_dir))
         planned = absolute_data_paths(fit_config(args.preset, args.stage, args.config, run.overrides, args.strategy))
-        own = {"out", "resume", "overwrite"}
+        own = {"out", "resume", "overwrite", *(key for key in EARLIER_DEFAULTS if not fixed(key))}
         if uses_demo_corpus(planned):
             own |= {"data.train", "data.val", "data.test", "data.demo.dir"}
         before, now = flat(stored), flat(planned)

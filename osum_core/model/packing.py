@@ -25,11 +25,12 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION = "osum_packed"
 # A CPU attends example by example (a call each, no padding computed) when the slots would hold more than this
-# share of padded attention scores (2x faster for the lengths of a Whisper-base batch) or when the longest
-# example has more rows than CPU_SLOT_MAX_ROWS: even with no padding at all, a call per example was as fast
-# or faster from about 100 rows on (2 x 1,400 encoder rows: 3 % faster; 8 x 300: 15 %). Slots pay on a CPU
-# only for many short examples of about equal length (20 x 49 rows, the demo's encoder: 5.7 against 6.3 ms;
-# bench/packing.py, 2026-12-06).
+# share of padded attention scores (2x faster for the lengths of a Whisper-base batch), or when the longest
+# example has more rows than CPU_SLOT_MAX_ROWS and the CPU has no more threads than the layer has heads: even
+# with no padding at all, a call per example was as fast or faster from 65 rows on, with 2 threads (2 x 1,400
+# encoder rows: 7-12 % faster; 8 x 300: 15 %; bench/packing.py, 2026-12-06). Below that they are about equal (the
+# demo's encoder, 20 x 49 rows: either faster by 5-10 %, run to run). Slots stay with more threads than heads:
+# torch's CPU attention spreads its work over examples x heads, so one example at a time leaves threads idle.
 CPU_LOOP_WASTE = 0.25
 CPU_SLOT_MAX_ROWS = 64
 
@@ -105,7 +106,8 @@ def packed_attention(
     gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}
     if gqa and not causal:
         raise ValueError("packed attention: grouped-query attention is for causal (LLM) layers")
-    if query.device.type == "cpu" and (packing.slot_waste > CPU_LOOP_WASTE or max(packing.lengths) > CPU_SLOT_MAX_ROWS):
+    if query.device.type == "cpu" and (packing.slot_waste > CPU_LOOP_WASTE or (
+            max(packing.lengths) > CPU_SLOT_MAX_ROWS and torch.get_num_threads() <= query.shape[1])):
         # On a CPU a call per example costs little, and computes none of the slots' padding.
         parts = zip(*(t.split(packing.lengths, dim=2) for t in (query, key, value)), strict=True)
         out = torch.cat([torch.nn.functional.scaled_dot_product_attention(
