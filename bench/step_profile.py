@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,13 +32,7 @@ COUNTED = ("aten::mm", "aten::addmm", "aten::bmm", "aten::mkldnn_convolution", "
 
 
 def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+    return statistics.median(suite.timed(fn, 1, repeats, "cpu"))
 
 
 def counted_share(size: str, kind: str) -> str:

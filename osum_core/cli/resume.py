@@ -16,7 +16,7 @@ time and steps, checkpointing, logging, evaluation, the optimiser's settings or 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +86,16 @@ def fixed(key: str) -> bool:
     return under(FIXED_KEYS) and not under(FREE_KEYS)
 
 
-def changed_fixed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """'key old -> new' for each key of `FIXED_KEYS` whose value differs."""
+def changed_keys(old: dict[str, Any], new: dict[str, Any], compared: Callable[[str], bool]) -> list[str]:
+    """'key old -> new' for each dotted key that `compared` accepts and whose value differs."""
     before, after = flat(old), flat(new)
     return [f"{key} {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
-            if fixed(key) and before.get(key) != after.get(key)]
+            if compared(key) and before.get(key) != after.get(key)]
+
+
+def changed_fixed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """'key old -> new' for each key of `FIXED_KEYS` whose value differs."""
+    return changed_keys(old, new, fixed)
 
 
 def stored_run_config(path: Path) -> tuple[dict[str, Any], list[str]]:

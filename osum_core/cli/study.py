@@ -239,10 +239,11 @@ class Study:
 
     def changed_settings(self, run: PlannedRun) -> list[str]:
         """'key old -> new' for each setting of the run's stored config that the same command no longer gives
-        (osum's defaults, a preset or a --config file changed since it ran). Its folder, its corpus folder and the data paths
-        that the demo corpus fills in are the run's own (the study's folder may have moved: `settings_of`)."""
+        (osum's defaults, a preset or a --config file changed since it ran). Its folder, its corpus folder and
+        the data paths that the demo corpus fills in are the run's own (the study's folder may have moved:
+        `settings_of`)."""
         from osum_core.checkpoints.run_dir import latest_run_config
-        from osum_core.cli.resume import EARLIER_DEFAULTS, fixed, flat, stored_run_config
+        from osum_core.cli.resume import EARLIER_DEFAULTS, changed_keys, fixed, stored_run_config
         from osum_core.config import fit_config
         from osum_core.config.load import absolute_data_paths
 
@@ -255,9 +256,7 @@ class Study:
         own = {"out", "resume", "overwrite", *(key for key in EARLIER_DEFAULTS if not fixed(key))}
         if uses_demo_corpus(planned):
             own |= {"data.train", "data.val", "data.test", "data.demo.dir"}
-        before, now = flat(stored), flat(planned)
-        return [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
-                if key not in own and before.get(key) != now.get(key)]
+        return changed_keys(stored, planned, lambda key: key not in own)
 
     def command(self, run: PlannedRun) -> list[str]:
         command = [sys.executable, "-m", "osum_core.cli.main", "fit", "--tasks", ",".join(self.tasks)]
